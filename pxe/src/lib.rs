@@ -1,0 +1,1 @@
+//! ironseed `pxe`: serves a rendered bundle on the LAN (DHCP, TFTP, HTTP).
