@@ -1,1 +1,12 @@
+//! ironseed builder: reads one inventory, validates it, and renders the bundle `pxe` serves.
+//! Data flows one way: inventory → validated model → rendered files in memory → bundle on disk.
 
+pub mod bundle;
+pub mod diag;
+pub mod diff;
+pub mod fsutil;
+pub mod inventory;
+pub mod k3s_flags;
+pub mod render;
+pub mod secrets;
+pub mod templates;

@@ -1,1 +1,21 @@
-fn main() {}
+mod cli;
+mod commands;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let r = match &cli.command {
+        cli::Command::Init(a) => commands::init(a),
+        cli::Command::Validate(a) => commands::validate(a).map(|_| ()),
+        cli::Command::Render(a) => commands::render(a),
+        cli::Command::Diff(a) => commands::diff(a),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

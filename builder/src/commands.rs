@@ -1,0 +1,223 @@
+//! What each subcommand does. Errors are `anyhow` with short lowercase context.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use builder::diag::Diagnostics;
+use builder::inventory::{self, DEFAULT_INVENTORY, DEFAULT_INVENTORY_NAME, Inventory, ProfileSet};
+use builder::render::{self, AirgapHashes, RenderOptions};
+use builder::secrets::{self, Secrets};
+use builder::templates::Templates;
+use builder::{bundle, diff, fsutil};
+
+use crate::cli::{InitArgs, RenderArgs, SourceArgs};
+
+pub fn init(a: &InitArgs) -> Result<()> {
+    if a.path.exists() && !a.force {
+        bail!(
+            "{} already exists; pass --force to overwrite it",
+            a.path.display()
+        );
+    }
+    fsutil::write_atomic(&a.path, DEFAULT_INVENTORY.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", a.path.display()))?;
+    eprintln!(
+        "wrote {}: edit the MACs, addresses and SSH key, then run `builder validate --inventory {}`",
+        a.path.display(),
+        a.path.display()
+    );
+    Ok(())
+}
+
+/// Everything `validate` knows, ready for `render`.
+pub struct Loaded {
+    pub inventory: Inventory,
+    pub templates: Templates,
+    pub path: Option<PathBuf>,
+}
+
+pub fn load(a: &SourceArgs) -> Result<Loaded> {
+    let templates = Templates::load(a.templates.as_deref()).context("loading templates")?;
+    let (name, text) = match &a.inventory {
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        ),
+        None => (
+            DEFAULT_INVENTORY_NAME.to_string(),
+            DEFAULT_INVENTORY.to_string(),
+        ),
+    };
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(p) = &a.inventory {
+        let beside = p.parent().unwrap_or(Path::new(".")).join("hardware");
+        if beside.is_dir() {
+            dirs.push(beside);
+        }
+    }
+    dirs.extend(a.hardware.iter().cloned());
+    let mut diags = Diagnostics::default();
+    let dir_refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let profiles = ProfileSet::load(&dir_refs, &mut diags);
+    let (inv, more) = inventory::load(&name, &text, &profiles, &templates);
+    diags.extend(more);
+    let sources = |file: &str| {
+        if file == name {
+            Some(text.clone())
+        } else {
+            profiles.sources.get(file).cloned()
+        }
+    };
+    if !diags.is_empty() {
+        eprint!("{}", diags.render(&sources));
+    }
+    match inv {
+        Some(inventory) if !diags.has_errors() => Ok(Loaded {
+            inventory,
+            templates,
+            path: a.inventory.clone(),
+        }),
+        _ => bail!("{name}: inventory is not valid; nothing was rendered"),
+    }
+}
+
+pub fn validate(a: &SourceArgs) -> Result<()> {
+    let l = load(a)?;
+    let inv = &l.inventory;
+    let servers = inv.servers().count();
+    println!(
+        "{}: valid — cluster {} with {} nodes ({} server{}, VIP {})",
+        a.inventory
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| DEFAULT_INVENTORY_NAME.into()),
+        inv.cluster.name,
+        inv.nodes.len(),
+        servers,
+        if servers == 1 { "" } else { "s" },
+        inv.cluster.api.vip
+    );
+    Ok(())
+}
+
+fn secrets_for(a: &RenderArgs, l: &Loaded) -> Result<Secrets> {
+    let path = a
+        .secrets
+        .clone()
+        .unwrap_or_else(|| secrets::default_path(l.path.as_deref()));
+    let (s, created) = Secrets::load_or_create(&path).context("loading secrets")?;
+    if created {
+        eprintln!(
+            "created {} with a new k3s token (mode 0600): keep it, back it up with the etcd snapshots",
+            path.display()
+        );
+    }
+    Ok(s)
+}
+
+fn hash_file(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(render::hex(&h.finalize()))
+}
+
+/// Nodes the existing bundle already renders in join form stay that way (see `builder rebuild`).
+fn joined_from(out: &Path) -> BTreeSet<String> {
+    std::fs::read(out.join(render::PLAN))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.get("joined").and_then(|j| {
+                j.as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
+}
+
+fn options(l: &Loaded, out: &Path) -> Result<RenderOptions> {
+    let airgap = match &l.inventory.cluster.k3s.airgap {
+        Some(a) => Some(AirgapHashes {
+            binary_sha256: hash_file(&a.binary).context("air-gap k3s binary")?,
+            images_sha256: hash_file(&a.images).context("air-gap images")?,
+            install_script_sha256: hash_file(&a.install_script)
+                .context("air-gap install script")?,
+        }),
+        None => None,
+    };
+    Ok(RenderOptions {
+        joined: joined_from(out),
+        airgap,
+    })
+}
+
+pub fn render(a: &RenderArgs) -> Result<()> {
+    let start = Instant::now();
+    let l = load(&a.source)?;
+    let secrets = secrets_for(a, &l)?;
+    let opts = options(&l, &a.out)?;
+    let b = render::render(&l.inventory, &secrets, &l.templates, &opts).context("rendering")?;
+    bundle::write(&a.out, &b).context("writing bundle")?;
+    println!(
+        "rendered {} files for {} nodes into {} in {:.0?}",
+        b.files.len(),
+        l.inventory.nodes.len(),
+        a.out.display(),
+        start.elapsed()
+    );
+    Ok(())
+}
+
+pub fn diff(a: &RenderArgs) -> Result<()> {
+    let l = load(&a.source)?;
+    let secrets = secrets_for(a, &l)?;
+    let opts = options(&l, &a.out)?;
+    let b = render::render(&l.inventory, &secrets, &l.templates, &opts).context("rendering")?;
+    let old = bundle::read(&a.out).context("reading bundle")?;
+    let mut masked: Vec<&str> = vec![secrets.k3s_token.as_str()];
+    masked.extend(secrets.etcd_s3_access_key.as_deref());
+    masked.extend(secrets.etcd_s3_secret_key.as_deref());
+    masked.extend(secrets.sops_age_key.as_deref());
+    let d = diff::diff(&old, &b, &masked);
+    if d.is_empty() {
+        println!("{}: up to date", a.out.display());
+        return Ok(());
+    }
+    for p in &d.added {
+        println!("added    {p}");
+    }
+    for p in &d.removed {
+        println!("removed  {p}");
+    }
+    for (p, lines) in &d.changed {
+        println!("changed  {p}");
+        for l in lines {
+            println!("    {l}");
+        }
+    }
+    println!(
+        "{} added, {} removed, {} changed",
+        d.added.len(),
+        d.removed.len(),
+        d.changed.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! Layer two: the validated inventory. Everything here has been checked; render takes it as truth.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+pub use super::types::{Hostname, Mac, SshKey, Taint};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub cluster: Cluster,
+    pub network: Network,
+    pub appliance: Appliance,
+    pub ssh: Ssh,
+    pub os: Os,
+    pub nodes: Vec<Node>,
+    pub nfs: Option<Nfs>,
+}
+
+impl Inventory {
+    pub fn node(&self, hostname: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.hostname.as_str() == hostname)
+    }
+    pub fn servers(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.role == Role::Server)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub domain: String,
+    pub api: Api,
+    pub k3s: K3s,
+    pub pod_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub cluster_dns: Ipv4Addr,
+    pub cni: String,
+    pub cilium: Cilium,
+    pub disable: Vec<String>,
+    pub secrets_encryption: bool,
+    pub servers_schedulable: bool,
+    pub snapshots: Snapshots,
+    pub pod_security: PodSecurity,
+    pub flux: Option<Flux>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Api {
+    pub vip: Ipv4Addr,
+    pub dns_name: String,
+    pub kube_vip_version: String,
+    /// Interface kube-vip announces the VIP on; `None` means "each server's boot NIC".
+    pub kube_vip_interface: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct K3s {
+    pub version: String,
+    pub airgap: Option<Airgap>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Airgap {
+    pub binary: PathBuf,
+    pub images: PathBuf,
+    pub install_script: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cilium {
+    pub version: String,
+    pub kube_proxy_replacement: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshots {
+    pub schedule: String,
+    pub retention: u32,
+    pub s3: Option<S3>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct S3 {
+    pub endpoint: String,
+    pub bucket: String,
+    pub folder: Option<String>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PodSecurity {
+    pub enforce: String,
+    pub exempt_namespaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Flux {
+    pub url: String,
+    pub branch: String,
+    pub path: String,
+    pub sops_age: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+    pub search: Vec<String>,
+    pub ntp: Vec<String>,
+    pub dhcp_pool: Option<Pool>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Pool {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+}
+
+impl Pool {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.start <= ip && ip <= self.end
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Appliance {
+    pub ip: Ipv4Addr,
+    pub http_port: u16,
+    /// Base URL nodes reach the appliance at, without a trailing slash.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ssh {
+    pub user: String,
+    pub authorized_keys: Vec<SshKey>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Os {
+    pub image: String,
+    pub mirror: String,
+    pub suite: String,
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Server,
+    Agent,
+    Nfs,
+}
+
+impl Role {
+    pub fn runs_k3s(self) -> bool {
+        self != Role::Nfs
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub hostname: Hostname,
+    pub fqdn: String,
+    pub role: Role,
+    /// The first server of the inventory bootstraps the cluster (`cluster-init`); every other
+    /// server, and any rebuilt one, joins through the VIP.
+    pub bootstrap: bool,
+    pub profile: Profile,
+    pub mac: Mac,
+    pub extra_macs: Vec<Mac>,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<String>,
+    pub memory_mb: Option<u32>,
+    pub gpu: Option<NodeGpu>,
+    pub template: String,
+    pub packages: Vec<String>,
+    pub kernel_args: Vec<String>,
+    pub sysctls: BTreeMap<String, String>,
+    pub k3s_extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeGpu {
+    pub vendor: String,
+    pub default_runtime: bool,
+    pub driver_packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub firmware: Firmware,
+    pub dhcp_arch: u16,
+    pub boot_nic: BootNic,
+    pub install_disk: Selector,
+    pub data_disks: Vec<DataDisk>,
+    pub gpu: Option<Gpu>,
+    pub packages: Vec<String>,
+    pub kernel_args: Vec<String>,
+    pub sysctls: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BootNic {
+    pub name: String,
+    pub port: Option<String>,
+}
+
+/// Identifies a disk by stable attributes; never by kernel name (`/dev/sdX` moves between boots).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Selector {
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub wwn: Option<String>,
+    pub by_path: Option<String>,
+    pub by_id: Option<String>,
+    pub min_size_gb: Option<u64>,
+    pub max_size_gb: Option<u64>,
+    pub rotational: Option<bool>,
+}
+
+impl Selector {
+    pub fn is_empty(&self) -> bool {
+        *self == Selector::default()
+    }
+
+    /// True when no attribute both selectors set tells the two apart, so one physical disk could
+    /// satisfy both. Conservative on purpose: a data disk must be provably not the install disk.
+    pub fn may_overlap(&self, other: &Selector) -> bool {
+        fn differ<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
+            matches!((a, b), (Some(x), Some(y)) if x != y)
+        }
+        if differ(&self.model, &other.model)
+            || differ(&self.serial, &other.serial)
+            || differ(&self.wwn, &other.wwn)
+            || differ(&self.by_path, &other.by_path)
+            || differ(&self.by_id, &other.by_id)
+            || differ(&self.rotational, &other.rotational)
+        {
+            return false;
+        }
+        let (a_lo, a_hi) = (
+            self.min_size_gb.unwrap_or(0),
+            self.max_size_gb.unwrap_or(u64::MAX),
+        );
+        let (b_lo, b_hi) = (
+            other.min_size_gb.unwrap_or(0),
+            other.max_size_gb.unwrap_or(u64::MAX),
+        );
+        a_lo <= b_hi && b_lo <= a_hi
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskPurpose {
+    Longhorn,
+    NfsPool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataDisk {
+    pub name: String,
+    pub purpose: DiskPurpose,
+    pub selector: Selector,
+    pub filesystem: String,
+    pub mount: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Gpu {
+    pub vendor: String,
+    pub driver_packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Nfs {
+    pub exports: Vec<Export>,
+    pub secondary: Option<Secondary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Export {
+    pub path: String,
+    pub pool: String,
+    pub clients: String,
+    pub options: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Secondary {
+    pub target: String,
+    pub schedule: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_overlap_unless_an_attribute_differs() {
+        let a = Selector {
+            model: Some("X".into()),
+            ..Default::default()
+        };
+        let b = Selector {
+            model: Some("Y".into()),
+            ..Default::default()
+        };
+        assert!(!a.may_overlap(&b));
+        assert!(a.may_overlap(&a.clone()));
+        let small = Selector {
+            max_size_gb: Some(300),
+            ..Default::default()
+        };
+        let big = Selector {
+            min_size_gb: Some(400),
+            ..Default::default()
+        };
+        assert!(!small.may_overlap(&big));
+        let serial = Selector {
+            serial: Some("S1".into()),
+            ..Default::default()
+        };
+        assert!(serial.may_overlap(&a), "nothing shared tells them apart");
+    }
+}

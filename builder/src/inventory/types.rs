@@ -1,0 +1,314 @@
+//! Newtypes for the values an inventory is made of; each parses and checks itself.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+/// An Ethernet MAC address, printed the way iPXE prints `${net0/mac}` (lowercase, colons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let sep = if s.contains(':') { ':' } else { '-' };
+        let parts: Vec<&str> = s.split(sep).collect();
+        if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+            return Err(format!(
+                "`{s}` is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)"
+            ));
+        }
+        let mut b = [0u8; 6];
+        for (i, p) in parts.iter().enumerate() {
+            b[i] = u8::from_str_radix(p, 16)
+                .map_err(|_| format!("`{s}` is not a MAC address: `{p}` is not hex"))?;
+        }
+        if b[0] & 1 == 1 {
+            return Err(format!(
+                "`{s}` is a multicast address; a NIC's MAC has the lowest bit of the first byte clear"
+            ));
+        }
+        if b == [0; 6] {
+            return Err("00:00:00:00:00:00 is not a NIC's MAC".into());
+        }
+        Ok(Mac(b))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A host name: one RFC 1123 label (lowercase letters, digits, `-`; 1–63 chars; no leading or
+/// trailing `-`). Lowercase only, because k3s node names and cloud-init hostnames are compared
+/// case-sensitively.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Hostname(String);
+
+impl Hostname {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Hostname {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        check_label(s).map(|_| Hostname(s.to_string()))
+    }
+}
+
+fn check_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("host name is empty".into());
+    }
+    if s.len() > 63 {
+        return Err(format!(
+            "`{s}` is {} characters long; RFC 1123 allows 63",
+            s.len()
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "`{s}` is not an RFC 1123 host name: `{c}` is not allowed (use lowercase letters, digits and `-`)"
+        ));
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Err(format!(
+            "`{s}` is not an RFC 1123 host name: it must not start or end with `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS domain: dot-separated RFC 1123 labels.
+pub fn check_domain(s: &str) -> Result<(), String> {
+    if s.len() > 253 {
+        return Err(format!("`{s}` is longer than 253 characters"));
+    }
+    for label in s.split('.') {
+        check_label(label).map_err(|e| format!("`{s}` is not a DNS name: {e}"))?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Hostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Kubernetes taint `key[=value]:Effect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Taint(String);
+
+impl FromStr for Taint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kv, effect) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("taint `{s}` has no effect (expected key[=value]:Effect)"))?;
+        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            return Err(format!(
+                "taint `{s}`: effect `{effect}` is not NoSchedule, PreferNoSchedule or NoExecute"
+            ));
+        }
+        let key = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
+        check_label_key(key).map_err(|e| format!("taint `{s}`: {e}"))?;
+        Ok(Taint(s.to_string()))
+    }
+}
+
+impl fmt::Display for Taint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Kubernetes label/taint key: optional DNS prefix `/` name (≤ 63, alnum, `-_.`).
+pub fn check_label_key(key: &str) -> Result<(), String> {
+    let name = match key.split_once('/') {
+        Some((prefix, name)) => {
+            check_domain(prefix).map_err(|e| format!("key `{key}`: prefix {e}"))?;
+            name
+        }
+        None => key,
+    };
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{key}` is not a valid Kubernetes label key"))
+    }
+}
+
+pub fn check_label_value(v: &str) -> Result<(), String> {
+    let ok = v.is_empty()
+        || (v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{v}` is not a valid Kubernetes label value"))
+    }
+}
+
+/// An OpenSSH public key line (`type base64 [comment]`), checked by decoding the key blob and
+/// comparing the type name it carries, which catches truncated and mangled pastes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SshKey(String);
+
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+impl SshKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn comment(&self) -> &str {
+        self.0.splitn(3, ' ').nth(2).unwrap_or("")
+    }
+}
+
+impl FromStr for SshKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let mut it = s.split_whitespace();
+        let kind = it.next().ok_or("SSH key is empty")?;
+        if !SSH_KEY_TYPES.contains(&kind) {
+            return Err(format!(
+                "`{kind}` is not an SSH public key type (expected one of {})",
+                SSH_KEY_TYPES.join(", ")
+            ));
+        }
+        let b64 = it.next().ok_or("SSH key has no key data after its type")?;
+        let blob = base64_decode(b64).ok_or("SSH key data is not valid base64")?;
+        if blob.len() < 4 {
+            return Err("SSH key data is truncated".into());
+        }
+        let n = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
+        if blob.len() < 4 + n || &blob[4..4 + n] != kind.as_bytes() {
+            return Err(format!(
+                "SSH key data does not match its type `{kind}` (truncated or mangled paste?)"
+            ));
+        }
+        if kind == "ssh-ed25519" && blob.len() != 4 + n + 4 + 32 {
+            return Err("ssh-ed25519 key data has the wrong length (truncated paste?)".into());
+        }
+        Ok(SshKey(s.to_string()))
+    }
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in s.as_bytes() {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parses_and_prints_like_ipxe() {
+        let m: Mac = "52-54-00-AB-cd-01".parse().unwrap();
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:01");
+        assert!("52:54:00:ab:cd".parse::<Mac>().is_err());
+        assert!("01:00:5e:00:00:01".parse::<Mac>().is_err(), "multicast");
+        assert!("52:54:00:ab:cd:zz".parse::<Mac>().is_err());
+    }
+
+    #[test]
+    fn hostname_rfc1123() {
+        assert!("k3s-master1".parse::<Hostname>().is_ok());
+        assert!("K3S".parse::<Hostname>().is_err());
+        assert!("-a".parse::<Hostname>().is_err());
+        assert!("a_b".parse::<Hostname>().is_err());
+        assert!("a.b".parse::<Hostname>().is_err());
+        assert!("a".repeat(64).parse::<Hostname>().is_err());
+    }
+
+    #[test]
+    fn taints_and_labels() {
+        assert!("nvidia.com/gpu=true:NoSchedule".parse::<Taint>().is_ok());
+        assert!("dedicated:NoExecute".parse::<Taint>().is_ok());
+        assert!("gpu=true".parse::<Taint>().is_err());
+        assert!("gpu=true:Never".parse::<Taint>().is_err());
+        assert!(check_label_key("homelab/storage-tier").is_ok());
+        assert!(check_label_key("bad key").is_err());
+        assert!(check_label_value("optane").is_ok());
+        assert!(check_label_value("-x").is_err());
+    }
+
+    #[test]
+    fn ssh_keys_are_decoded() {
+        let good = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHHbdQMWWKqyVxnEQLvOL+b2tZr9BHlkaBLCx65FHQXV ops@laptop";
+        let k: SshKey = good.parse().unwrap();
+        assert_eq!(k.comment(), "ops@laptop");
+        assert!(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHXkR6y3Q3Lk"
+                .parse::<SshKey>()
+                .is_err()
+        );
+        assert!(
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIHHbdQMWWKqyVxnEQLvOL+b2tZr9BHlkaBLCx65FHQXV"
+                .parse::<SshKey>()
+                .is_err()
+        );
+        assert!("not-a-key".parse::<SshKey>().is_err());
+        assert!("".parse::<SshKey>().is_err());
+    }
+}

@@ -1,0 +1,442 @@
+//! Pure rendering: (validated inventory, secrets, templates) → every file of the bundle, in
+//! memory. Nothing here touches the disk; `bundle` is the only writer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use minijinja::Value;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::inventory::model::{DiskPurpose, Inventory, Node, Role};
+use crate::k3s_flags;
+use crate::secrets::Secrets;
+use crate::templates::{TemplateError, Templates};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleFile {
+    pub bytes: Vec<u8>,
+    /// Unix permission bits; 0600 for anything carrying a secret.
+    pub mode: u32,
+}
+
+/// Relative path (always `/`-separated) → file. Sorted, so output order is deterministic.
+#[derive(Debug, Default, Clone)]
+pub struct Bundle {
+    pub files: BTreeMap<String, BundleFile>,
+}
+
+impl Bundle {
+    fn add(&mut self, path: impl Into<String>, bytes: impl Into<Vec<u8>>, mode: u32) {
+        self.files.insert(
+            path.into(),
+            BundleFile {
+                bytes: bytes.into(),
+                mode,
+            },
+        );
+    }
+
+    /// `sha256sum -c` format, relative paths, sorted.
+    pub fn sha256sums(&self) -> String {
+        self.files
+            .iter()
+            .filter(|(p, _)| p.as_str() != SUMS)
+            .map(|(p, f)| format!("{}  {p}\n", hex(&Sha256::digest(&f.bytes))))
+            .collect()
+    }
+}
+
+pub const SUMS: &str = "SHA256SUMS";
+pub const PLAN: &str = "plan.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("{file}: rendered output is not valid YAML ({message}); the template is broken")]
+    NotYaml { file: String, message: String },
+    #[error("{file}: `{key}` is not a k3s {role} flag; k3s would skip it with only a warning")]
+    UnknownK3sKey {
+        file: String,
+        key: String,
+        role: String,
+    },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("the secrets file has no {what}, which the inventory needs ({why})")]
+    MissingSecret { what: String, why: String },
+}
+
+/// sha256 of each air-gap artifact, computed by the caller from the files the inventory names.
+#[derive(Debug, Clone, Serialize)]
+pub struct AirgapHashes {
+    pub binary_sha256: String,
+    pub images_sha256: String,
+    pub install_script_sha256: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RenderOptions {
+    /// Nodes rendered in join form: a rebuilt server never gets `cluster-init` again.
+    pub joined: BTreeSet<String>,
+    pub airgap: Option<AirgapHashes>,
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The unguessable path component of a node's seed URL. Derived from the token so renders stay
+/// byte-deterministic; knowing it requires the token, which the seed carries anyway.
+pub fn seed_token(secrets: &Secrets, hostname: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"ironseed seed url\0");
+    h.update(secrets.k3s_token.as_bytes());
+    h.update(b"\0");
+    h.update(hostname.as_bytes());
+    hex(&h.finalize())[..32].to_string()
+}
+
+pub fn render(
+    inv: &Inventory,
+    secrets: &Secrets,
+    templates: &Templates,
+    opts: &RenderOptions,
+) -> Result<Bundle, RenderError> {
+    check_secrets(inv, secrets)?;
+    if inv.cluster.k3s.airgap.is_some() && opts.airgap.is_none() {
+        return Err(RenderError::Invalid {
+            file: "cluster.k3s.airgap".into(),
+            message: "air-gap artifacts were not hashed".into(),
+        });
+    }
+    let mut bundle = Bundle::default();
+    let mut plan_nodes = Vec::new();
+    for node in &inv.nodes {
+        plan_nodes.push(render_node(
+            inv,
+            secrets,
+            templates,
+            opts,
+            node,
+            &mut bundle,
+        )?);
+    }
+    let base = json!({ "cluster": inv.cluster, "appliance": inv.appliance });
+    let ctx = Value::from(minijinja::value::Serde(&base));
+    bundle.add(
+        "ipxe/local.ipxe",
+        templates.render("ipxe/local.ipxe.j2", &ctx)?,
+        0o644,
+    );
+    bundle.add(
+        "ipxe/unknown.ipxe",
+        templates.render("ipxe/unknown.ipxe.j2", &ctx)?,
+        0o644,
+    );
+    let plan = json!({
+        "version": 1,
+        "cluster": inv.cluster.name,
+        "domain": inv.cluster.domain,
+        "api_vip": inv.cluster.api.vip,
+        "appliance": inv.appliance,
+        "network": inv.network,
+        "os_image": inv.os.image,
+        "local_boot_script": "ipxe/local.ipxe",
+        "unknown_script": "ipxe/unknown.ipxe",
+        "airgap": inv.cluster.k3s.airgap.as_ref().zip(opts.airgap.as_ref()).map(|(a, h)| json!({
+            "k3s": {"path": a.binary, "sha256": h.binary_sha256},
+            "k3s-airgap-images.tar.zst": {"path": a.images, "sha256": h.images_sha256},
+            "install.sh": {"path": a.install_script, "sha256": h.install_script_sha256},
+        })),
+        "joined": opts.joined,
+        "nodes": plan_nodes,
+    });
+    let mut text = serde_json::to_string_pretty(&plan).expect("plan serialises");
+    text.push('\n');
+    // The plan holds each node's seed URL token: private like the seeds themselves.
+    bundle.add(PLAN, text, 0o600);
+    let sums = bundle.sha256sums();
+    bundle.add(SUMS, sums, 0o644);
+    Ok(bundle)
+}
+
+fn check_secrets(inv: &Inventory, s: &Secrets) -> Result<(), RenderError> {
+    if inv.cluster.snapshots.s3.is_some()
+        && (s.etcd_s3_access_key.is_none() || s.etcd_s3_secret_key.is_none())
+    {
+        return Err(RenderError::MissingSecret {
+            what: "etcd_s3_access_key / etcd_s3_secret_key".into(),
+            why: "cluster.etcd_snapshots.s3 is set".into(),
+        });
+    }
+    if inv.cluster.flux.as_ref().is_some_and(|f| f.sops_age) && s.sops_age_key.is_none() {
+        return Err(RenderError::MissingSecret {
+            what: "sops_age_key".into(),
+            why: "cluster.flux.sops_age is true".into(),
+        });
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct WriteFile {
+    path: String,
+    mode: String,
+    content: String,
+}
+
+fn base_packages(inv: &Inventory, node: &Node) -> Vec<String> {
+    let mut p: Vec<String> = ["curl", "ca-certificates", "e2fsprogs", "cloud-guest-utils"]
+        .map(String::from)
+        .to_vec();
+    if node.role.runs_k3s() {
+        // Longhorn prerequisites: iSCSI initiator and an NFSv4 client for RWX volumes.
+        p.extend(["open-iscsi", "nfs-common"].map(String::from));
+    }
+    if node
+        .profile
+        .data_disks
+        .iter()
+        .any(|d| d.filesystem == "xfs")
+    {
+        p.push("xfsprogs".into());
+    }
+    if let Some(g) = &node.gpu {
+        p.push("gnupg".into());
+        p.extend(g.driver_packages.iter().cloned());
+    }
+    if node.role == Role::Nfs && inv.nfs.is_some() {
+        p.push("nfs-kernel-server".into());
+    }
+    p.extend(node.packages.iter().cloned());
+    let mut seen = BTreeSet::new();
+    p.retain(|x| seen.insert(x.clone()));
+    p
+}
+
+fn render_node(
+    inv: &Inventory,
+    secrets: &Secrets,
+    t: &Templates,
+    opts: &RenderOptions,
+    node: &Node,
+    bundle: &mut Bundle,
+) -> Result<serde_json::Value, RenderError> {
+    let host = node.hostname.as_str();
+    let dir = format!("nodes/{host}");
+    let token = seed_token(secrets, host);
+    let longhorn: Vec<serde_json::Value> = node
+        .profile
+        .data_disks
+        .iter()
+        .filter(|d| d.purpose == DiskPurpose::Longhorn)
+        .map(
+            |d| json!({"name": d.name, "path": d.mount, "allowScheduling": true, "tags": [d.name]}),
+        )
+        .collect();
+    let mut ctx = json!({
+        "node": node,
+        "cluster": inv.cluster,
+        "network": inv.network,
+        "appliance": inv.appliance,
+        "ssh": inv.ssh,
+        "os": inv.os,
+        "nfs": inv.nfs,
+        "join": opts.joined.contains(host),
+        "token": secrets.k3s_token,
+        "s3_access_key": secrets.etcd_s3_access_key,
+        "s3_secret_key": secrets.etcd_s3_secret_key,
+        "sops_age_key": secrets.sops_age_key,
+        "airgap": opts.airgap,
+        "seed_token": token,
+        "longhorn_disks": if longhorn.is_empty() { serde_json::Value::Null } else { serde_json::Value::String(serde_json::to_string(&longhorn).unwrap()) },
+    });
+    let render = |name: &str, ctx: &serde_json::Value| {
+        t.render(name, &Value::from(minijinja::value::Serde(ctx)))
+    };
+
+    let mut files: Vec<WriteFile> = Vec::new();
+    let mut add = |path: &str, mode: &str, content: String| {
+        files.push(WriteFile {
+            path: path.into(),
+            mode: mode.into(),
+            content,
+        })
+    };
+    add(
+        "/etc/sysctl.d/90-ironseed.conf",
+        "0644",
+        render("node/sysctl.conf.j2", &ctx)?,
+    );
+    if node.role.runs_k3s() {
+        add(
+            "/etc/modules-load.d/ironseed.conf",
+            "0644",
+            render("node/modules.conf.j2", &ctx)?,
+        );
+        add(
+            "/etc/multipath.conf",
+            "0644",
+            render("node/multipath.conf.j2", &ctx)?,
+        );
+        let k3s = render("k3s/config.yaml.j2", &ctx)?;
+        let k3s_file = format!("{dir}/k3s/config.yaml");
+        check_k3s_keys(&k3s_file, &k3s, node.role)?;
+        bundle.add(k3s_file, k3s.clone(), 0o600);
+        add("/etc/rancher/k3s/config.yaml", "0600", k3s);
+    }
+    if node.role == Role::Server {
+        for (tpl, path, mode) in [
+            (
+                "k3s/psa.yaml.j2",
+                "/var/lib/rancher/k3s/server/psa.yaml",
+                "0600",
+            ),
+            (
+                "k3s/kube-vip.yaml.j2",
+                "/var/lib/rancher/k3s/agent/pod-manifests/kube-vip.yaml",
+                "0644",
+            ),
+            (
+                "k3s/cilium.yaml.j2",
+                "/var/lib/rancher/k3s/server/manifests/cilium.yaml",
+                "0644",
+            ),
+        ] {
+            let text = render(tpl, &ctx)?;
+            parse_yaml(&format!("{dir}{path}"), &text, false)?;
+            add(path, mode, text);
+        }
+        if inv.cluster.flux.is_some() {
+            let text = render("k3s/flux.yaml.j2", &ctx)?;
+            parse_yaml(&format!("{dir}/flux.yaml"), &text, true)?;
+            add(
+                "/var/lib/rancher/k3s/server/manifests/flux.yaml",
+                "0600",
+                text,
+            );
+        }
+    }
+    if node.role == Role::Nfs && inv.nfs.is_some() {
+        add("/etc/exports", "0644", render("nfs/exports.j2", &ctx)?);
+        if inv.nfs.as_ref().is_some_and(|n| n.secondary.is_some()) {
+            add(
+                "/etc/systemd/system/ironseed-rsync.service",
+                "0644",
+                render("nfs/rsync.service.j2", &ctx)?,
+            );
+            add(
+                "/etc/systemd/system/ironseed-rsync.timer",
+                "0644",
+                render("nfs/rsync.timer.j2", &ctx)?,
+            );
+        }
+    }
+    if node.gpu.is_some() {
+        // Debian ships the NVIDIA driver in non-free; cloud-init writes this before it installs
+        // packages (write_files runs in the init stage, packages in the final stage).
+        add(
+            "/etc/apt/sources.list.d/ironseed-nonfree.list",
+            "0644",
+            format!(
+                "# ironseed: non-free components for the NVIDIA driver\ndeb {} {} main contrib non-free non-free-firmware\n",
+                inv.os.mirror, inv.os.suite
+            ),
+        );
+    }
+    add(
+        "/usr/local/sbin/ironseed-firstboot",
+        "0755",
+        render("node/firstboot.sh.j2", &ctx)?,
+    );
+
+    ctx["files"] = serde_json::to_value(&files).unwrap();
+    ctx["packages"] = json!(base_packages(inv, node));
+    let network_config = render("cloud-init/network-config.yaml.j2", &ctx)?;
+    parse_yaml(&format!("{dir}/network-config"), &network_config, false)?;
+    let user_data = render(&node.template, &ctx)?;
+    if !user_data.starts_with("#cloud-config\n") {
+        return Err(RenderError::Invalid {
+            file: format!("{dir}/user-data"),
+            message: "does not start with `#cloud-config` (cloud-init would ignore it)".into(),
+        });
+    }
+    parse_yaml(&format!("{dir}/user-data"), &user_data, false)?;
+    let mut h = Sha256::new();
+    h.update(user_data.as_bytes());
+    h.update(network_config.as_bytes());
+    ctx["instance_id"] = json!(format!("iid-{host}-{}", &hex(&h.finalize())[..12]));
+    let meta = render("cloud-init/meta-data.yaml.j2", &ctx)?;
+    parse_yaml(&format!("{dir}/meta-data"), &meta, false)?;
+    let install_ipxe = render("ipxe/install.ipxe.j2", &ctx)?;
+
+    // user-data carries the token (and S3/age keys when set): owner-only.
+    let ud_mode = if node.role.runs_k3s() { 0o600 } else { 0o644 };
+    bundle.add(format!("{dir}/user-data"), user_data, ud_mode);
+    bundle.add(format!("{dir}/meta-data"), meta, 0o644);
+    bundle.add(format!("{dir}/network-config"), network_config, 0o644);
+    let ipxe_path = format!("ipxe/{host}.ipxe");
+    bundle.add(ipxe_path.clone(), install_ipxe, 0o644);
+
+    Ok(json!({
+        "hostname": host,
+        "fqdn": node.fqdn,
+        "role": node.role,
+        "bootstrap": node.bootstrap && !opts.joined.contains(host),
+        "mac": node.mac,
+        "extra_macs": node.extra_macs,
+        "ip": node.ip,
+        "prefix_len": node.prefix_len,
+        "profile": node.profile.name,
+        "firmware": node.profile.firmware,
+        "dhcp_arch": node.profile.dhcp_arch,
+        "boot_nic": node.profile.boot_nic.name,
+        "install_disk": node.profile.install_disk,
+        "data_disks": node.profile.data_disks,
+        "kernel_args": node.kernel_args,
+        "seed_dir": dir,
+        "seed_token": token,
+        "install_script": ipxe_path,
+    }))
+}
+
+/// Parse a rendered YAML file back; a template that produces broken YAML fails the render.
+pub fn parse_yaml(
+    file: &str,
+    text: &str,
+    multi: bool,
+) -> Result<Vec<serde_json::Value>, RenderError> {
+    let r = if multi {
+        serde_saphyr::from_str_multiple::<serde_json::Value, Vec<_>>(text)
+    } else {
+        serde_saphyr::from_str::<serde_json::Value>(text).map(|v| vec![v])
+    };
+    r.map_err(|e| RenderError::NotYaml {
+        file: file.into(),
+        message: e.without_snippet().to_string(),
+    })
+}
+
+fn check_k3s_keys(file: &str, text: &str, role: Role) -> Result<(), RenderError> {
+    let doc = parse_yaml(file, text, false)?.remove(0);
+    let map = doc.as_object().ok_or_else(|| RenderError::Invalid {
+        file: file.into(),
+        message: "k3s config is not a mapping".into(),
+    })?;
+    let (keys, role_name) = match role {
+        Role::Server => (k3s_flags::SERVER_KEYS, "server"),
+        _ => (k3s_flags::AGENT_KEYS, "agent"),
+    };
+    for key in map.keys() {
+        if !keys.contains(&key.trim_end_matches('+')) {
+            return Err(RenderError::UnknownK3sKey {
+                file: file.into(),
+                key: key.clone(),
+                role: role_name.into(),
+            });
+        }
+    }
+    Ok(())
+}
