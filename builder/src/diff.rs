@@ -70,12 +70,12 @@ pub fn line_diff(a: &str, b: &str, context: usize) -> Vec<String> {
             ops.push((' ', a[i]));
             i += 1;
             j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            ops.push(('+', b[j]));
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
             ops.push(('-', a[i]));
             i += 1;
+        } else {
+            ops.push(('+', b[j]));
+            j += 1;
         }
     }
     let keep: Vec<bool> = (0..ops.len())
@@ -108,7 +108,7 @@ mod tests {
     #[test]
     fn line_diff_marks_changes_with_context() {
         let d = line_diff("a\nb\nc\nd\ne\nf\n", "a\nb\nC\nd\ne\nf\n", 1);
-        let want: Vec<String> = [" b", "+C", "-c", " d"].map(String::from).to_vec();
+        let want: Vec<String> = [" b", "-c", "+C", " d"].map(String::from).to_vec();
         assert_eq!(d, want);
     }
 
