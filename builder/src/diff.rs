@@ -108,7 +108,7 @@ mod tests {
     #[test]
     fn line_diff_marks_changes_with_context() {
         let d = line_diff("a\nb\nc\nd\ne\nf\n", "a\nb\nC\nd\ne\nf\n", 1);
-        let want: Vec<String> = [" b", "-c", "+C", " d"].map(String::from).to_vec();
+        let want: Vec<String> = ["@@", " b", "-c", "+C", " d"].map(String::from).to_vec();
         assert_eq!(d, want);
     }
 
