@@ -77,11 +77,23 @@ pub fn load(a: &SourceArgs) -> Result<Loaded> {
         eprint!("{}", diags.render(&sources));
     }
     match inv {
-        Some(inventory) if !diags.has_errors() => Ok(Loaded {
-            inventory,
-            templates,
-            path: a.inventory.clone(),
-        }),
+        Some(mut inventory) if !diags.has_errors() => {
+            // Files the inventory names are relative to the inventory's folder.
+            if let (Some(p), Some(a)) = (&a.inventory, inventory.cluster.k3s.airgap.as_mut()) {
+                let base = p.parent().unwrap_or(Path::new("."));
+                for f in [&mut a.binary, &mut a.images, &mut a.install_script] {
+                    if f.is_relative() {
+                        *f = std::path::absolute(base.join(&*f))
+                            .with_context(|| format!("resolving {}", f.display()))?;
+                    }
+                }
+            }
+            Ok(Loaded {
+                inventory,
+                templates,
+                path: a.inventory.clone(),
+            })
+        }
         _ => bail!("{name}: inventory is not valid; nothing was rendered"),
     }
 }

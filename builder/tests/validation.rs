@@ -1,0 +1,418 @@
+//! One test per validation rule. Each starts from the default inventory (which is valid), breaks
+//! exactly one thing, and asserts the diagnostic for it: removing the rule fails its test.
+
+use builder::diag::{Diagnostic, Diagnostics};
+use builder::inventory::{self, DEFAULT_INVENTORY, ProfileSet};
+use builder::templates::Templates;
+
+fn check_with(text: &str, extra_profiles: &[(&str, &str)]) -> Diagnostics {
+    let mut d = Diagnostics::default();
+    let mut set = ProfileSet::load(&[], &mut d);
+    for (f, t) in extra_profiles {
+        set.add(f, t, &mut d);
+    }
+    let (inv, more) = inventory::load("inv.yaml", text, &set, &Templates::embedded());
+    assert_eq!(
+        inv.is_some(),
+        !more.has_errors(),
+        "model returned iff no errors"
+    );
+    d.extend(more);
+    d
+}
+
+fn check(text: &str) -> Diagnostics {
+    check_with(text, &[])
+}
+
+/// The default inventory with the first occurrence of `from` replaced.
+fn mutate(from: &str, to: &str) -> String {
+    assert!(
+        DEFAULT_INVENTORY.contains(from),
+        "fixture text `{from}` not found"
+    );
+    DEFAULT_INVENTORY.replacen(from, to, 1)
+}
+
+fn error<'a>(d: &'a Diagnostics, path: &str, msg: &str) -> &'a Diagnostic {
+    d.errors()
+        .find(|e| e.path == path && e.message.contains(msg))
+        .unwrap_or_else(|| {
+            panic!(
+                "no error at `{path}` containing `{msg}`; got:\n{}",
+                d.render(&|_| None)
+            )
+        })
+}
+
+#[test]
+fn default_inventory_is_valid_with_one_warning_about_the_example_key() {
+    let d = check(DEFAULT_INVENTORY);
+    assert!(!d.has_errors(), "{}", d.render(&|_| None));
+    let w: Vec<_> = d.warnings().collect();
+    assert_eq!(w.len(), 1, "{}", d.render(&|_| None));
+    assert!(w[0].message.contains("example key"));
+}
+
+#[test]
+fn yaml_syntax_error_reports_its_line() {
+    let text = mutate("  subnet: 10.0.20.0/24", "  subnet: [10.0.20.0/24");
+    let d = check(&text);
+    let e = d.errors().next().expect("an error");
+    let line = text
+        .lines()
+        .position(|l| l.contains("[10.0.20.0/24"))
+        .unwrap() as u64
+        + 1;
+    assert!(
+        e.span.line >= line,
+        "syntax error at line {} before the broken line {line}",
+        e.span.line
+    );
+    assert_eq!(e.span.file, "inv.yaml");
+}
+
+#[test]
+fn unknown_keys_are_named_all_at_once() {
+    let text = mutate(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    macc: x\n",
+    )
+    .replacen(
+        "    profile: r630\n",
+        "    profile: r630\n    colour: red\n",
+        1,
+    )
+    .replacen(
+        "  gateway: 10.0.20.1\n",
+        "  gateway: 10.0.20.1\n  gatway: 1\n",
+        1,
+    );
+    let d = check(&text);
+    let e = error(&d, "nodes[3]", "unknown field `macc`");
+    assert!(e.span.line > 0 && e.span.column > 0);
+    error(&d, "nodes[5]", "unknown field `colour`");
+    error(&d, "network", "unknown field `gatway`");
+}
+
+#[test]
+fn wrong_type_is_reported_with_location() {
+    let d = check(&mutate("    retention: 10", "    retention: ten"));
+    let e = d.errors().next().unwrap();
+    assert_eq!(e.path, "cluster");
+    assert!(e.span.line > 0);
+}
+
+#[test]
+fn duplicate_hostname() {
+    let d = check(&mutate("hostname: k3s2", "hostname: k3s1"));
+    error(&d, "nodes[4].hostname", "duplicate hostname `k3s1`");
+}
+
+#[test]
+fn duplicate_mac_names_both_nodes() {
+    let d = check(&mutate("mac: d8:9e:f3:20:00:22", "mac: D8-9E-F3-20-00-21"));
+    let e = error(&d, "nodes[4].mac", "duplicate MAC d8:9e:f3:20:00:21");
+    assert!(
+        e.message.contains("`k3s2`") && e.message.contains("`k3s1`"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn duplicate_mac_across_extra_macs() {
+    let d = check(&mutate(
+        "extra_macs: [24:6e:96:20:00:24]",
+        "extra_macs: [24:6e:96:20:00:30]",
+    ));
+    error(&d, "nodes[6].mac", "duplicate MAC 24:6e:96:20:00:30");
+}
+
+#[test]
+fn duplicate_ip() {
+    let d = check(&mutate("ip: 10.0.20.22", "ip: 10.0.20.21"));
+    error(&d, "nodes[4].ip", "duplicate IP 10.0.20.21");
+}
+
+#[test]
+fn node_ip_equal_to_appliance_is_a_duplicate() {
+    let d = check(&mutate("ip: 10.0.20.22", "ip: 10.0.20.5"));
+    error(&d, "nodes[4].ip", "the appliance");
+}
+
+#[test]
+fn ip_outside_subnet() {
+    let d = check(&mutate("ip: 10.0.20.22", "ip: 10.0.21.22"));
+    error(
+        &d,
+        "nodes[4].ip",
+        "not a host address of subnet 10.0.20.0/24",
+    );
+}
+
+#[test]
+fn ip_inside_dhcp_pool() {
+    let d = check(&mutate("ip: 10.0.20.22", "ip: 10.0.20.210"));
+    error(&d, "nodes[4].ip", "inside the DHCP pool");
+}
+
+#[test]
+fn vip_outside_subnet() {
+    let d = check(&mutate("vip: 10.0.20.10", "vip: 10.0.99.10"));
+    error(&d, "cluster.api.vip", "outside subnet");
+}
+
+#[test]
+fn vip_equal_to_a_node_ip() {
+    let d = check(&mutate("vip: 10.0.20.10", "vip: 10.0.20.12"));
+    error(&d, "nodes[1].ip", "is the API VIP");
+}
+
+#[test]
+fn vip_inside_dhcp_pool() {
+    let d = check(&mutate("vip: 10.0.20.10", "vip: 10.0.20.220"));
+    error(&d, "cluster.api.vip", "inside the DHCP pool");
+}
+
+fn with_servers(n: usize) -> String {
+    let mut text = DEFAULT_INVENTORY.to_string();
+    // Turn servers into agents from the end until `n` remain (3 servers in the default).
+    for i in (n + 1..=3).rev() {
+        let from = format!("  - hostname: k3s-master{i}\n    role: server");
+        let to = format!("  - hostname: k3s-master{i}\n    role: agent");
+        assert!(text.contains(&from));
+        text = text.replacen(&from, &to, 1);
+    }
+    let mut extra = String::new();
+    for i in 4..=n {
+        extra.push_str(&format!(
+            "  - hostname: extra{i}\n    role: server\n    profile: vm\n    mac: 52:54:00:20:01:{i:02}\n    ip: 10.0.20.{}\n",
+            100 + i
+        ));
+    }
+    text.replacen("\nnfs:\n", &format!("{extra}\nnfs:\n"), 1)
+}
+
+#[test]
+fn server_count_even_is_rejected() {
+    for n in [2, 4] {
+        let d = check(&with_servers(n));
+        error(&d, "nodes", &format!("{n} servers"));
+    }
+}
+
+#[test]
+fn server_count_one_is_a_not_ha_warning() {
+    let d = check(&with_servers(1));
+    assert!(!d.has_errors(), "{}", d.render(&|_| None));
+    assert!(
+        d.warnings()
+            .any(|w| w.message.contains("NOT highly available"))
+    );
+}
+
+#[test]
+fn server_count_zero_is_rejected_and_five_is_fine() {
+    let d = check(&with_servers(0));
+    error(&d, "nodes", "no node has role server");
+    let d = check(&with_servers(5));
+    assert!(!d.has_errors(), "{}", d.render(&|_| None));
+}
+
+#[test]
+fn hostname_not_rfc1123() {
+    let d = check(&mutate("hostname: k3s2", "hostname: K3s_2"));
+    error(&d, "nodes[4].hostname", "not an RFC 1123 host name");
+}
+
+#[test]
+fn unknown_hardware_profile() {
+    let d = check(&mutate("profile: r630", "profile: r640"));
+    error(&d, "nodes[5].profile", "unknown hardware profile `r640`");
+}
+
+#[test]
+fn unknown_template() {
+    let d = check(&mutate(
+        "    profile: r630\n",
+        "    profile: r630\n    template: cloud-init/gpu.yaml.j2\n",
+    ));
+    error(
+        &d,
+        "nodes[5].template",
+        "unknown template `cloud-init/gpu.yaml.j2`",
+    );
+}
+
+#[test]
+fn gpu_settings_on_a_profile_without_gpu() {
+    let d = check(&mutate(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    gpu:\n      default_runtime: true\n",
+    ));
+    error(&d, "nodes[3].gpu", "has no GPU");
+}
+
+#[test]
+fn missing_ssh_key() {
+    let text = DEFAULT_INVENTORY
+        .lines()
+        .filter(|l| !l.contains("replace-me@ironseed"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replacen("  authorized_keys:", "  authorized_keys: []", 1);
+    let d = check(&text);
+    error(&d, "ssh.authorized_keys", "no SSH key");
+}
+
+#[test]
+fn unparsable_ssh_key() {
+    let d = check(&mutate(
+        "AAAAC3NzaC1lZDI1NTE5AAAAIOr/he6fVuOiPFs8Yz5tzRAXQrg0RxhT9MwdzTxdyC6i",
+        "AAAAC3NzaC1lZDI1NTE5AAAAIOr/he6f",
+    ));
+    error(&d, "ssh.authorized_keys[0]", "key data");
+}
+
+const PROFILE_SHARED_DISK: &str = "name: shared
+firmware: uefi
+dhcp_arch: 7
+boot_nic: {name: eno1}
+install_disk:
+  model: Samsung SSD 980
+data_disks:
+  - name: fast
+    purpose: longhorn
+    selector:
+      model: Samsung SSD 980
+";
+
+#[test]
+fn data_disk_that_is_also_the_install_disk() {
+    let d = check_with(
+        &mutate("profile: optiplex", "profile: shared"),
+        &[("hw/shared.yaml", PROFILE_SHARED_DISK)],
+    );
+    let e = error(&d, "data_disks[0].selector", "could be the install disk");
+    assert_eq!(e.span.file, "hw/shared.yaml");
+    assert_eq!(e.span.line, 11, "the selector of data_disks[0]");
+}
+
+#[test]
+fn bare_device_name_is_refused_in_a_profile() {
+    let p = PROFILE_SHARED_DISK.replacen(
+        "  model: Samsung SSD 980\ndata",
+        "  device: /dev/sda\ndata",
+        1,
+    );
+    let d = check_with(DEFAULT_INVENTORY, &[("hw/shared.yaml", &p)]);
+    error(&d, "install_disk.device", "kernel device name");
+}
+
+#[test]
+fn firmware_and_dhcp_arch_must_agree() {
+    let p = PROFILE_SHARED_DISK
+        .replacen("dhcp_arch: 7", "dhcp_arch: 0", 1)
+        .replacen("      model: Samsung SSD 980\n", "      model: Other\n", 1);
+    let d = check_with(DEFAULT_INVENTORY, &[("hw/shared.yaml", &p)]);
+    error(&d, "dhcp_arch", "does not match firmware");
+}
+
+#[test]
+fn k3s_override_keys_must_be_real_flags() {
+    let d = check(&mutate(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    overrides:\n      k3s:\n        kubelet-args: [max-pods=200]\n",
+    ));
+    error(
+        &d,
+        "nodes[3].overrides.k3s.kubelet-args",
+        "not a k3s agent flag",
+    );
+    // A server-only flag on an agent is the silent-skip case too.
+    let d = check(&mutate(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    overrides:\n      k3s:\n        cluster-cidr: 10.1.0.0/16\n",
+    ));
+    error(
+        &d,
+        "nodes[3].overrides.k3s.cluster-cidr",
+        "not a k3s agent flag",
+    );
+    let d = check(&mutate(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    overrides:\n      k3s:\n        kubelet-arg: [max-pods=200]\n",
+    ));
+    assert!(!d.has_errors(), "{}", d.render(&|_| None));
+}
+
+#[test]
+fn managed_k3s_keys_cannot_be_overridden() {
+    let d = check(&mutate(
+        "    memory_mb: 4096\n    mac: 52:54:00:20:00:12",
+        "    memory_mb: 4096\n    overrides:\n      k3s:\n        cluster-cidr: 10.1.0.0/16\n    mac: 52:54:00:20:00:12",
+    ));
+    error(&d, "nodes[1].overrides.k3s.cluster-cidr", "set by ironseed");
+}
+
+#[test]
+fn pod_and_service_cidrs_must_not_overlap() {
+    let d = check(&mutate(
+        "service_cidr: 10.43.0.0/16",
+        "service_cidr: 10.42.128.0/17",
+    ));
+    error(&d, "cluster.service_cidr", "overlaps pod CIDR");
+    let d = check(&mutate("pod_cidr: 10.42.0.0/16", "pod_cidr: 10.0.0.0/8"));
+    error(&d, "cluster.pod_cidr", "overlaps the node subnet");
+}
+
+#[test]
+fn labels_in_the_kubelet_reserved_namespace_are_refused() {
+    let d = check(&mutate(
+        "      homelab/storage: tiered",
+        "      node-role.kubernetes.io/worker: \"true\"",
+    ));
+    error(
+        &d,
+        "nodes[5].labels.node-role.kubernetes.io/worker",
+        "kubelet refuses",
+    );
+}
+
+#[test]
+fn nfs_export_must_name_an_nfs_pool_disk() {
+    let d = check(&mutate("      pool: media", "      pool: music"));
+    error(&d, "nfs.exports[0].pool", "no data disk `music`");
+}
+
+#[test]
+fn unpinned_k3s_version_is_refused() {
+    let d = check(&mutate("version: v1.31.4+k3s1", "version: latest"));
+    error(&d, "cluster.k3s.version", "not a k3s release name");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = mutate("ip: 10.0.20.22", "ip: 10.0.21.22")
+        .replacen("hostname: k3s1", "hostname: K3S1", 1)
+        .replacen("vip: 10.0.20.10", "vip: 10.0.20.220", 1)
+        .replacen("profile: r630", "profile: nope", 1);
+    let d = check(&text);
+    assert!(d.errors().count() >= 4, "{}", d.render(&|_| None));
+    error(&d, "nodes[4].ip", "not a host address");
+    error(&d, "nodes[3].hostname", "RFC 1123");
+    error(&d, "cluster.api.vip", "DHCP pool");
+    error(&d, "nodes[5].profile", "unknown hardware profile");
+}
+
+#[test]
+fn report_has_file_line_column_and_a_caret() {
+    let text = mutate("ip: 10.0.20.22", "ip: 10.0.21.22");
+    let d = check(&text);
+    let out = d.render(&|_| Some(text.clone()));
+    let line = text.lines().position(|l| l.contains("10.0.21.22")).unwrap() + 1;
+    assert!(out.contains(&format!("error: inv.yaml:{line}:")), "{out}");
+    assert!(out.contains("^"), "{out}");
+    assert!(out.contains("1 error(s)"), "{out}");
+}

@@ -1,0 +1,83 @@
+//! Golden snapshots of the whole bundle for each fixture. A template change shows up here as a
+//! reviewable diff. Regenerate with `UPDATE_GOLDEN=1 cargo test -p ironseed-tests --test golden`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ironseed_tests::{FIXTURES, render_fixture, repo_root};
+
+fn read_tree(dir: &Path, base: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            read_tree(&p, base, out);
+        } else {
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            out.insert(rel, std::fs::read(&p).unwrap());
+        }
+    }
+}
+
+#[test]
+fn bundles_match_golden_snapshots() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut failures = Vec::new();
+    for name in FIXTURES {
+        let f = render_fixture(name);
+        let dir = repo_root().join("tests/golden").join(name);
+        let mut want: BTreeMap<String, Vec<u8>> = f
+            .bundle
+            .files
+            .iter()
+            .map(|(p, f)| (p.clone(), f.bytes.clone()))
+            .collect();
+        let modes: String = f
+            .bundle
+            .files
+            .iter()
+            .map(|(p, f)| format!("{:04o} {p}\n", f.mode))
+            .collect();
+        want.insert("MODES".into(), modes.into_bytes());
+        if update {
+            let _ = std::fs::remove_dir_all(&dir);
+            for (p, bytes) in &want {
+                let path = dir.join(p);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+            continue;
+        }
+        let mut have = BTreeMap::new();
+        read_tree(&dir, &dir, &mut have);
+        for (p, bytes) in &want {
+            match have.get(p) {
+                None => failures.push(format!("{name}: {p} is new (not in the golden)")),
+                Some(h) if h != bytes => failures.push(format!(
+                    "{name}: {p} differs from the golden:\n{}",
+                    builder::diff::line_diff(
+                        &String::from_utf8_lossy(h),
+                        &String::from_utf8_lossy(bytes),
+                        2
+                    )
+                    .join("\n")
+                )),
+                _ => {}
+            }
+        }
+        for p in have.keys() {
+            if !want.contains_key(p) {
+                failures.push(format!(
+                    "{name}: {p} is in the golden but no longer rendered"
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n\nIf the change is intended: UPDATE_GOLDEN=1 cargo test -p ironseed-tests --test golden",
+        failures.join("\n\n")
+    );
+}
