@@ -69,10 +69,14 @@ pub fn write(out: &Path, bundle: &Bundle) -> Result<(), BundleError> {
         }
         std::fs::write(&p, &f.bytes).map_err(io(&p))?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode)).map_err(io(&p))?;
-        std::fs::File::open(&p)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&p))?;
     }
+    // One syncfs instead of an fsync per file: every byte is on disk before the swap makes the
+    // new bundle visible, at a fraction of the cost for thousands of small files.
+    let dirfd = std::fs::File::open(tmp.path()).map_err(io(tmp.path()))?;
+    nix::unistd::syncfs(&dirfd).map_err(|e| BundleError::Io {
+        path: tmp.path().to_path_buf(),
+        source: std::io::Error::from(e),
+    })?;
     let staged = tmp.keep();
     if out.exists() {
         // Swap the two folders in one step; the old bundle ends up at the temporary name.

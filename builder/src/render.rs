@@ -253,9 +253,10 @@ fn render_node(
         "seed_token": token,
         "longhorn_disks": if longhorn.is_empty() { serde_json::Value::Null } else { serde_json::Value::String(serde_json::to_string(&longhorn).unwrap()) },
     });
-    let render = |name: &str, ctx: &serde_json::Value| {
-        t.render(name, &Value::from(minijinja::value::Serde(ctx)))
-    };
+    // Converted once per stage: building a minijinja value from JSON per template dominated
+    // render time.
+    let mctx = Value::from(minijinja::value::Serde(&ctx));
+    let render = |name: &str, ctx: &Value| t.render(name, ctx);
 
     let mut files: Vec<WriteFile> = Vec::new();
     let mut add = |path: &str, mode: &str, content: String| {
@@ -268,20 +269,20 @@ fn render_node(
     add(
         "/etc/sysctl.d/90-ironseed.conf",
         "0644",
-        render("node/sysctl.conf.j2", &ctx)?,
+        render("node/sysctl.conf.j2", &mctx)?,
     );
     if node.role.runs_k3s() {
         add(
             "/etc/modules-load.d/ironseed.conf",
             "0644",
-            render("node/modules.conf.j2", &ctx)?,
+            render("node/modules.conf.j2", &mctx)?,
         );
         add(
             "/etc/multipath.conf",
             "0644",
-            render("node/multipath.conf.j2", &ctx)?,
+            render("node/multipath.conf.j2", &mctx)?,
         );
-        let k3s = render("k3s/config.yaml.j2", &ctx)?;
+        let k3s = render("k3s/config.yaml.j2", &mctx)?;
         let k3s_file = format!("{dir}/k3s/config.yaml");
         check_k3s_keys(&k3s_file, &k3s, node.role)?;
         bundle.add(k3s_file, k3s.clone(), 0o600);
@@ -305,12 +306,12 @@ fn render_node(
                 "0644",
             ),
         ] {
-            let text = render(tpl, &ctx)?;
+            let text = render(tpl, &mctx)?;
             parse_yaml(&format!("{dir}{path}"), &text, false)?;
             add(path, mode, text);
         }
         if inv.cluster.flux.is_some() {
-            let text = render("k3s/flux.yaml.j2", &ctx)?;
+            let text = render("k3s/flux.yaml.j2", &mctx)?;
             parse_yaml(&format!("{dir}/flux.yaml"), &text, true)?;
             add(
                 "/var/lib/rancher/k3s/server/manifests/flux.yaml",
@@ -320,17 +321,17 @@ fn render_node(
         }
     }
     if node.role == Role::Nfs && inv.nfs.is_some() {
-        add("/etc/exports", "0644", render("nfs/exports.j2", &ctx)?);
+        add("/etc/exports", "0644", render("nfs/exports.j2", &mctx)?);
         if inv.nfs.as_ref().is_some_and(|n| n.secondary.is_some()) {
             add(
                 "/etc/systemd/system/ironseed-rsync.service",
                 "0644",
-                render("nfs/rsync.service.j2", &ctx)?,
+                render("nfs/rsync.service.j2", &mctx)?,
             );
             add(
                 "/etc/systemd/system/ironseed-rsync.timer",
                 "0644",
-                render("nfs/rsync.timer.j2", &ctx)?,
+                render("nfs/rsync.timer.j2", &mctx)?,
             );
         }
     }
@@ -349,14 +350,15 @@ fn render_node(
     add(
         "/usr/local/sbin/ironseed-firstboot",
         "0755",
-        render("node/firstboot.sh.j2", &ctx)?,
+        render("node/firstboot.sh.j2", &mctx)?,
     );
 
     ctx["files"] = serde_json::to_value(&files).unwrap();
     ctx["packages"] = json!(base_packages(inv, node));
-    let network_config = render("cloud-init/network-config.yaml.j2", &ctx)?;
+    let mctx = Value::from(minijinja::value::Serde(&ctx));
+    let network_config = render("cloud-init/network-config.yaml.j2", &mctx)?;
     parse_yaml(&format!("{dir}/network-config"), &network_config, false)?;
-    let user_data = render(&node.template, &ctx)?;
+    let user_data = render(&node.template, &mctx)?;
     if !user_data.starts_with("#cloud-config\n") {
         return Err(RenderError::Invalid {
             file: format!("{dir}/user-data"),
@@ -368,9 +370,10 @@ fn render_node(
     h.update(user_data.as_bytes());
     h.update(network_config.as_bytes());
     ctx["instance_id"] = json!(format!("iid-{host}-{}", &hex(&h.finalize())[..12]));
-    let meta = render("cloud-init/meta-data.yaml.j2", &ctx)?;
+    let mctx = Value::from(minijinja::value::Serde(&ctx));
+    let meta = render("cloud-init/meta-data.yaml.j2", &mctx)?;
     parse_yaml(&format!("{dir}/meta-data"), &meta, false)?;
-    let install_ipxe = render("ipxe/install.ipxe.j2", &ctx)?;
+    let install_ipxe = render("ipxe/install.ipxe.j2", &mctx)?;
 
     // user-data carries the token (and S3/age keys when set): owner-only.
     let ud_mode = if node.role.runs_k3s() { 0o600 } else { 0o644 };

@@ -1,0 +1,295 @@
+//! The `builder` binary as an operator uses it: exit codes, error text, files on disk.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use builder::inventory::DEFAULT_INVENTORY;
+
+fn builder(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_builder"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("IRONSEED_INVENTORY")
+        .env_remove("IRONSEED_SECRETS")
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, d: &Path, out: &mut Vec<(String, Vec<u8>, u32)>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                out.push((
+                    p.strip_prefix(base).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                    mode,
+                ));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn validate_default_inventory_succeeds() {
+    let d = tempfile::tempdir().unwrap();
+    let o = builder(&["validate"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("valid — cluster homelab with 7 nodes (3 servers"));
+    assert!(
+        stderr(&o).contains("warning:"),
+        "the example-key warning is printed"
+    );
+}
+
+#[test]
+fn bad_inventory_exits_nonzero_naming_file_line_and_field() {
+    let d = tempfile::tempdir().unwrap();
+    let inv = d.path().join("lab.yaml");
+    let text = DEFAULT_INVENTORY.replacen("mac: d8:9e:f3:20:00:22", "mac: d8:9e:f3:20:00:21", 1);
+    std::fs::write(&inv, &text).unwrap();
+    let o = builder(&["validate", "-i", "lab.yaml"], d.path());
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    let line = text
+        .lines()
+        .position(|l| l.contains("mac: d8:9e:f3:20:00:21"))
+        .unwrap();
+    let line2 = text[..]
+        .lines()
+        .skip(line + 1)
+        .position(|l| l.contains("mac: d8:9e:f3:20:00:21"))
+        .unwrap()
+        + line
+        + 2;
+    assert!(
+        e.contains(&format!("lab.yaml:{line2}:10: nodes[4].mac: duplicate MAC")),
+        "{e}"
+    );
+    assert!(e.contains("`k3s1`") && e.contains("`k3s2`"), "{e}");
+    assert!(e.contains("inventory is not valid"), "{e}");
+}
+
+#[test]
+fn yaml_syntax_error_names_its_line() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("x.yaml"),
+        "cluster:\n  name: a\n  domain: [b\nnodes: []\n",
+    )
+    .unwrap();
+    let o = builder(&["validate", "-i", "x.yaml"], d.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("x.yaml:4:"), "{}", stderr(&o));
+}
+
+#[test]
+fn render_writes_a_verifiable_bundle_and_reuses_the_token() {
+    let d = tempfile::tempdir().unwrap();
+    let o = builder(&["render", "--out", "b"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let secrets = d.path().join("ironseed.secrets.yaml");
+    let mode = std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token_line = std::fs::read_to_string(&secrets).unwrap();
+    let token = token_line
+        .lines()
+        .find_map(|l| l.strip_prefix("k3s_token: "))
+        .unwrap()
+        .trim()
+        .trim_matches('"')
+        .to_string();
+    assert!(
+        !stdout(&o).contains(&token) && !stderr(&o).contains(&token),
+        "token printed"
+    );
+    // The bundle verifies with the real sha256sum.
+    let check = Command::new("sha256sum")
+        .args(["-c", "--quiet", "SHA256SUMS"])
+        .current_dir(d.path().join("b"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let first = read_tree(&d.path().join("b"));
+    let ud = first
+        .iter()
+        .find(|(p, _, _)| p == "nodes/k3s-master1/user-data")
+        .unwrap();
+    assert_eq!(ud.2, 0o600);
+    assert!(String::from_utf8_lossy(&ud.1).contains(&token));
+    // Second render: same secrets file, byte-identical bundle.
+    let o = builder(&["render", "--out", "b"], d.path());
+    assert!(o.status.success());
+    assert_eq!(first, read_tree(&d.path().join("b")));
+}
+
+#[test]
+fn failed_render_leaves_the_previous_bundle_untouched() {
+    let d = tempfile::tempdir().unwrap();
+    assert!(
+        builder(&["render", "--out", "b"], d.path())
+            .status
+            .success()
+    );
+    let before = read_tree(&d.path().join("b"));
+    // A template override that renders broken YAML: render must fail after validation.
+    let t = d.path().join("tpl/cloud-init");
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(
+        t.join("user-data.yaml.j2"),
+        "#cloud-config\nhostname: [broken\n",
+    )
+    .unwrap();
+    let o = builder(&["render", "--out", "b", "--templates", "tpl"], d.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not valid YAML"), "{}", stderr(&o));
+    assert_eq!(before, read_tree(&d.path().join("b")));
+    let leftovers: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".b.new"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary folders left: {leftovers:?}"
+    );
+}
+
+#[test]
+fn render_refuses_to_replace_a_folder_that_is_not_a_bundle() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("home")).unwrap();
+    std::fs::write(d.path().join("home/precious.txt"), "keep me").unwrap();
+    let o = builder(&["render", "--out", "home"], d.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not an ironseed bundle"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("home/precious.txt")).unwrap(),
+        "keep me"
+    );
+}
+
+#[test]
+fn init_writes_the_default_and_refuses_to_overwrite() {
+    let d = tempfile::tempdir().unwrap();
+    assert!(builder(&["init", "lab.yaml"], d.path()).status.success());
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("lab.yaml")).unwrap(),
+        DEFAULT_INVENTORY
+    );
+    std::fs::write(d.path().join("lab.yaml"), "mine").unwrap();
+    let o = builder(&["init", "lab.yaml"], d.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--force"));
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("lab.yaml")).unwrap(),
+        "mine"
+    );
+    assert!(
+        builder(&["init", "lab.yaml", "--force"], d.path())
+            .status
+            .success()
+    );
+    // The written file validates, and its secrets go beside it.
+    let o = builder(&["render", "-i", "lab.yaml", "-o", "out"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(d.path().join("lab.secrets.yaml").exists());
+}
+
+#[test]
+fn diff_shows_what_a_render_would_change_without_secrets() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("lab.yaml"), DEFAULT_INVENTORY).unwrap();
+    assert!(
+        builder(&["render", "-i", "lab.yaml", "-o", "b"], d.path())
+            .status
+            .success()
+    );
+    let o = builder(&["diff", "-i", "lab.yaml", "-o", "b"], d.path());
+    assert!(stdout(&o).contains("up to date"), "{}", stdout(&o));
+    std::fs::write(
+        d.path().join("lab.yaml"),
+        DEFAULT_INVENTORY.replacen("ip: 10.0.20.22", "ip: 10.0.20.27", 1),
+    )
+    .unwrap();
+    let before = read_tree(&d.path().join("b"));
+    let o = builder(&["diff", "-i", "lab.yaml", "-o", "b"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("changed  nodes/k3s2/network-config"), "{out}");
+    assert!(
+        out.contains("-      - \"10.0.20.22/24\"") && out.contains("+      - \"10.0.20.27/24\""),
+        "{out}"
+    );
+    let secrets = std::fs::read_to_string(d.path().join("lab.secrets.yaml")).unwrap();
+    let token = secrets
+        .lines()
+        .find_map(|l| l.strip_prefix("k3s_token: "))
+        .unwrap()
+        .trim()
+        .trim_matches('"');
+    assert!(!out.contains(token), "diff printed the token");
+    assert_eq!(
+        before,
+        read_tree(&d.path().join("b")),
+        "diff writes nothing"
+    );
+}
+
+#[test]
+fn help_documents_every_flag_and_readme_mentions_them() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    for sub in ["init", "validate", "render", "diff"] {
+        let o = builder(&[sub, "--help"], d.path());
+        assert!(o.status.success());
+        let help = stdout(&o);
+        assert!(
+            readme.contains(&format!("builder {sub}")),
+            "README does not mention `builder {sub}`"
+        );
+        for word in help.split_whitespace().filter(|w| w.starts_with("--")) {
+            let flag = word
+                .trim_end_matches([',', '.', ')'])
+                .split('=')
+                .next()
+                .unwrap()
+                .split('<')
+                .next()
+                .unwrap();
+            if flag == "--help" || flag == "--version" || flag.len() < 4 {
+                continue;
+            }
+            assert!(
+                readme.contains(flag),
+                "README does not document `{flag}` of `builder {sub}`"
+            );
+        }
+    }
+}
