@@ -393,6 +393,23 @@ fn unpinned_k3s_version_is_refused() {
 }
 
 #[test]
+fn k3s_channel_instead_of_version_warns_and_both_is_an_error() {
+    let d = check(&mutate("version: v1.31.4+k3s1", "channel: stable"));
+    assert!(!d.has_errors(), "{}", d.render(&|_| None));
+    assert!(
+        d.warnings()
+            .any(|w| w.path == "cluster.k3s.channel" && w.message.contains("pin"))
+    );
+    let d = check(&mutate(
+        "version: v1.31.4+k3s1",
+        "version: v1.31.4+k3s1\n    channel: stable",
+    ));
+    error(&d, "cluster.k3s.channel", "not both");
+    let d = check(&mutate("version: v1.31.4+k3s1", "airgap: null"));
+    error(&d, "cluster.k3s", "set cluster.k3s.version");
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let text = mutate("ip: 10.0.20.22", "ip: 10.0.21.22")
         .replacen("hostname: k3s1", "hostname: K3S1", 1)

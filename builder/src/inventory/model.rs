@@ -59,7 +59,10 @@ pub struct Api {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct K3s {
-    pub version: String,
+    /// A pinned release (`v1.31.4+k3s1`); `None` when the inventory follows a channel.
+    pub version: Option<String>,
+    /// Install channel (`stable`, `latest`, `v1.31`), used only without a pinned version.
+    pub channel: Option<String>,
     pub airgap: Option<Airgap>,
 }
 

@@ -64,7 +64,10 @@ pub struct RawApi {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawK3s {
-    pub version: S<String>,
+    #[serde(default)]
+    pub version: Option<S<String>>,
+    #[serde(default)]
+    pub channel: Option<S<String>>,
     #[serde(default)]
     pub airgap: Option<RawAirgap>,
 }

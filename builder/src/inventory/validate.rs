@@ -241,11 +241,51 @@ fn cluster(c: &mut Ctx, r: &RawCluster, net: Option<&Network>) -> Option<Cluster
             );
         }
     }
-    let version = r.k3s.version.value.clone();
-    if !(version.starts_with('v') && version.contains("+k3s")) {
-        c.err(&r.k3s.version, "cluster.k3s.version", format!(
-            "`{version}` is not a k3s release name (like v1.31.4+k3s1); pin a release so every node runs the same version"
-        ));
+    let version = r.k3s.version.as_ref().map(|v| v.value.clone());
+    let channel = r.k3s.channel.as_ref().map(|v| v.value.clone());
+    match (&r.k3s.version, &r.k3s.channel) {
+        (Some(v), _) if !(v.value.starts_with('v') && v.value.contains("+k3s")) => {
+            c.err(v, "cluster.k3s.version", format!(
+                "`{}` is not a k3s release name (like v1.31.4+k3s1); pin a release so every node runs the same version",
+                v.value
+            ));
+        }
+        (Some(_), Some(ch)) => c.err(
+            ch,
+            "cluster.k3s.channel",
+            "set either version or channel, not both",
+        ),
+        (None, None) => c.err(
+            &r.name,
+            "cluster.k3s",
+            "set cluster.k3s.version (recommended) or cluster.k3s.channel",
+        ),
+        (None, Some(ch)) => {
+            if ch.value.is_empty()
+                || !ch
+                    .value
+                    .chars()
+                    .all(|x| x.is_ascii_alphanumeric() || x == '.' || x == '-')
+            {
+                c.err(
+                    ch,
+                    "cluster.k3s.channel",
+                    format!(
+                        "`{}` is not a k3s channel (stable, latest, v1.31, ...)",
+                        ch.value
+                    ),
+                );
+            }
+            c.warn(ch, "cluster.k3s.channel", "following a channel: nodes installed at different times may run different k3s releases (servers must not differ by more than one minor version); pin cluster.k3s.version for reproducible installs");
+            if let Some(a) = &r.k3s.airgap {
+                c.err(
+                    &a.binary,
+                    "cluster.k3s.airgap",
+                    "an air-gapped install needs a pinned cluster.k3s.version matching the binary",
+                );
+            }
+        }
+        _ => {}
     }
     let pod: Option<Ipv4Net> = c.parse(&r.pod_cidr, "cluster.pod_cidr", "a CIDR");
     let svc: Option<Ipv4Net> = c.parse(&r.service_cidr, "cluster.service_cidr", "a CIDR");
@@ -459,7 +499,11 @@ fn cluster(c: &mut Ctx, r: &RawCluster, net: Option<&Network>) -> Option<Cluster
                 .unwrap_or_else(|| DEFAULT_KUBE_VIP_VERSION.into()),
             kube_vip_interface: r.api.kube_vip_interface.as_ref().map(|v| v.value.clone()),
         },
-        k3s: K3s { version, airgap },
+        k3s: K3s {
+            version,
+            channel,
+            airgap,
+        },
         pod_cidr: pod?,
         service_cidr: svc?,
         cluster_dns: cluster_dns?,
