@@ -1,1 +1,3 @@
 //! ironseed `pxe`: serves a rendered bundle on the LAN (DHCP, TFTP, HTTP).
+
+pub mod proto;
