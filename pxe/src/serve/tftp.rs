@@ -571,11 +571,6 @@ impl Transfer<'_> {
             let (len, from) = match received {
                 Err(_elapsed) => return Ok(Incoming::TimedOut),
                 Ok(Ok(v)) => v,
-                // ICMP port unreachable from an earlier send: the client is gone
-                // (for example curl exited after the final ACK got lost).
-                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    return Err(TransferError::Io(e));
-                }
                 Ok(Err(e)) => return Err(TransferError::Io(e)),
             };
             if from != self.peer {
