@@ -204,7 +204,8 @@ pub struct TftpConfig {
     pub max_transfers: usize,
     /// Retransmission timeout unless the client negotiates `timeout`.
     pub timeout: Duration,
-    /// Retransmissions of the same window before the transfer is abandoned.
+    /// Retransmissions of the same window before the transfer is abandoned
+    /// (each waits twice as long as the one before, see [`backoff`]).
     pub max_retries: u32,
     pub limits: Limits,
     /// Bytes read from a [`Body::Reader`] at a time (plus one window kept for
@@ -475,7 +476,7 @@ impl Transfer<'_> {
         let mut retries = 0;
         loop {
             self.sock.send_to(&oack, self.peer).await?;
-            let deadline = tokio::time::Instant::now() + timeout;
+            let deadline = tokio::time::Instant::now() + backoff(timeout, retries);
             loop {
                 match self.recv(deadline).await? {
                     Incoming::Ack(0) => return Ok(()),
@@ -530,7 +531,7 @@ impl Transfer<'_> {
             }
             // The deadline is not moved by ignored packets: a stream of duplicate
             // ACKs must not postpone the retransmission.
-            let deadline = tokio::time::Instant::now() + timeout;
+            let deadline = tokio::time::Instant::now() + backoff(timeout, retries);
             loop {
                 match self.recv(deadline).await? {
                     Incoming::Ack(block) => match window.on_ack(block) {
@@ -594,6 +595,16 @@ impl Transfer<'_> {
             }
         }
     }
+}
+
+/// Wait before the `retries`-th retransmission of the same packet: the timeout,
+/// doubled per consecutive retry up to 16× (RFC 1123 4.2.3.2 requires an
+/// adaptive timeout with exponential backoff). Besides sparing a congested link,
+/// this lets a client's own retransmission timer fire: atftp restarts its timer on
+/// every packet, even an ignored duplicate, so a server resending faster than the
+/// client's timeout would keep it from ever re-sending a lost ACK.
+pub fn backoff(timeout: Duration, retries: u32) -> Duration {
+    timeout.saturating_mul(1 << retries.min(4))
 }
 
 /// RFC 7440 sender window, without I/O. Blocks are numbered by a 64-bit sequence
@@ -771,6 +782,17 @@ mod tests {
         }
         // A literal file named "..x" is not a parent reference.
         assert_eq!(ok("..x"), PathBuf::from("..x"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_16x() {
+        let t = Duration::from_millis(100);
+        let got: Vec<u64> = (0..7).map(|r| backoff(t, r).as_millis() as u64).collect();
+        assert_eq!(got, vec![100, 200, 400, 800, 1600, 1600, 1600]);
+        assert_eq!(
+            backoff(Duration::from_secs(255), 9),
+            Duration::from_secs(4080)
+        );
     }
 
     #[test]
