@@ -208,8 +208,8 @@ pub struct TftpConfig {
     /// (each waits twice as long as the one before, see [`backoff`]).
     pub max_retries: u32,
     pub limits: Limits,
-    /// Bytes read from a [`Body::Reader`] at a time (plus one window kept for
-    /// retransmission).
+    /// Bytes read from a [`Body::Reader`] at a time, at least 8 blocks (plus one
+    /// window kept for retransmission). Per-transfer memory is about this much.
     pub read_chunk: usize,
     pub stats: Arc<TftpStats>,
 }
@@ -698,6 +698,9 @@ impl Source {
             Body::Bytes(b) => SourceKind::Bytes(b),
             Body::Reader(reader) => {
                 let window_bytes = neg.blksize as usize * neg.windowsize as usize;
+                // At least 8 blocks per read: with 64 KiB blocks a 256 KiB chunk
+                // would mean a blocking-pool round trip every 4 packets.
+                let read_chunk = read_chunk.max(8 * neg.blksize as usize);
                 // Never more than the file needs (+1 so EOF-sized buffers stay
                 // non-empty): small files cost small buffers.
                 let cap = (read_chunk + window_bytes).min(content.size as usize + 1);
