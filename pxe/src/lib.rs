@@ -1,1 +1,4 @@
 //! ironseed `pxe`: serves a rendered bundle on the LAN (DHCP, TFTP, HTTP).
+
+pub mod proto;
+pub mod serve;

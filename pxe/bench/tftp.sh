@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# TFTP benchmark: ironseed's server against tftpd-hpa, atftpd and dnsmasq, with
+# the same clients and the same file, in interleaved rounds (peers.md: only
+# ratios from one run mean anything on this noisy 2-core machine).
+#
+#   bash pxe/bench/tftp.sh            # needs root (network namespace for dnsmasq)
+#   ROUNDS=5 SIZE_MB=64 CONC=50 CONC_MB=30 bash pxe/bench/tftp.sh
+#
+# Prints one table of MB/s (MB = 10^6 bytes; median of ROUNDS, min-max) with the
+# ratio of ironseed to each peer, then CONC concurrent clients x CONC_MB MiB wall
+# times and ironseed's peak resident memory (VmHWM of its process).
+#
+# Ports: 127.0.0.1:46960-46962 on the host; dnsmasq 2.90 has no --tftp-port, so
+# it runs on port 69 inside the namespace "tftbench" (only lo, 127.0.0.1) and its
+# clients run there too. Traffic never leaves loopback.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+SIZE_MB=${SIZE_MB:-64}
+CONC=${CONC:-50}
+CONC_MB=${CONC_MB:-30}
+P_IRON=46960
+P_HPA=46961
+P_ATFTPD=46962
+NS=tftbench
+
+here=$(cd "$(dirname "$0")/../.." && pwd)
+for bin in tftp curl atftp in.tftpd dnsmasq ip; do
+    command -v "$bin" >/dev/null || { echo "missing $bin (apt-get install tftp-hpa curl atftp tftpd-hpa dnsmasq-base iproute2)" >&2; exit 1; }
+done
+
+work=$(mktemp -d /tmp/tftp-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    ip netns del "$NS" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== building ironseed (release)" >&2
+(cd "$here" && cargo build --release -q -p pxe --example tftp_serve)
+iron_bin="$here/target/release/examples/tftp_serve"
+
+# atftpd conflicts with tftpd-hpa as a package: unpack it instead (peers.md).
+atftpd_bin="$here/target/bench-peers/usr/sbin/atftpd"
+if [[ ! -x $atftpd_bin ]]; then
+    echo "== unpacking atftpd" >&2
+    mkdir -p "$here/target/bench-peers"
+    (cd "$work" && apt-get download atftpd >/dev/null 2>&1 && dpkg-deb -x atftpd_*.deb "$here/target/bench-peers")
+fi
+
+# The root must be world-readable: in.tftpd and dnsmasq drop privileges.
+root="$work/root"
+out="$work/out"
+mkdir -p "$root" "$out"
+chmod 755 "$work" "$root"
+head -c $((SIZE_MB * 1048576)) /dev/urandom >"$root/big.bin"
+head -c $((CONC_MB * 1048576)) /dev/urandom >"$root/conc.bin"
+chmod 644 "$root"/*.bin
+size_big=$(stat -c %s "$root/big.bin")
+size_conc=$(stat -c %s "$root/conc.bin")
+
+echo "== starting servers" >&2
+RUST_LOG=warn "$iron_bin" "$root" 127.0.0.1:$P_IRON 128 >"$work/iron.log" 2>&1 &
+iron_pid=$!; pids+=("$iron_pid")
+in.tftpd -L -s "$root" -a 127.0.0.1:$P_HPA >"$work/hpa.log" 2>&1 &
+pids+=($!)
+"$atftpd_bin" --daemon --no-fork --port $P_ATFTPD --bind-address 127.0.0.1 \
+    --user root --group root --maxthread 128 --logfile /dev/null "$root" >"$work/atftpd.log" 2>&1 &
+atftpd_pid=$!; pids+=("$atftpd_pid")
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+ip netns exec "$NS" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 \
+    --enable-tftp --tftp-root="$root" --listen-address=127.0.0.1 --bind-interfaces \
+    --user=root --group=root --tftp-max=128 --log-facility="$work/dnsmasq.log" &
+pids+=($!)
+sleep 1
+
+# server name -> "prefix port": how a client reaches it.
+declare -A where=(
+    [ironseed]=":$P_IRON"
+    [tftpd-hpa]=":$P_HPA"
+    [atftpd]=":$P_ATFTPD"
+    [dnsmasq]="ns:69"
+)
+
+# fetch SERVER CLIENT FILE OUTFILE: one download; the client's exit code.
+fetch() {
+    local server=$1 client=$2 file=$3 dest=$4
+    local spec=${where[$server]} pre=()
+    local port=${spec#*:}
+    [[ $spec == ns:* ]] && pre=(ip netns exec "$NS")
+    case $client in
+    tftp512) "${pre[@]}" tftp -m binary 127.0.0.1 "$port" -c get "$file" "$dest" 2>/dev/null ;;
+    curl*) "${pre[@]}" curl -sS --tftp-blksize "${client#curl}" -o "$dest" "tftp://127.0.0.1:$port/$file" 2>/dev/null ;;
+    atftp-ws*) "${pre[@]}" atftp --get -r "$file" -l "$dest" --option "blksize 1468" \
+        --option "windowsize ${client#atftp-ws}" 127.0.0.1 "$port" >/dev/null 2>&1 ;;
+    esac
+}
+
+now() { date +%s.%N; }
+
+# cases: client and the servers it is measured against (ironseed first).
+cases=(
+    "tftp512 ironseed tftpd-hpa atftpd dnsmasq"
+    "curl1468 ironseed tftpd-hpa atftpd dnsmasq"
+    "curl65464 ironseed tftpd-hpa atftpd dnsmasq"
+    "atftp-ws8 ironseed atftpd"
+    "atftp-ws16 ironseed atftpd"
+)
+declare -A results  # "client server" -> space-separated MB/s
+
+echo "== single client, $SIZE_MB MiB, $ROUNDS interleaved rounds" >&2
+for round in $(seq 1 "$ROUNDS"); do
+    for c in "${cases[@]}"; do
+        read -r client servers <<<"$c"
+        read -ra list <<<"$servers"
+        # Rotate the order each round so no server always runs first.
+        n=${#list[@]}
+        for i in $(seq 0 $((n - 1))); do
+            server=${list[$(((i + round) % n))]}
+            rm -f "$out/one"
+            t0=$(now)
+            fetch "$server" "$client" big.bin "$out/one" || true
+            t1=$(now)
+            got=$(stat -c %s "$out/one" 2>/dev/null || echo 0)
+            if [[ $got -eq $size_big ]]; then
+                mbs=$(awk -v b="$size_big" -v a="$t0" -v z="$t1" 'BEGIN{printf "%.1f", b/(z-a)/1e6}')
+            else
+                mbs=FAIL
+            fi
+            results["$client $server"]+="$mbs "
+            echo "   round $round $client $server $mbs" >&2
+        done
+    done
+done
+
+# median, min, max of a list of numbers ("FAIL" makes the cell FAIL).
+stats() {
+    tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '
+        /FAIL/ {fail=1} {v[NR]=$1}
+        END { if (fail || NR==0) { print "FAIL"; exit }
+              m = (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2
+              printf "%.1f %.1f %.1f\n", m, v[1], v[NR] }'
+}
+
+echo
+echo "TFTP, one client on loopback, ${SIZE_MB} MiB file, MB/s median (min-max) of $ROUNDS rounds"
+printf '%-12s | %-20s | %-20s | %-20s | %-20s | %s\n' client ironseed tftpd-hpa atftpd dnsmasq "ironseed / peer"
+printf '%s\n' "-------------+----------------------+----------------------+----------------------+----------------------+-------------------------"
+for c in "${cases[@]}"; do
+    read -r client servers <<<"$c"
+    read -r im _ _ <<<"$(stats "${results["$client ironseed"]}")"
+    row=$(printf '%-12s' "$client")
+    ratios=""
+    for server in ironseed tftpd-hpa atftpd dnsmasq; do
+        if [[ -z ${results["$client $server"]+x} ]]; then
+            row+=$(printf ' | %-20s' "-")
+            continue
+        fi
+        read -r m lo hi <<<"$(stats "${results["$client $server"]}")"
+        if [[ $m == FAIL ]]; then
+            row+=$(printf ' | %-20s' "FAIL")
+        else
+            row+=$(printf ' | %-20s' "$m ($lo-$hi)")
+        fi
+        if [[ $server != ironseed && $m != FAIL && $im != FAIL ]]; then
+            ratios+=$(awk -v a="$im" -v b="$m" -v s="$server" 'BEGIN{printf "%s %.2fx  ", s, a/b}')
+        fi
+    done
+    echo "$row | $ratios"
+done
+
+# conc SERVER CLIENT: CONC clients at once, each CONC_MB MiB; wall seconds and
+# failures; samples ironseed's RSS while it runs.
+conc() {
+    local server=$1 client=$2 t0 t1 fails=0 cpids=() i
+    rm -rf "$out/c" && mkdir -p "$out/c"
+    t0=$(now)
+    for i in $(seq 1 "$CONC"); do
+        fetch "$server" "$client" conc.bin "$out/c/$i" &
+        cpids+=($!)
+    done
+    local peak=0 rss
+    if [[ $server == ironseed ]]; then
+        while kill -0 "${cpids[@]}" 2>/dev/null; do
+            rss=$(awk '/VmRSS/ {print $2}' /proc/$iron_pid/status)
+            ((rss > peak)) && peak=$rss
+            sleep 0.2
+        done
+    fi
+    for p in "${cpids[@]}"; do wait "$p" || true; done
+    t1=$(now)
+    for i in $(seq 1 "$CONC"); do
+        [[ $(stat -c %s "$out/c/$i" 2>/dev/null || echo 0) -eq $size_conc ]] || fails=$((fails + 1))
+    done
+    awk -v a="$t0" -v z="$t1" -v f="$fails" -v n="$CONC" -v b="$size_conc" -v p="$peak" \
+        'BEGIN{printf "%.1f %d %.0f %d\n", z-a, f, n*b/(z-a)/1e6, p}'
+}
+
+echo >&2
+echo "== $CONC concurrent x $CONC_MB MiB" >&2
+conc_cases=(
+    "ironseed atftp-ws8" "atftpd atftp-ws8"
+    "ironseed curl1468" "tftpd-hpa curl1468" "dnsmasq curl1468"
+)
+declare -A conc_res
+for cc in "${conc_cases[@]}"; do
+    read -r server client <<<"$cc"
+    conc_res["$cc"]=$(conc "$server" "$client")
+    echo "   $cc ${conc_res["$cc"]}" >&2
+done
+
+echo
+echo "TFTP, $CONC concurrent clients x $CONC_MB MiB"
+printf '%-28s | %8s | %9s | %14s\n' "server / client" "wall s" failures "aggregate MB/s"
+printf '%s\n' "-----------------------------+----------+-----------+---------------"
+for cc in "${conc_cases[@]}"; do
+    read -r wall fails agg _ <<<"${conc_res["$cc"]}"
+    printf '%-28s | %8s | %9s | %14s\n' "${cc/ / \/ }" "$wall" "$fails/$CONC" "$agg"
+done
+read -r iw _ _ peak_rss_ws <<<"${conc_res["ironseed atftp-ws8"]}"
+read -r aw _ _ _ <<<"${conc_res["atftpd atftp-ws8"]}"
+read -r icw _ _ peak_rss_curl <<<"${conc_res["ironseed curl1468"]}"
+read -r hw _ _ _ <<<"${conc_res["tftpd-hpa curl1468"]}"
+read -r dw _ _ _ <<<"${conc_res["dnsmasq curl1468"]}"
+awk -v a="$iw" -v b="$aw" 'BEGIN{printf "wall time ironseed / atftpd (atftp ws8): %.2fx (target <= 0.70)\n", a/b}'
+awk -v a="$icw" -v b="$hw" -v c="$dw" 'BEGIN{printf "wall time ironseed / tftpd-hpa (curl 1468): %.2fx, / dnsmasq: %.2fx\n", a/b, a/c}'
+hwm=$(awk '/VmHWM/ {print $2}' /proc/$iron_pid/status)
+echo "ironseed resident memory: peak VmRSS sampled while serving $CONC clients ${peak_rss_ws} kB (atftp ws8), ${peak_rss_curl} kB (curl); VmHWM over the whole run ${hwm} kB (target < 51200 kB)"
+echo "atftpd VmHWM over the whole run: $(awk '/VmHWM/ {print $2}' /proc/$atftpd_pid/status) kB"

@@ -1,0 +1,4 @@
+//! Pure protocol codecs: bytes in, typed values out (and back). No sockets here, so
+//! every rule can be unit-tested without the network.
+
+pub mod tftp;
