@@ -117,6 +117,8 @@ pub enum DecodeError {
     TruncatedOption { code: u8 },
     #[error("option {code} has invalid length {len}")]
     BadOptionLength { code: u8, len: usize },
+    #[error("option {0} appears twice, not adjacent (RFC 3396 vs dhcproto: ambiguous)")]
+    DuplicateOption(u8),
     #[error("no DHCP message type (plain BOOTP is not served)")]
     NoMessageType,
     #[error("message type {0:?} is not a client request")]
@@ -207,14 +209,26 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, DecodeError> {
 
 /// Walk the option area like dhcproto does (runs of the same code are one
 /// option, RFC 3396) and reject lengths dhcproto would mis-handle.
+///
+/// RFC 3396 also concatenates *non-adjacent* instances of an option, while
+/// dhcproto keeps only the last one; rather than guess, such packets are
+/// refused (no PXE firmware or iPXE build splits options that way).
 pub fn check_options(mut opts: &[u8]) -> Result<(), DecodeError> {
+    let mut seen = [false; 256];
     // (code, concatenated length) of the run being accumulated.
     let mut run: Option<(u8, usize)> = None;
+    let mut close = |run: &mut Option<(u8, usize)>| -> Result<(), DecodeError> {
+        if let Some((c, l)) = run.take() {
+            if std::mem::replace(&mut seen[usize::from(c)], true) {
+                return Err(DecodeError::DuplicateOption(c));
+            }
+            check_len(c, l)?;
+        }
+        Ok(())
+    };
     while let Some(&code) = opts.first() {
         if code == 0 || code == 255 {
-            if let Some((c, l)) = run.take() {
-                check_len(c, l)?;
-            }
+            close(&mut run)?;
             if code == 255 {
                 break;
             }
@@ -228,20 +242,16 @@ pub fn check_options(mut opts: &[u8]) -> Result<(), DecodeError> {
         if opts.len() < 2 + len {
             return Err(DecodeError::TruncatedOption { code });
         }
-        run = match run {
-            Some((c, l)) if c == code => Some((c, l + len)),
-            Some((c, l)) => {
-                check_len(c, l)?;
-                Some((code, len))
+        match &mut run {
+            Some((c, l)) if *c == code => *l += len,
+            _ => {
+                close(&mut run)?;
+                run = Some((code, len));
             }
-            None => Some((code, len)),
-        };
+        }
         opts = &opts[2 + len..];
     }
-    if let Some((c, l)) = run {
-        check_len(c, l)?;
-    }
-    Ok(())
+    close(&mut run)
 }
 
 fn check_len(code: u8, len: usize) -> Result<(), DecodeError> {
@@ -754,6 +764,14 @@ mod tests {
         assert_eq!(
             decode_request(&with_options(&[53, 1, 2, 255]), RecvPort::Dhcp),
             Err(DecodeError::NotClientMessage(MessageType::Offer))
+        );
+        // The same option twice, apart: refused.
+        assert_eq!(
+            decode_request(
+                &with_options(&[53, 1, 1, 12, 1, b'a', 53, 1, 1, 255]),
+                RecvPort::Dhcp
+            ),
+            Err(DecodeError::DuplicateOption(53))
         );
         // No END option at all is tolerated (some firmware pads with zeros).
         assert!(decode_request(&with_options(&[53, 1, 1, 0, 0, 0]), RecvPort::Dhcp).is_ok());
