@@ -2,6 +2,8 @@
 //! server, building client datagrams, and cleanup guards.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
