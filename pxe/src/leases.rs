@@ -163,11 +163,13 @@ impl LeaseStore {
                 true
             }
             LeaseAction::Release { mac, ip } => {
-                // §4.3.4: only the owner can release; keep the MAC → IP memory
-                // so the client gets the same address next time if still free.
-                match self.by_ip.get(&ip) {
-                    Some(l) if l.mac == mac => {
-                        self.by_ip.remove(&ip);
+                // §4.3.4: only the owner can release. The entry is expired
+                // rather than removed: the client gets the same address next
+                // time if still free (§4.3.1), and memory stays bounded by the
+                // pool size even when spoofed MACs DISCOVER and RELEASE.
+                match self.by_ip.get_mut(&ip) {
+                    Some(l) if l.mac == mac && l.expires > now => {
+                        l.expires = now;
                         true
                     }
                     _ => false,
@@ -471,6 +473,25 @@ mod tests {
         // Garbage is an error, not an empty store.
         std::fs::write(dir.path().join(LEASES_FILE), b"{not json").unwrap();
         assert!(t.load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn spoofed_macs_cannot_grow_the_store() {
+        let mut s = store();
+        for i in 0..1000u32 {
+            let mut m = [2, 1, 0, 0, 0, 0];
+            m[2..].copy_from_slice(&i.to_be_bytes());
+            let mac = MacAddr(m);
+            if let Some(a) = offer(&mut s, mac, u64::from(i)) {
+                s.apply(LeaseAction::Release { mac, ip: a }, u64::from(i));
+            }
+        }
+        assert!(
+            s.len() <= 2 && s.by_mac.len() <= 2,
+            "{} / {}",
+            s.len(),
+            s.by_mac.len()
+        );
     }
 
     #[test]

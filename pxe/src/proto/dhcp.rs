@@ -18,8 +18,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-pub use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, OptionCode};
-use dhcproto::v4::{Flags, HType, Opcode, UnknownOption};
+pub use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{Flags, HType, UnknownOption};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 /// Fixed BOOTP header (RFC 2131 §2) plus the 4-byte magic cookie.
