@@ -11,8 +11,10 @@
 //!   that PXE-boot (network first in the boot order) must still reach the
 //!   HTTP script that tells them to boot from disk; that decision is the HTTP
 //!   layer's. State and firmware are kept in [`NodeView`] for logs.
-//! - **Relayed requests (giaddr ≠ 0) are not answered**: ironseed serves the
-//!   one L2 segment it is bound to.
+//! - **Relayed requests are answered only when the relay (giaddr) is inside
+//!   the served subnet** (RFC 2131 §4.3.1 picks the subnet from giaddr, and
+//!   ironseed serves exactly one); replies go to the relay on port 67.
+//!   Relays from other subnets are ignored.
 //! - **Full mode is authoritative** for its subnet: a REQUEST for an address
 //!   that is not this client's gets a NAK (RFC 2131 §4.3.2), so a moved or
 //!   reinstalled machine recovers at once instead of after its lease.
@@ -229,7 +231,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             Reason::ModeOff => "ignored: dhcp mode off",
-            Reason::Relayed => "ignored: relayed request (giaddr set)",
+            Reason::Relayed => "ignored: relayed from a subnet we do not serve",
             Reason::NotBootClient => "ignored: not a PXE/HTTP/iPXE client",
             Reason::UnsupportedArch => "ignored: no boot file for this architecture",
             Reason::ProxyIgnoresRequest => "ignored: REQUEST on 67 is for the LAN's DHCP server",
@@ -268,7 +270,9 @@ pub fn decide_explained(
 ) -> (Option<Reply>, Reason) {
     match cfg.mode {
         DhcpMode::Off => (None, Reason::ModeOff),
-        _ if !req.giaddr.is_unspecified() => (None, Reason::Relayed),
+        _ if !req.giaddr.is_unspecified() && !cfg.subnet.contains(&req.giaddr) => {
+            (None, Reason::Relayed)
+        }
         _ if req.port == RecvPort::PxeBoot => pxe_port(req, cfg),
         DhcpMode::Proxy => proxy(req, cfg),
         DhcpMode::Full => full(req, node, cfg, leases),
@@ -459,7 +463,7 @@ pub fn lease_effect(
     reply: Option<&Reply>,
     cfg: &DhcpPolicyConfig,
 ) -> Option<LeaseAction> {
-    if cfg.mode != DhcpMode::Full || req.port != RecvPort::Dhcp || !req.giaddr.is_unspecified() {
+    if cfg.mode != DhcpMode::Full || req.port != RecvPort::Dhcp {
         return None;
     }
     let mac = req.mac;

@@ -316,16 +316,26 @@ fn snponly_is_configurable() {
 }
 
 #[test]
-fn relayed_requests_are_ignored() {
+fn relayed_requests_only_from_the_served_subnet() {
     let mut req = request(KNOWN, Some(0), false, Exchange::Discover, KNOWN_IP);
-    req.giaddr = Ipv4Addr::new(10, 77, 2, 1);
     for mode in [DhcpMode::Proxy, DhcpMode::Full] {
         let c = cfg(mode, true);
+        req.giaddr = Ipv4Addr::new(10, 77, 2, 1);
         assert_eq!(
             decide_explained(&req, Some(&node()), &c, &OnePool).1,
             Reason::Relayed
         );
+        // A relay on our own subnet (perfdhcp simulates one) is served.
+        req.giaddr = Ipv4Addr::new(10, 77, 1, 254);
+        let (r, why) = decide_explained(&req, Some(&node()), &c, &OnePool);
+        assert!(r.is_some(), "{mode:?}: {why:?}");
     }
+    let c = cfg(DhcpMode::Full, true);
+    let r = decide(&req, Some(&node()), &c, &OnePool).unwrap();
+    assert!(
+        lease_effect(&req, Some(&r), &c).is_some(),
+        "relayed offers are held too"
+    );
 }
 
 #[test]
