@@ -252,7 +252,13 @@ impl LeaseStore {
 
     /// Atomic write: temp file in the same dir, fsync, rename over the old file.
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let body = serde_json::to_vec_pretty(&self.bound()).map_err(std::io::Error::other)?;
+        Self::save_leases(&self.bound(), dir)
+    }
+
+    /// [`Self::save`] for a list taken earlier (so the store's lock is not
+    /// held while writing).
+    pub fn save_leases(leases: &[Lease], dir: &Path) -> std::io::Result<()> {
+        let body = serde_json::to_vec_pretty(leases).map_err(std::io::Error::other)?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         tmp.write_all(&body)?;
         tmp.as_file().sync_all()?;

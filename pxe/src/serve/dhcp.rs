@@ -235,14 +235,17 @@ impl DhcpContext {
         }
     }
 
-    /// Write the leases if they changed since the last save.
+    /// Write the leases if they changed since the last save. Blocking (JSON +
+    /// fsync): the loop calls it through `spawn_blocking` so a save of tens
+    /// of thousands of leases never stalls replies.
     pub fn persist_if_dirty(&self) {
         let Some(dir) = &self.state_dir else { return };
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return;
         }
-        let snapshot = self.leases().clone();
-        if let Err(e) = snapshot.save(dir) {
+        // Only the bound leases are copied under the lock.
+        let bound = self.leases().bound();
+        if let Err(e) = LeaseStore::save_leases(&bound, dir) {
             self.dirty.store(true, Ordering::Relaxed);
             warn!(dir = %dir.display(), error = %e, "cannot save DHCP leases");
         }
@@ -269,7 +272,10 @@ pub async fn run(
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => ctx.persist_if_dirty(),
+                    _ = tick.tick() => {
+                        let c = ctx.clone();
+                        let _ = tokio::task::spawn_blocking(move || c.persist_if_dirty()).await;
+                    }
                     _ = stop.changed() => return Ok(()),
                 }
             }
@@ -285,7 +291,7 @@ pub async fn run(
             Ok(Ok(())) => {}
         }
     }
-    ctx.persist_if_dirty();
+    let _ = tokio::task::spawn_blocking(move || ctx.persist_if_dirty()).await;
     result
 }
 
