@@ -10,6 +10,9 @@
 //!   a plain DISCOVER gets nothing; iPXE gets its per-MAC script URL;
 //!   UEFI HTTP boot gets an HTTP URL; port 4011 answers by unicast.
 //!
+//! - real firmware: qemu's iPXE NIC ROM (SeaBIOS under TCG) gets its
+//!   inventory address and its per-MAC script URL in full mode.
+//!
 //! With `IRONSEED_REGEN_TESTDATA=1` the captured datagrams are written to
 //! `pxe/testdata/` for the codec golden tests (see testdata/CAPTURE.md).
 
@@ -20,7 +23,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::time::Duration;
 
-use common::netns::{Capture, Frame, Lab, in_netns, netns_available, udhcpc, write_hook};
+use common::netns::{Capture, Frame, Lab, Netns, in_netns, netns_available, udhcpc, write_hook};
 use common::{Server, mac, plain_discover, pxe_discover};
 use pxe::proto::dhcp::{self, DhcpOption, Message, MessageType, OptionCode};
 use serde_json::json;
@@ -349,4 +352,140 @@ fn proxy_mode_answers_pxe_clients_only() {
         Ipv4Addr::new(10, 77, 2, 50),
         "4011 answers by unicast"
     );
+}
+
+/// qemu with the iPXE NIC ROMs (Debian qemu-system-x86 + ipxe-qemu). Like
+/// root, required under CI=true and a loud skip otherwise.
+fn qemu_available(test: &str) -> bool {
+    let ok = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        // Debian's qemu looks for NIC ROMs in /usr/lib/ipxe/qemu too.
+        && ["/usr/lib/ipxe/qemu", "/usr/share/qemu"]
+            .iter()
+            .any(|d| Path::new(d).join("efi-virtio.rom").exists());
+    if ok {
+        return true;
+    }
+    let why = format!("{test}: needs qemu-system-x86_64 and ipxe-qemu's efi-virtio.rom");
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI=true but {why}"
+    );
+    eprintln!("SKIP: {why}");
+    false
+}
+
+/// A qemu VM, killed on drop.
+struct Qemu(Option<std::process::Child>);
+
+impl Qemu {
+    fn alive(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn real_ipxe_rom_gets_its_script_url() {
+    let name = "real_ipxe_rom_gets_its_script_url";
+    if !netns_available(name) || !qemu_available(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("{}3", std::process::id() % 100_000);
+    let ns = Netns::new(format!("dhcq{tag}"));
+    let tap = format!("dhc{tag}t");
+    ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ns.ip(&["addr", "add", "10.77.3.1/24", "dev", &tap]);
+    ns.ip(&["link", "set", &tap, "up"]);
+    let vm_mac = "52:54:00:77:03:01";
+    let server = Server::spawn(
+        &["ip", "netns", "exec", &ns.0],
+        &json!({
+            "interface": tap, "mode": "full", "subnet": "10.77.3.0/24", "gateway": "10.77.3.1",
+            "pool": {"start": "10.77.3.100", "end": "10.77.3.150"},
+            "nodes": [{"mac": vm_mac, "hostname": "ipxevm", "ip": "10.77.3.10", "firmware": "bios"}],
+        }),
+        dir.path(),
+    );
+    let cap = Capture::start(&ns, &tap, dir.path());
+    // TCG: this kernel's /dev/kvm is a slow nested layer (shared/docs/pxe-lab.md).
+    let serial = dir.path().join("serial.log");
+    let mut vm = Qemu(Some(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "qemu-system-x86_64",
+                "-machine",
+                "pc,accel=tcg",
+            ])
+            .args([
+                "-m",
+                "128",
+                "-smp",
+                "1",
+                "-nographic",
+                "-monitor",
+                "none",
+                "-no-reboot",
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            ])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={vm_mac},bootindex=1"),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap())
+            .spawn()
+            .expect("spawning qemu"),
+    ));
+    // iPXE's DISCOVER → OFFER → REQUEST → ACK; the ACK is the readiness signal.
+    server.wait_for_log(&["ipxe=true", "msg=Request", "decision=ack"], || vm.alive());
+    drop(vm);
+    let counters = server.stop();
+    let (cli, srv) = split(&cap.stop());
+    let disc = cli
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| msg_type(m) == Some(MessageType::Discover))
+        .expect("iPXE DISCOVER on the wire");
+    let req = dhcp::decode_request(&dhcp::encode(disc).unwrap(), dhcp::RecvPort::Dhcp).unwrap();
+    assert!(req.user_class_ipxe && req.is_pxe_client(), "{req:?}");
+    assert_eq!(req.client_arch, Some(0));
+    let ack = srv
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| msg_type(m) == Some(MessageType::Ack))
+        .expect("ACK on the wire");
+    assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 77, 3, 10));
+    assert_eq!(
+        file(ack),
+        format!("http://10.77.3.1:8080/boot/{vm_mac}.ipxe")
+    );
+    assert!(ack.opts().get(OptionCode::Unknown(175)).is_some());
+    assert!(counters["acks"].as_u64().unwrap() >= 1, "{counters}");
 }

@@ -91,6 +91,34 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Poll the server's log until a line contains every one of `parts`
+    /// (the readiness signal of an exchange with a slow client such as a VM
+    /// under TCG). `alive` is checked between polls so a dead client fails
+    /// fast; the 10-minute deadline only guards against a hung test.
+    pub fn wait_for_log(&self, parts: &[&str], mut alive: impl FnMut() -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            if let Some(l) = self
+                .log_text()
+                .lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return l.to_owned();
+            }
+            assert!(
+                alive(),
+                "client exited before {parts:?}; server log:\n{}",
+                self.log_text()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {parts:?} after 10 min; server log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
