@@ -227,6 +227,55 @@ pub enum Reason {
     Nak,
 }
 
+impl Reason {
+    /// Every reason, in declaration order (`ALL[r.index()] == r`).
+    pub const ALL: [Reason; 16] = [
+        Reason::ModeOff,
+        Reason::Relayed,
+        Reason::NotBootClient,
+        Reason::UnsupportedArch,
+        Reason::ProxyIgnoresRequest,
+        Reason::NotForThisPort,
+        Reason::NoAddress,
+        Reason::OtherServerChosen,
+        Reason::NoRequestedAddress,
+        Reason::ClientReleases,
+        Reason::ProxyOffer,
+        Reason::ProxyAck,
+        Reason::Offer,
+        Reason::Ack,
+        Reason::InformAck,
+        Reason::Nak,
+    ];
+
+    /// Position in [`Reason::ALL`], for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A stable snake_case label (metrics).
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::ModeOff => "mode_off",
+            Reason::Relayed => "relayed_other_subnet",
+            Reason::NotBootClient => "not_boot_client",
+            Reason::UnsupportedArch => "unsupported_arch",
+            Reason::ProxyIgnoresRequest => "proxy_ignores_request",
+            Reason::NotForThisPort => "not_for_this_port",
+            Reason::NoAddress => "no_address",
+            Reason::OtherServerChosen => "other_server_chosen",
+            Reason::NoRequestedAddress => "no_requested_address",
+            Reason::ClientReleases => "client_releases",
+            Reason::ProxyOffer => "proxy_offer",
+            Reason::ProxyAck => "proxy_ack",
+            Reason::Offer => "offer",
+            Reason::Ack => "ack",
+            Reason::InformAck => "inform_ack",
+            Reason::Nak => "nak",
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {

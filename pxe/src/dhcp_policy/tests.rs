@@ -482,3 +482,12 @@ fn config_validation() {
         Err(ConfigError::ServerOutsideSubnet(..))
     ));
 }
+
+#[test]
+fn reason_table_is_consistent() {
+    let mut labels = HashSet::new();
+    for (i, r) in Reason::ALL.iter().enumerate() {
+        assert_eq!(r.index(), i, "{r:?}");
+        assert!(labels.insert(r.label()), "duplicate label {}", r.label());
+    }
+}

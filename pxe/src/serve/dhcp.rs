@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::dhcp_policy::{
-    DhcpMode, DhcpPolicyConfig, NoLeases, NodeView, arch, decide_explained, lease_effect,
+    DhcpMode, DhcpPolicyConfig, NoLeases, NodeView, Reason, arch, decide_explained, lease_effect,
 };
 use crate::leases::LeaseStore;
 use crate::net::{ReplyRouting, reply_target};
@@ -88,6 +88,8 @@ pub struct DhcpCounters {
     pub panics: AtomicU64,
     /// Replies sent, by client architecture (see [`ARCH_LABELS`]).
     pub replies_by_arch: [AtomicU64; 7],
+    /// Decoded requests by policy decision (index: [`Reason::index`]).
+    pub by_decision: [AtomicU64; Reason::ALL.len()],
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -101,6 +103,7 @@ pub struct CountersSnapshot {
     pub send_errors: u64,
     pub panics: u64,
     pub replies_by_arch: Vec<(&'static str, u64)>,
+    pub by_decision: Vec<(&'static str, u64)>,
 }
 
 impl DhcpCounters {
@@ -119,6 +122,11 @@ impl DhcpCounters {
                 .iter()
                 .zip(&self.replies_by_arch)
                 .map(|(l, a)| (*l, g(a)))
+                .collect(),
+            by_decision: Reason::ALL
+                .iter()
+                .zip(&self.by_decision)
+                .map(|(r, a)| (r.label(), g(a)))
                 .collect(),
         }
     }
@@ -193,6 +201,7 @@ impl DhcpContext {
             self.dirty.store(true, Ordering::Relaxed);
         }
         drop(store);
+        c.by_decision[why.index()].fetch_add(1, Ordering::Relaxed);
         let arch = req.client_arch;
         let host = node.as_ref().map_or("-", |n| n.hostname.as_str());
         let Some(reply) = reply else {
@@ -400,6 +409,11 @@ mod tests {
         let s = c.counters.snapshot();
         assert_eq!((s.received, s.offers, s.ignored, s.malformed), (3, 1, 1, 1));
         assert_eq!(s.replies_by_arch[0], ("bios", 1));
+        let d: HashMap<_, _> = s.by_decision.into_iter().collect();
+        assert_eq!(
+            (d["proxy_offer"], d["not_boot_client"], d["offer"]),
+            (1, 1, 0)
+        );
     }
 
     #[test]
