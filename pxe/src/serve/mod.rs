@@ -1,4 +1,5 @@
 //! Network servers. Each `run` function owns only I/O; protocol decisions live in
-//! [`crate::proto`].
+//! [`crate::proto`] and the policy modules.
 
+pub mod dhcp;
 pub mod tftp;

@@ -1,0 +1,149 @@
+//! Platform socket code, all in one place: bind-to-device, broadcast, and the
+//! RFC 2131 reply-target rule.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::proto::dhcp::{BootRequest, RecvPort, ReplyKind};
+
+pub const DHCP_SERVER_PORT: u16 = 67;
+pub const DHCP_CLIENT_PORT: u16 = 68;
+/// PXE boot server port (PXE 2.1 §2.2.2).
+pub const PXE_PORT: u16 = 4011;
+
+/// A UDP socket for DHCP: `SO_REUSEADDR` (the HTTP/TFTP servers or a restart
+/// may hold the port briefly), `SO_BROADCAST` (replies to 255.255.255.255),
+/// `SO_BINDTODEVICE` when an interface is given (serve one segment only, and
+/// receive broadcasts there even when bound to 0.0.0.0).
+pub fn udp_socket(iface: Option<&str>, addr: SocketAddrV4) -> io::Result<tokio::net::UdpSocket> {
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_broadcast(true)?;
+    if let Some(dev) = iface {
+        sock.bind_device(Some(dev.as_bytes()))?;
+    }
+    // A boot storm arrives in bursts; give the kernel room to queue them.
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::V4(addr).into())?;
+    tokio::net::UdpSocket::from_std(sock.into())
+}
+
+/// The first IPv4 address of `iface` (getifaddrs), for option 54 and siaddr.
+pub fn interface_ipv4(iface: &str) -> io::Result<Option<Ipv4Addr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    Ok(addrs
+        .filter(|a| a.interface_name == iface)
+        .find_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip())))
+}
+
+/// Where replies go when the client cannot be reached by unicast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyRouting {
+    /// UDP port of DHCP clients (68; tests on loopback use another).
+    pub client_port: u16,
+    /// Limited broadcast (255.255.255.255; tests on loopback use 127.0.0.1).
+    pub broadcast: Ipv4Addr,
+}
+
+impl Default for ReplyRouting {
+    fn default() -> Self {
+        ReplyRouting {
+            client_port: DHCP_CLIENT_PORT,
+            broadcast: Ipv4Addr::BROADCAST,
+        }
+    }
+}
+
+/// RFC 2131 §4.1 (and PXE 2.1 for port 4011), as a pure function.
+///
+/// We never unicast to `yiaddr` of a client that has no address yet: that
+/// needs an ARP entry injected for the client's MAC, which needs raw sockets.
+/// Broadcasting instead is what the RFC allows and what every client accepts.
+pub fn reply_target(
+    req: &BootRequest,
+    kind: ReplyKind,
+    src: SocketAddr,
+    routing: &ReplyRouting,
+) -> SocketAddr {
+    // Port 4011: the client talks to us from an address it owns; answer there.
+    if req.port == RecvPort::PxeBoot {
+        return src;
+    }
+    if !req.giaddr.is_unspecified() {
+        return SocketAddrV4::new(req.giaddr, DHCP_SERVER_PORT).into();
+    }
+    // A NAK is always broadcast: the client's address is what is in doubt.
+    if kind != ReplyKind::Nak && !req.ciaddr.is_unspecified() {
+        return SocketAddrV4::new(req.ciaddr, routing.client_port).into();
+    }
+    SocketAddrV4::new(routing.broadcast, routing.client_port).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::dhcp::{MacAddr, MessageType};
+
+    fn req() -> BootRequest {
+        BootRequest {
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            xid: 1,
+            msg_type: MessageType::Discover,
+            client_arch: Some(0),
+            user_class_ipxe: false,
+            vendor_class: Some("PXEClient".into()),
+            client_uuid: None,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            requested_ip: None,
+            server_id: None,
+            broadcast_flag: false,
+            hops: 0,
+            hostname: None,
+            port: RecvPort::Dhcp,
+        }
+    }
+
+    #[test]
+    fn targets() {
+        let r = ReplyRouting::default();
+        let src: SocketAddr = "10.77.1.50:68".parse().unwrap();
+        let mut q = req();
+        assert_eq!(
+            reply_target(&q, ReplyKind::Offer, src, &r),
+            "255.255.255.255:68".parse().unwrap()
+        );
+        q.broadcast_flag = true;
+        assert_eq!(
+            reply_target(&q, ReplyKind::Offer, src, &r),
+            "255.255.255.255:68".parse().unwrap()
+        );
+        q.ciaddr = Ipv4Addr::new(10, 77, 1, 50);
+        assert_eq!(
+            reply_target(&q, ReplyKind::Ack, src, &r),
+            "10.77.1.50:68".parse().unwrap()
+        );
+        assert_eq!(
+            reply_target(&q, ReplyKind::Nak, src, &r),
+            "255.255.255.255:68".parse().unwrap()
+        );
+        q.giaddr = Ipv4Addr::new(10, 77, 9, 1);
+        assert_eq!(
+            reply_target(&q, ReplyKind::Ack, src, &r),
+            "10.77.9.1:67".parse().unwrap()
+        );
+        let mut q = req();
+        q.port = RecvPort::PxeBoot;
+        let src4011: SocketAddr = "10.77.1.50:4011".parse().unwrap();
+        assert_eq!(reply_target(&q, ReplyKind::Ack, src4011, &r), src4011);
+    }
+
+    #[test]
+    fn loopback_interface_has_127_0_0_1() {
+        assert_eq!(interface_ipv4("lo").unwrap(), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(interface_ipv4("dhc-no-such-if").unwrap(), None);
+    }
+}

@@ -1,0 +1,492 @@
+//! The DHCP server against real clients across a veth pair between two
+//! network namespaces (needs root; see `netns_available`).
+//!
+//! - full mode: `busybox udhcpc -V PXEClient -x 0x5d:0000` (and 0007, 0009)
+//!   gets the inventory address, hostname and the right boot file; an
+//!   unknown MAC gets a pool address, and its lease is persisted;
+//! - proxy mode: udhcpc gets an address-less offer with the right boot file
+//!   (udhcpc is not a PXE client, so it then asks for 0.0.0.0 and fails,
+//!   which is expected: the LAN's router would have given the address);
+//!   a plain DISCOVER gets nothing; iPXE gets its per-MAC script URL;
+//!   UEFI HTTP boot gets an HTTP URL; port 4011 answers by unicast.
+//!
+//! - real firmware: qemu's iPXE NIC ROM (SeaBIOS under TCG) gets its
+//!   inventory address and its per-MAC script URL in full mode.
+//!
+//! With `IRONSEED_REGEN_TESTDATA=1` the captured datagrams are written to
+//! `pxe/testdata/` for the codec golden tests (see testdata/CAPTURE.md).
+
+#[path = "dhcpcommon/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use common::netns::{Capture, Frame, Lab, Netns, in_netns, netns_available, udhcpc, write_hook};
+use common::{Server, mac, plain_discover, pxe_discover};
+use pxe::proto::dhcp::{self, DhcpOption, Message, MessageType, OptionCode};
+use serde_json::json;
+use socket2::{Domain, Protocol, Socket, Type};
+
+const KNOWN_MAC: &str = "52:54:00:77:00:0a";
+const UNKNOWN_MAC: &str = "52:54:00:77:00:99";
+
+fn server_in(lab: &Lab, cfg: serde_json::Value, dir: &Path) -> Server {
+    Server::spawn(&["ip", "netns", "exec", &lab.srv.0], &cfg, dir)
+}
+
+fn msg_type(m: &Message) -> Option<MessageType> {
+    m.opts().msg_type()
+}
+
+fn opt60(m: &Message) -> Option<String> {
+    match m.opts().get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(v)) => Some(String::from_utf8_lossy(v).into_owned()),
+        _ => None,
+    }
+}
+
+fn file(m: &Message) -> String {
+    m.fname()
+        .map(|f| String::from_utf8_lossy(f).trim_end_matches('\0').to_owned())
+        .unwrap_or_default()
+}
+
+/// Client datagrams (to port 67/4011) and server datagrams, decoded.
+type Decoded = Vec<(Frame, Message)>;
+
+fn split(frames: &[Frame]) -> (Decoded, Decoded) {
+    let (mut cli, mut srv) = (Vec::new(), Vec::new());
+    for f in frames {
+        if f.payload.first() == Some(&1) {
+            cli.push((
+                f.clone(),
+                dhcp::decode_message(&f.payload).expect("client datagram"),
+            ));
+        } else {
+            srv.push((
+                f.clone(),
+                dhcp::decode_reply(&f.payload).expect("server datagram"),
+            ));
+        }
+    }
+    (cli, srv)
+}
+
+/// Keep captured datagrams as golden inputs when asked to.
+fn maybe_save(name: &str, payload: &[u8]) {
+    if std::env::var("IRONSEED_REGEN_TESTDATA").is_ok_and(|v| v == "1") {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(format!("{name}.bin"));
+        std::fs::write(&p, payload).unwrap();
+        eprintln!("wrote {}", p.display());
+    }
+}
+
+fn arch_of(m: &Message) -> Option<u16> {
+    match m.opts().get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
+        _ => None,
+    }
+}
+
+#[test]
+fn full_mode_udhcpc_gets_lease_and_boot_file() {
+    if !netns_available("full_mode_udhcpc_gets_lease_and_boot_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::new(1, KNOWN_MAC);
+    let cap = Capture::start(&lab.srv, &lab.srv_if, dir.path());
+    let state = dir.path().join("state");
+    let server = server_in(
+        &lab,
+        json!({
+            "interface": lab.srv_if,
+            "mode": "full",
+            "subnet": "10.77.1.0/24",
+            "gateway": "10.77.1.1",
+            "dns": ["10.77.1.1"],
+            "lease_secs": 600,
+            "pool": {"start": "10.77.1.100", "end": "10.77.1.150"},
+            "nodes": [{"mac": KNOWN_MAC, "hostname": "k3s1", "ip": "10.77.1.10", "firmware": "bios"}],
+            "state_dir": state,
+        }),
+        dir.path(),
+    );
+    assert_eq!(server.ready["server_ip"], "10.77.1.1");
+    let hook = write_hook(dir.path());
+
+    let expect = |arch: &str, ip: &str, boot: &str, host: Option<&str>| {
+        let r = udhcpc(&lab.cli, &lab.cli_if, &hook, arch, 3);
+        assert!(
+            r.status.success(),
+            "udhcpc arch {arch}: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        let b: BTreeMap<String, String> = r.bound().expect("bound event");
+        assert_eq!(b["ip"], ip, "{b:?}");
+        assert_eq!(b["boot_file"], boot, "{b:?}");
+        assert_eq!(b["siaddr"], "10.77.1.1", "{b:?}");
+        assert_eq!(b["serverid"], "10.77.1.1", "{b:?}");
+        assert_eq!(b["subnet"], "255.255.255.0", "{b:?}");
+        assert_eq!(b["router"], "10.77.1.1", "{b:?}");
+        assert_eq!(b["dns"], "10.77.1.1", "{b:?}");
+        assert_eq!(b["lease"], "600", "{b:?}");
+        assert_eq!(b.get("hostname").map(String::as_str), host, "{b:?}");
+    };
+    // Inventory MAC: its static address, BIOS then UEFI boot file.
+    expect("0000", "10.77.1.10", "undionly.kpxe", Some("k3s1"));
+    expect("0007", "10.77.1.10", "ipxe.efi", Some("k3s1"));
+    // Unknown MAC: first pool address, old-style arch 9.
+    lab.set_client_mac(UNKNOWN_MAC);
+    expect("0009", "10.77.1.100", "ipxe.efi", None);
+
+    let counters = server.stop();
+    assert_eq!(counters["offers"], 3, "{counters}");
+    assert_eq!(counters["acks"], 3, "{counters}");
+    assert_eq!(counters["malformed"], 0, "{counters}");
+    // Only the pool lease is persisted (statics come from the inventory).
+    let saved = std::fs::read_to_string(state.join("dhcp-leases.json")).unwrap();
+    assert!(
+        saved.contains(UNKNOWN_MAC) && saved.contains("10.77.1.100"),
+        "{saved}"
+    );
+    assert!(!saved.contains(KNOWN_MAC), "{saved}");
+
+    let frames = cap.stop();
+    let (cli, srv) = split(&frames);
+    assert!(
+        cli.len() >= 6 && srv.len() >= 6,
+        "{} client / {} server datagrams",
+        cli.len(),
+        srv.len()
+    );
+    for (f, m) in &srv {
+        // Clients without an address are answered by broadcast, from our address.
+        assert_eq!(*f.src.ip(), Ipv4Addr::new(10, 77, 1, 1));
+        assert_eq!(
+            f.dst,
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+            "{}",
+            dhcp::describe(m)
+        );
+    }
+    let pick = |list: &[(Frame, Message)], ty, arch: u16| {
+        list.iter()
+            .find(|(_, m)| msg_type(m) == Some(ty) && arch_of(m) == Some(arch))
+            .map(|(f, _)| f.payload.clone())
+    };
+    let disc0 = pick(&cli, MessageType::Discover, 0).expect("udhcpc DISCOVER arch 0");
+    let req7 = pick(&cli, MessageType::Request, 7).expect("udhcpc REQUEST arch 7");
+    let xid_of = |p: &[u8]| dhcp::decode_message(p).unwrap().xid();
+    let reply_to = |xid: u32, ty| {
+        srv.iter()
+            .find(|(_, m)| m.xid() == xid && msg_type(m) == Some(ty))
+            .map(|(f, _)| f.payload.clone())
+            .expect("reply")
+    };
+    maybe_save("udhcpc_discover_arch0", &disc0);
+    maybe_save("udhcpc_request_arch7", &req7);
+    maybe_save(
+        "ironseed_offer_full_bios",
+        &reply_to(xid_of(&disc0), MessageType::Offer),
+    );
+    maybe_save(
+        "ironseed_ack_full_efi",
+        &reply_to(xid_of(&req7), MessageType::Ack),
+    );
+}
+
+/// A DHCP client socket inside the client namespace.
+fn client_socket(iface: &str, bind: SocketAddrV4) -> UdpSocket {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_broadcast(true).unwrap();
+    s.bind_device(Some(iface.as_bytes())).unwrap();
+    s.bind(&SocketAddr::V4(bind).into()).unwrap();
+    // A safety net so a broken server fails the test instead of hanging it;
+    // replies normally arrive within milliseconds.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.into()
+}
+
+fn recv(sock: &UdpSocket) -> (Message, SocketAddr) {
+    let mut buf = [0u8; 1500];
+    let (n, from) = sock.recv_from(&mut buf).expect("no reply from the server");
+    (dhcp::decode_reply(&buf[..n]).unwrap(), from)
+}
+
+#[test]
+fn proxy_mode_answers_pxe_clients_only() {
+    if !netns_available("proxy_mode_answers_pxe_clients_only") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::new(2, KNOWN_MAC);
+    let cap = Capture::start(&lab.srv, &lab.srv_if, dir.path());
+    // No node table at all: unknown MACs still get the iPXE binary in proxy mode.
+    let server = server_in(
+        &lab,
+        json!({"interface": lab.srv_if, "mode": "proxy", "subnet": "10.77.2.0/24"}),
+        dir.path(),
+    );
+    let hook = write_hook(dir.path());
+    for arch in ["0000", "0007"] {
+        let r = udhcpc(&lab.cli, &lab.cli_if, &hook, arch, 1);
+        assert!(
+            !r.status.success() && r.bound().is_none(),
+            "a proxy must never lease an address: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+        assert!(r.stderr.contains("select for 0.0.0.0"), "{}", r.stderr);
+    }
+
+    // Our own PXE clients, from inside the client namespace.
+    lab.cli
+        .ip(&["addr", "add", "10.77.2.50/24", "dev", &lab.cli_if]);
+    let iface = lab.cli_if.clone();
+    let ns = lab.cli.0.clone();
+    let m = mac(0x0a);
+    in_netns(&ns, move || {
+        let sock = client_socket(&iface, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+        let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+        // A plain DISCOVER, then iPXE's: the first answer must be iPXE's
+        // (the server handles datagrams in order), so the plain one got none.
+        sock.send_to(&plain_discover(m, 0xa0), bcast).unwrap();
+        sock.send_to(&pxe_discover(m, 0xa1, 7, true), bcast)
+            .unwrap();
+        let (r, from) = recv(&sock);
+        assert_eq!(
+            r.xid(),
+            0xa1,
+            "plain DISCOVER was answered: {}",
+            dhcp::describe(&r)
+        );
+        assert_eq!(from, "10.77.2.1:67".parse().unwrap());
+        assert_eq!(
+            file(&r),
+            "http://10.77.2.1:8080/boot/52:54:00:77:00:0a.ipxe"
+        );
+        assert_eq!(r.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert!(
+            r.opts().get(OptionCode::Unknown(175)).is_some(),
+            "no-pxedhcp for iPXE"
+        );
+        // UEFI HTTP boot: URL + HTTPClient.
+        let mut http = dhcp::decode_message(&pxe_discover(m, 0xa2, 16, false)).unwrap();
+        http.opts_mut().insert(DhcpOption::ClassIdentifier(
+            b"HTTPClient:Arch:00016:UNDI:003001".to_vec(),
+        ));
+        sock.send_to(&dhcp::encode(&http).unwrap(), bcast).unwrap();
+        let (r, _) = recv(&sock);
+        assert_eq!(r.xid(), 0xa2);
+        assert_eq!(file(&r), "http://10.77.2.1:8080/ipxe.efi");
+        assert_eq!(opt60(&r).as_deref(), Some("HTTPClient"));
+        // Port 4011: unicast REQUEST from an address the client owns, unicast ACK back.
+        let uni = client_socket(&iface, "10.77.2.50:0".parse().unwrap());
+        let mut req = dhcp::decode_message(&pxe_discover(m, 0xa3, 0, false)).unwrap();
+        req.opts_mut()
+            .insert(DhcpOption::MessageType(MessageType::Request));
+        req.set_ciaddr([10, 77, 2, 50]);
+        uni.send_to(&dhcp::encode(&req).unwrap(), "10.77.2.1:4011")
+            .unwrap();
+        let (r, from) = recv(&uni);
+        assert_eq!((r.xid(), msg_type(&r)), (0xa3, Some(MessageType::Ack)));
+        assert_eq!(from, "10.77.2.1:4011".parse().unwrap());
+        assert_eq!(file(&r), "undionly.kpxe");
+    });
+
+    let counters = server.stop();
+    assert_eq!(counters["malformed"], 0, "{counters}");
+    let frames = cap.stop();
+    let (cli, srv) = split(&frames);
+    // udhcpc: each DISCOVER got exactly one proxy offer, and its REQUESTs
+    // for 0.0.0.0 (meant for a router) got nothing.
+    for (arch, want) in [(0u16, "undionly.kpxe"), (7, "ipxe.efi")] {
+        let (df, disc) = cli
+            .iter()
+            .find(|(_, m)| msg_type(m) == Some(MessageType::Discover) && arch_of(m) == Some(arch))
+            .unwrap_or_else(|| panic!("no udhcpc DISCOVER for arch {arch}"));
+        assert_eq!(opt60(disc).as_deref(), Some("PXEClient"));
+        let replies: Vec<_> = srv.iter().filter(|(_, m)| m.xid() == disc.xid()).collect();
+        assert_eq!(replies.len(), 1, "arch {arch}: {replies:?}");
+        let (of, offer) = replies[0];
+        assert_eq!(msg_type(offer), Some(MessageType::Offer));
+        assert_eq!(file(offer), want);
+        assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(offer.siaddr(), Ipv4Addr::new(10, 77, 2, 1));
+        assert_eq!(opt60(offer).as_deref(), Some("PXEClient"));
+        assert_eq!(
+            offer.opts().get(OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 2, 1)))
+        );
+        assert_eq!(of.dst, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        let requests = cli
+            .iter()
+            .filter(|(_, m)| m.xid() == disc.xid() && msg_type(m) == Some(MessageType::Request))
+            .count();
+        assert!(
+            requests >= 1,
+            "udhcpc should have asked for the offered 0.0.0.0"
+        );
+        if arch == 7 {
+            maybe_save("udhcpc_discover_arch7_proxy", &df.payload);
+            maybe_save("ironseed_proxy_offer_efi", &of.payload);
+        }
+    }
+    assert!(
+        !srv.iter().any(|(_, m)| m.xid() == 0xa0),
+        "the plain DISCOVER must get no proxy reply"
+    );
+    let ack = srv
+        .iter()
+        .find(|(_, m)| m.xid() == 0xa3)
+        .expect("4011 ack on the wire");
+    assert_eq!(
+        *ack.0.dst.ip(),
+        Ipv4Addr::new(10, 77, 2, 50),
+        "4011 answers by unicast"
+    );
+}
+
+/// qemu with the iPXE NIC ROMs (Debian qemu-system-x86 + ipxe-qemu). Like
+/// root, required under CI=true and a loud skip otherwise.
+fn qemu_available(test: &str) -> bool {
+    let ok = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        // Debian's qemu looks for NIC ROMs in /usr/lib/ipxe/qemu too.
+        && ["/usr/lib/ipxe/qemu", "/usr/share/qemu"]
+            .iter()
+            .any(|d| Path::new(d).join("efi-virtio.rom").exists());
+    if ok {
+        return true;
+    }
+    let why = format!("{test}: needs qemu-system-x86_64 and ipxe-qemu's efi-virtio.rom");
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI=true but {why}"
+    );
+    eprintln!("SKIP: {why}");
+    false
+}
+
+/// A qemu VM, killed on drop.
+struct Qemu(Option<std::process::Child>);
+
+impl Qemu {
+    fn alive(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn real_ipxe_rom_gets_its_script_url() {
+    let name = "real_ipxe_rom_gets_its_script_url";
+    if !netns_available(name) || !qemu_available(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("{}3", std::process::id() % 100_000);
+    let ns = Netns::new(format!("dhcq{tag}"));
+    let tap = format!("dhc{tag}t");
+    ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ns.ip(&["addr", "add", "10.77.3.1/24", "dev", &tap]);
+    ns.ip(&["link", "set", &tap, "up"]);
+    let vm_mac = "52:54:00:77:03:01";
+    let server = Server::spawn(
+        &["ip", "netns", "exec", &ns.0],
+        &json!({
+            "interface": tap, "mode": "full", "subnet": "10.77.3.0/24", "gateway": "10.77.3.1",
+            "pool": {"start": "10.77.3.100", "end": "10.77.3.150"},
+            "nodes": [{"mac": vm_mac, "hostname": "ipxevm", "ip": "10.77.3.10", "firmware": "bios"}],
+        }),
+        dir.path(),
+    );
+    let cap = Capture::start(&ns, &tap, dir.path());
+    // TCG: this kernel's /dev/kvm is a slow nested layer (shared/docs/pxe-lab.md).
+    let serial = dir.path().join("serial.log");
+    let mut vm = Qemu(Some(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "qemu-system-x86_64",
+                "-machine",
+                "pc,accel=tcg",
+            ])
+            .args([
+                "-m",
+                "128",
+                "-smp",
+                "1",
+                "-nographic",
+                "-monitor",
+                "none",
+                "-no-reboot",
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            ])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={vm_mac},bootindex=1"),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap())
+            .spawn()
+            .expect("spawning qemu"),
+    ));
+    // iPXE's DISCOVER → OFFER → REQUEST → ACK; the ACK is the readiness signal.
+    server.wait_for_log(&["ipxe=true", "msg=Request", "decision=ack"], || vm.alive());
+    drop(vm);
+    let counters = server.stop();
+    let (cli, srv) = split(&cap.stop());
+    let disc = cli
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| msg_type(m) == Some(MessageType::Discover))
+        .expect("iPXE DISCOVER on the wire");
+    let req = dhcp::decode_request(&dhcp::encode(disc).unwrap(), dhcp::RecvPort::Dhcp).unwrap();
+    assert!(req.user_class_ipxe && req.is_pxe_client(), "{req:?}");
+    assert_eq!(req.client_arch, Some(0));
+    let ack = srv
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| msg_type(m) == Some(MessageType::Ack))
+        .expect("ACK on the wire");
+    assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 77, 3, 10));
+    assert_eq!(
+        file(ack),
+        format!("http://10.77.3.1:8080/boot/{vm_mac}.ipxe")
+    );
+    assert!(ack.opts().get(OptionCode::Unknown(175)).is_some());
+    assert!(counters["acks"].as_u64().unwrap() >= 1, "{counters}");
+}
