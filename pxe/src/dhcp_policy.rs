@@ -64,6 +64,20 @@ pub enum NodeState {
     Installed,
     Booted,
     Failed,
+    /// Not armed for install (served with `--no-arm`): boots its local disk.
+    Disarmed,
+}
+
+impl NodeState {
+    /// Whether a PXE boot of this node gets the installer. Booting and Installing stay armed:
+    /// a node that PXE-boots again mid-install was interrupted, and its disk is not bootable
+    /// (the installer writes the first MiB last).
+    pub fn install_armed(self) -> bool {
+        matches!(
+            self,
+            NodeState::Armed | NodeState::Booting | NodeState::Installing
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -2,4 +2,5 @@
 //! [`crate::proto`] and the policy modules.
 
 pub mod dhcp;
+pub mod http;
 pub mod tftp;

@@ -1,0 +1,117 @@
+//! `pxe` command line. `--help` is documentation.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pxe",
+    version,
+    about = "ironseed pxe: network-boot the nodes of a rendered bundle (DHCP, TFTP, HTTP) with install-once safety",
+    long_about = "ironseed pxe serves a bundle rendered by `builder render`: DHCP (proxy next to a home \
+router, or full), TFTP for the iPXE firmware, HTTP for iPXE scripts, installer artifacts, per-node seeds \
+and an API. Only nodes of the inventory that are armed for install get the installer; an installed node \
+boots its local disk until it is explicitly re-armed; an unknown MAC is never installed."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a bundle: DHCP, TFTP and HTTP, until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Show every node's install state (and live progress bars with --watch).
+    Status(StatusArgs),
+    /// Arm a node for (re)install: its next PXE boot gets the installer.
+    Arm(NodeArgs),
+    /// Disarm a node: its next PXE boot goes to the local disk.
+    Disarm(NodeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DhcpMode {
+    /// Answer PXE clients only, with boot information and no address (a router hands out addresses).
+    Proxy,
+    /// Be the DHCP server: inventory MACs get their inventory IPs, others the optional pool.
+    Full,
+    /// No DHCP (another server points clients at this one).
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Bundle folder written by `builder render` (verified against its SHA256SUMS at start).
+    #[arg(long, value_name = "DIR")]
+    pub bundle: PathBuf,
+    /// Network interface to serve on (SO_BINDTODEVICE); its first IPv4 address is the server address.
+    #[arg(long, value_name = "IF")]
+    pub interface: Option<String>,
+    /// Server address for DHCP replies and URLs. Default: the interface's address, else the
+    /// bundle's appliance.ip.
+    #[arg(long, value_name = "IP")]
+    pub listen: Option<Ipv4Addr>,
+    /// DHCP mode.
+    #[arg(long, value_enum, default_value = "proxy")]
+    pub dhcp: DhcpMode,
+    /// TFTP port (the firmware always asks on 69).
+    #[arg(long, default_value_t = 69, value_name = "N")]
+    pub tftp_port: u16,
+    /// HTTP port. Default: 80 as root, 8080 otherwise; 0 picks a free port.
+    #[arg(long, value_name = "N")]
+    pub http_port: Option<u16>,
+    /// DHCP server port (67; the proxy also listens on 4011). Only tests change it.
+    #[arg(long, default_value_t = 67, value_name = "N", hide = true)]
+    pub dhcp_port: u16,
+    /// Where node states and DHCP leases are kept. Default: /var/lib/ironseed/pxe as root,
+    /// else $XDG_STATE_HOME/ironseed/pxe (~/.local/state/ironseed/pxe).
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Folder with the iPXE binaries served over TFTP (Debian package `ipxe`).
+    #[arg(long, value_name = "DIR", default_value = "/usr/lib/ipxe")]
+    pub ipxe_dir: PathBuf,
+    /// UEFI boot file for client architectures 7 and 9.
+    #[arg(long, value_name = "FILE", default_value = "ipxe.efi")]
+    pub efi_file: String,
+    /// Folder served at /artifacts/ (installer kernel and initrd, OS images); must be readable by --user.
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// Account to switch to after binding the ports, when started as root.
+    #[arg(long, value_name = "NAME", default_value = "nobody")]
+    pub user: String,
+    /// Nodes this pxe sees for the first time start disarmed (boot local) instead of armed.
+    #[arg(long)]
+    pub no_arm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The pxe server's HTTP address.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "IRONSEED_PXE",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// Keep watching: one live progress bar per node, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Node hostname as in the inventory.
+    pub node: String,
+    /// The pxe server's HTTP address.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "IRONSEED_PXE",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+}

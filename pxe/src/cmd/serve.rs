@@ -1,0 +1,260 @@
+//! `pxe serve`: load and verify the bundle, bind every socket, drop root, then run DHCP, TFTP
+//! and HTTP side by side until SIGINT/SIGTERM, and drain them.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use pxe::bundle::Bundle;
+use pxe::dhcp_policy::{self, DhcpPolicyConfig, Firmware, NodeView, PoolRange};
+use pxe::leases::LeaseStore;
+use pxe::metrics::HttpCounters;
+use pxe::net;
+use pxe::proto::dhcp::{MacAddr, RecvPort};
+use pxe::serve::dhcp::{DhcpContext, DhcpSocket, NodeLookup};
+use pxe::serve::http::HttpApp;
+use pxe::serve::tftp::{FsProvider, TftpConfig, TftpStats};
+use pxe::state::Store;
+
+use crate::cli::{DhcpMode, ServeArgs};
+
+/// DHCP's view of the nodes: the plan's MACs with the live install state.
+struct PlanLookup {
+    bundle: Arc<Bundle>,
+    store: Arc<Store>,
+}
+
+impl NodeLookup for PlanLookup {
+    fn node(&self, mac: &MacAddr) -> Option<NodeView> {
+        let n = self.bundle.node_by_mac(mac)?;
+        Some(NodeView {
+            hostname: n.hostname.clone(),
+            inventory_ip: Some(n.ip),
+            state: self.store.state(&n.hostname).unwrap_or_default(),
+            firmware: match n.firmware.as_str() {
+                "bios" => Firmware::Bios,
+                "uefi" => Firmware::Uefi,
+                _ => Firmware::Unknown,
+            },
+        })
+    }
+}
+
+fn default_state_dir(root: bool) -> PathBuf {
+    if root {
+        return PathBuf::from("/var/lib/ironseed/pxe");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("ironseed/pxe")
+}
+
+fn tcp_listener(
+    iface: Option<&str>,
+    addr: SocketAddrV4,
+) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if let Some(dev) = iface {
+        s.bind_device(Some(dev.as_bytes()))?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::V4(addr).into())?;
+    s.listen(1024)?;
+    tokio::net::TcpListener::from_std(s.into())
+}
+
+pub async fn serve(a: &ServeArgs) -> Result<()> {
+    let bundle = Arc::new(Bundle::load(&a.bundle).context("loading bundle")?);
+    let plan = &bundle.plan;
+    let root = nix::unistd::geteuid().is_root();
+    let iface = a.interface.as_deref();
+    let iface_ip = match iface {
+        Some(i) => net::interface_ipv4(i)
+            .with_context(|| format!("reading addresses of {i}"))?
+            .with_context(|| format!("interface {i} has no IPv4 address"))
+            .map(Some)?,
+        None => None,
+    };
+    let server_ip = a.listen.or(iface_ip).unwrap_or(plan.appliance.ip);
+    // Bind the wildcard when serving an interface: DHCP requests arrive as broadcasts.
+    let bind_ip = if iface.is_some() {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        server_ip
+    };
+    let http_port = a.http_port.unwrap_or(if root { 80 } else { 8080 });
+    let state_dir = a.state.clone().unwrap_or_else(|| default_state_dir(root));
+
+    let hosts: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
+    let store = Arc::new(
+        Store::open(Some(&state_dir), &bundle.id, &hosts, !a.no_arm)
+            .with_context(|| format!("opening node state in {}", state_dir.display()))?,
+    );
+
+    // Bind everything while we may still be root.
+    let http = tcp_listener(iface, SocketAddrV4::new(bind_ip, http_port))
+        .with_context(|| format!("binding HTTP {bind_ip}:{http_port}"))?;
+    let http_port = http.local_addr()?.port();
+    if server_ip != plan.appliance.ip || http_port != plan.appliance.http_port {
+        tracing::warn!(
+            serving = %format!("http://{server_ip}:{http_port}"),
+            bundle = %plan.appliance.url,
+            "this server's address differs from the bundle's appliance address: installed nodes will report to {}",
+            plan.appliance.url
+        );
+    }
+    let tftp = net::udp_socket(iface, SocketAddrV4::new(bind_ip, a.tftp_port))
+        .with_context(|| format!("binding TFTP {bind_ip}:{}", a.tftp_port))?;
+    let tftp_port = tftp.local_addr()?.port();
+    let provider = FsProvider::new(&a.ipxe_dir).with_context(|| {
+        format!(
+            "iPXE folder {} (apt-get install ipxe)",
+            a.ipxe_dir.display()
+        )
+    })?;
+
+    let mut dhcp_sockets = Vec::new();
+    let dhcp_ctx = if a.dhcp != DhcpMode::Off {
+        let http_base = if http_port == 80 {
+            format!("http://{server_ip}")
+        } else {
+            format!("http://{server_ip}:{http_port}")
+        };
+        let mut policy = DhcpPolicyConfig::proxy(server_ip, plan.network.subnet, http_base);
+        policy.mode = match a.dhcp {
+            DhcpMode::Proxy => dhcp_policy::DhcpMode::Proxy,
+            DhcpMode::Full => dhcp_policy::DhcpMode::Full,
+            DhcpMode::Off => dhcp_policy::DhcpMode::Off,
+        };
+        policy.efi_file = a.efi_file.clone();
+        policy.gateway = Some(plan.network.gateway);
+        policy.dns = plan.network.dns.clone();
+        policy.pool = plan.network.dhcp_pool.as_ref().map(|p| PoolRange {
+            start: p.start,
+            end: p.end,
+        });
+        policy.validate().context("DHCP configuration")?;
+        let reserved: Vec<Ipv4Addr> = plan
+            .nodes
+            .iter()
+            .map(|n| n.ip)
+            .chain([server_ip, plan.api_vip, plan.network.gateway])
+            .collect();
+        let mut leases = LeaseStore::new(policy.pool, reserved);
+        if policy.mode == dhcp_policy::DhcpMode::Full {
+            leases.load(&state_dir).context("loading DHCP leases")?;
+        }
+        dhcp_sockets.push(DhcpSocket {
+            socket: net::udp_socket(iface, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, a.dhcp_port))
+                .with_context(|| format!("binding DHCP port {}", a.dhcp_port))?,
+            port: RecvPort::Dhcp,
+        });
+        if policy.mode == dhcp_policy::DhcpMode::Proxy {
+            // PXE spec: after the proxy offer the client asks the boot server on 4011.
+            dhcp_sockets.push(DhcpSocket {
+                socket: net::udp_socket(
+                    iface,
+                    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, net::PXE_PORT),
+                )
+                .context("binding PXE port 4011")?,
+                port: RecvPort::PxeBoot,
+            });
+        }
+        let lookup = Arc::new(PlanLookup {
+            bundle: bundle.clone(),
+            store: store.clone(),
+        });
+        let mut ctx = DhcpContext::new(policy, lookup, leases);
+        ctx.state_dir = Some(state_dir.clone());
+        Some(Arc::new(ctx))
+    } else {
+        None
+    };
+
+    if root {
+        let (uid, gid) =
+            pxe::privileges::drop_to(&a.user, &[&state_dir]).context("dropping privileges")?;
+        tracing::info!(user = %a.user, %uid, %gid, "dropped root after binding");
+    }
+
+    let tftp_stats = Arc::new(TftpStats::default());
+    let app = Arc::new(HttpApp {
+        bundle: bundle.clone(),
+        store: store.clone(),
+        counters: Arc::new(HttpCounters::default()),
+        tftp_stats: tftp_stats.clone(),
+        dhcp: dhcp_ctx.clone(),
+        artifacts: a.artifacts.clone(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(pxe::serve::http::run(http, app, stopped(stop_rx.clone())));
+    let tftp_cfg = TftpConfig {
+        stats: tftp_stats,
+        ..TftpConfig::default()
+    };
+    tasks.spawn(pxe::serve::tftp::run(
+        tftp,
+        Arc::new(provider),
+        tftp_cfg,
+        stopped(stop_rx.clone()),
+    ));
+    if let Some(ctx) = dhcp_ctx {
+        tasks.spawn(pxe::serve::dhcp::run(
+            dhcp_sockets,
+            ctx,
+            stopped(stop_rx.clone()),
+        ));
+    }
+
+    // One line for scripts and tests that start the server with port 0.
+    println!(
+        "READY {}",
+        serde_json::json!({
+            "server_ip": server_ip,
+            "http_port": http_port,
+            "tftp_port": tftp_port,
+            "dhcp": format!("{:?}", a.dhcp).to_lowercase(),
+            "nodes": hosts.len(),
+            "state_dir": state_dir,
+        })
+    );
+    tracing::info!(
+        bundle = %a.bundle.display(), cluster = %plan.cluster, nodes = hosts.len(),
+        %server_ip, http_port, tftp_port, dhcp = ?a.dhcp, "serving"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        Some(r) = tasks.join_next() => {
+            // A server ended on its own: that is a failure; stop the others.
+            let _ = stop_tx.send(true);
+            match r {
+                Ok(Ok(())) => bail!("a server stopped unexpectedly"),
+                Ok(Err(e)) => return Err(e).context("server failed"),
+                Err(e) => return Err(e).context("server task panicked"),
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(r) = tasks.join_next().await {
+        r.context("server task panicked")?
+            .context("server failed")?;
+    }
+    Ok(())
+}
