@@ -1,6 +1,7 @@
 //! ironseed `pxe`: serves a rendered bundle on the LAN (DHCP, TFTP, HTTP) and tracks each
 //! node's install state. Codecs and policies are pure; `serve::*` only does I/O.
 
+pub mod boot_files;
 pub mod boot_policy;
 pub mod bundle;
 pub mod dhcp_policy;

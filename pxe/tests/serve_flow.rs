@@ -28,7 +28,10 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
     assert!(body.contains("ironseed: installing k3s1"), "{body}");
     assert!(body.contains(&format!("/plan/k3s1/{token}")), "{body}");
     assert_eq!(s.state("k3s1"), "booting");
-    // iPXE may print the MAC upper case or with dashes.
+    // Real iPXE percent-encodes the colons of ${net0/mac} in the request (captured by the DHCP
+    // firmware tests); upper case and dashes also occur.
+    let (_, enc) = s.get(&format!("/boot/{}.ipxe", mac.replace(':', "%3A")));
+    assert!(enc.contains("installing k3s1"), "{enc}");
     let (_, again) = s.get(&format!(
         "/boot/{}.ipxe",
         mac.to_uppercase().replace(':', "-")
@@ -282,6 +285,20 @@ fn ipxe_binaries_are_served_over_tftp_and_artifacts_over_http_with_ranges() {
     tcp.read_to_string(&mut raw).unwrap();
     assert!(raw.starts_with("HTTP/1.1 206"), "{raw}");
     assert!(raw.ends_with("\r\n\r\n234"), "{raw}");
+    // UEFI HTTP boot (arch 16) is pointed at http://server:port/<efi file>.
+    let efi = lab.dir.path().join("got.efi");
+    let ok = std::process::Command::new("curl")
+        .args(["-sSf", "-o"])
+        .arg(&efi)
+        .arg(s.url("/ipxe.efi"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_eq!(
+        std::fs::read(&efi).unwrap(),
+        std::fs::read(lab.ipxe.join("ipxe.efi")).unwrap()
+    );
+    assert_eq!(s.get("/nonexistent.efi").0, 404);
     // A symlink out of the folder and traversal are refused.
     assert_eq!(s.get("/artifacts/escape").0, 404);
     assert_eq!(s.get("/artifacts/../bundle/plan.json").0, 404);

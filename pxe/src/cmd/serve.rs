@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use pxe::boot_files::BootFiles;
 use pxe::bundle::Bundle;
 use pxe::dhcp_policy::{self, DhcpPolicyConfig, Firmware, NodeView, PoolRange};
 use pxe::leases::LeaseStore;
@@ -17,7 +18,7 @@ use pxe::net;
 use pxe::proto::dhcp::{MacAddr, RecvPort};
 use pxe::serve::dhcp::{DhcpContext, DhcpSocket, NodeLookup};
 use pxe::serve::http::HttpApp;
-use pxe::serve::tftp::{FsProvider, TftpConfig, TftpStats};
+use pxe::serve::tftp::{TftpConfig, TftpStats};
 use pxe::state::Store;
 
 use crate::cli::{DhcpMode, ServeArgs};
@@ -114,12 +115,17 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     let tftp = net::udp_socket(iface, SocketAddrV4::new(bind_ip, a.tftp_port))
         .with_context(|| format!("binding TFTP {bind_ip}:{}", a.tftp_port))?;
     let tftp_port = tftp.local_addr()?.port();
-    let provider = FsProvider::new(&a.ipxe_dir).with_context(|| {
+    let provider = Arc::new(BootFiles::load(&a.ipxe_dir).with_context(|| {
         format!(
             "iPXE folder {} (apt-get install ipxe)",
             a.ipxe_dir.display()
         )
-    })?;
+    })?);
+    for want in ["undionly.kpxe", a.efi_file.as_str()] {
+        if provider.get(want).is_none() {
+            tracing::warn!(dir = %a.ipxe_dir.display(), file = want, "boot file missing: firmware asking for it will fail");
+        }
+    }
 
     let mut dhcp_sockets = Vec::new();
     let dhcp_ctx = if a.dhcp != DhcpMode::Off {
@@ -193,6 +199,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         tftp_stats: tftp_stats.clone(),
         dhcp: dhcp_ctx.clone(),
         artifacts: a.artifacts.clone(),
+        boot_files: provider.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -207,7 +214,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     };
     tasks.spawn(pxe::serve::tftp::run(
         tftp,
-        Arc::new(provider),
+        provider.clone(),
         tftp_cfg,
         stopped(stop_rx.clone()),
     ));

@@ -32,6 +32,9 @@ pub struct HttpApp {
     pub dhcp: Option<Arc<DhcpContext>>,
     /// Folder served at `/artifacts/` (installer kernel/initrd, OS images).
     pub artifacts: Option<PathBuf>,
+    /// The iPXE binaries, also served at `/<name>` for UEFI HTTP boot (client arch 16), whose
+    /// DHCP answer is `http://server:port/<efi file>`.
+    pub boot_files: Arc<crate::boot_files::BootFiles>,
 }
 
 type App = State<Arc<HttpApp>>;
@@ -52,6 +55,7 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         .route("/api/v1/nodes/{name}/phone-home", post(phone_home))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/{file}", get(boot_file))
         .layer(middleware::from_fn_with_state(app.clone(), count))
         .with_state(app)
 }
@@ -64,6 +68,7 @@ async fn count(State(app): App, req: Request, next: Next) -> Response {
         Some(p) if p.starts_with("/artifacts") => "artifacts",
         Some(p) if p.starts_with("/api/") => "api",
         Some("/metrics") => "metrics",
+        Some("/{file}") => "boot-file",
         Some("/healthz") => "healthz",
         _ => "other",
     };
@@ -137,6 +142,14 @@ async fn boot(
     match app.bundle.read(&rel) {
         Ok(b) => ipxe(b),
         Err(e) => internal(&format!("reading {rel}"), e),
+    }
+}
+
+/// UEFI HTTP boot fetches the EFI binary itself over HTTP.
+async fn boot_file(State(app): App, UrlPath(file): UrlPath<String>) -> Response {
+    match app.boot_files.get(&file) {
+        Some(b) => ([(header::CONTENT_TYPE, "application/efi")], b.to_vec()).into_response(),
+        None => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
