@@ -138,6 +138,7 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
             "armed",
             "script-served",
             "script-served",
+            "script-served",
             "installing",
             "installed",
             "booted"
