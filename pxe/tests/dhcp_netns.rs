@@ -10,8 +10,9 @@
 //!   a plain DISCOVER gets nothing; iPXE gets its per-MAC script URL;
 //!   UEFI HTTP boot gets an HTTP URL; port 4011 answers by unicast.
 //!
-//! - real firmware: qemu's iPXE NIC ROM (SeaBIOS under TCG) gets its
-//!   inventory address and its per-MAC script URL in full mode.
+//! - real firmware under qemu TCG, full mode: the iPXE NIC ROM (SeaBIOS)
+//!   gets its inventory address and per-MAC script URL; EDK2's own UEFI PXE
+//!   client (OVMF, arch 7) gets its address and `ipxe.efi`.
 //!
 //! With `IRONSEED_REGEN_TESTDATA=1` the captured datagrams are written to
 //! `pxe/testdata/` for the codec golden tests (see testdata/CAPTURE.md).
@@ -354,9 +355,9 @@ fn proxy_mode_answers_pxe_clients_only() {
     );
 }
 
-/// qemu with the iPXE NIC ROMs (Debian qemu-system-x86 + ipxe-qemu). Like
-/// root, required under CI=true and a loud skip otherwise.
-fn qemu_available(test: &str) -> bool {
+/// qemu with the iPXE NIC ROMs (Debian qemu-system-x86 + ipxe-qemu) and,
+/// for UEFI, OVMF. Like root, required under CI=true, a loud skip otherwise.
+fn qemu_available(test: &str, uefi: bool) -> bool {
     let ok = std::process::Command::new("qemu-system-x86_64")
         .arg("--version")
         .stdout(std::process::Stdio::null())
@@ -365,11 +366,12 @@ fn qemu_available(test: &str) -> bool {
         // Debian's qemu looks for NIC ROMs in /usr/lib/ipxe/qemu too.
         && ["/usr/lib/ipxe/qemu", "/usr/share/qemu"]
             .iter()
-            .any(|d| Path::new(d).join("efi-virtio.rom").exists());
+            .any(|d| Path::new(d).join("efi-virtio.rom").exists())
+        && (!uefi || Path::new(OVMF_CODE).exists());
     if ok {
         return true;
     }
-    let why = format!("{test}: needs qemu-system-x86_64 and ipxe-qemu's efi-virtio.rom");
+    let why = format!("{test}: needs qemu-system-x86_64, ipxe-qemu (and ovmf for UEFI)");
     assert!(
         std::env::var("CI").map_or(true, |v| v != "true"),
         "CI=true but {why}"
@@ -377,6 +379,9 @@ fn qemu_available(test: &str) -> bool {
     eprintln!("SKIP: {why}");
     false
 }
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// A qemu VM, killed on drop.
 struct Qemu(Option<std::process::Child>);
@@ -401,91 +406,132 @@ impl Drop for Qemu {
     }
 }
 
-#[test]
-fn real_ipxe_rom_gets_its_script_url() {
-    let name = "real_ipxe_rom_gets_its_script_url";
-    if !netns_available(name) || !qemu_available(name) {
-        return;
-    }
+/// Boot a diskless VM on a tap device in its own namespace against
+/// `dhcp_serve` (full mode, the VM's MAC in the inventory at 10.77.<net>.10)
+/// until its firmware's REQUEST is ACKed; return what went over the wire.
+/// TCG only: this kernel's /dev/kvm is a slow nested layer (pxe-lab.md).
+fn boot_vm(net: u8, vm_mac: &str, uefi: bool, ack_log: &[&str]) -> (Decoded, Decoded) {
     let dir = tempfile::tempdir().unwrap();
-    let tag = format!("{}3", std::process::id() % 100_000);
+    let tag = format!("{}{net}", std::process::id() % 100_000);
     let ns = Netns::new(format!("dhcq{tag}"));
     let tap = format!("dhc{tag}t");
     ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
-    ns.ip(&["addr", "add", "10.77.3.1/24", "dev", &tap]);
+    ns.ip(&["addr", "add", &format!("10.77.{net}.1/24"), "dev", &tap]);
     ns.ip(&["link", "set", &tap, "up"]);
-    let vm_mac = "52:54:00:77:03:01";
     let server = Server::spawn(
         &["ip", "netns", "exec", &ns.0],
         &json!({
-            "interface": tap, "mode": "full", "subnet": "10.77.3.0/24", "gateway": "10.77.3.1",
-            "pool": {"start": "10.77.3.100", "end": "10.77.3.150"},
-            "nodes": [{"mac": vm_mac, "hostname": "ipxevm", "ip": "10.77.3.10", "firmware": "bios"}],
+            "interface": tap, "mode": "full", "subnet": format!("10.77.{net}.0/24"),
+            "gateway": format!("10.77.{net}.1"),
+            "pool": {"start": format!("10.77.{net}.100"), "end": format!("10.77.{net}.150")},
+            "nodes": [{"mac": vm_mac, "hostname": "vm", "ip": format!("10.77.{net}.10")}],
         }),
         dir.path(),
     );
     let cap = Capture::start(&ns, &tap, dir.path());
-    // TCG: this kernel's /dev/kvm is a slow nested layer (shared/docs/pxe-lab.md).
-    let serial = dir.path().join("serial.log");
-    let mut vm = Qemu(Some(
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.0,
-                "qemu-system-x86_64",
-                "-machine",
-                "pc,accel=tcg",
-            ])
-            .args([
-                "-m",
-                "128",
-                "-smp",
-                "1",
-                "-nographic",
-                "-monitor",
-                "none",
-                "-no-reboot",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            ])
-            .args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={vm_mac},bootindex=1"),
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap())
-            .spawn()
-            .expect("spawning qemu"),
-    ));
-    // iPXE's DISCOVER → OFFER → REQUEST → ACK; the ACK is the readiness signal.
-    server.wait_for_log(&["ipxe=true", "msg=Request", "decision=ack"], || vm.alive());
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0, "qemu-system-x86_64"]);
+    let nic = format!("virtio-net-pci,netdev=n0,mac={vm_mac},bootindex=1");
+    if uefi {
+        let vars = dir.path().join("vars.fd");
+        std::fs::copy(OVMF_VARS, &vars).unwrap();
+        cmd.args(["-machine", "q35,accel=tcg", "-drive"])
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ))
+            // IPv4 PXE first: no IPv6 PXE/network stack entries.
+            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
+            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"])
+            // romfile= (empty): EDK2's own PXE client instead of the iPXE ROM.
+            .args(["-device", &format!("{nic},romfile=")]);
+    } else {
+        cmd.args(["-machine", "pc,accel=tcg", "-device", &nic]);
+    }
+    cmd.args([
+        "-m",
+        "256",
+        "-smp",
+        "1",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", dir.path().join("serial.log").display()))
+    .args([
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap());
+    let mut vm = Qemu(Some(cmd.spawn().expect("spawning qemu")));
+    // The ACK log line is the readiness signal.
+    server.wait_for_log(ack_log, || vm.alive());
     drop(vm);
     let counters = server.stop();
-    let (cli, srv) = split(&cap.stop());
-    let disc = cli
-        .iter()
+    assert!(counters["acks"].as_u64().unwrap() >= 1, "{counters}");
+    split(&cap.stop())
+}
+
+fn first(list: &Decoded, ty: MessageType) -> &Message {
+    list.iter()
         .map(|(_, m)| m)
-        .find(|m| msg_type(m) == Some(MessageType::Discover))
-        .expect("iPXE DISCOVER on the wire");
+        .find(|m| msg_type(m) == Some(ty))
+        .unwrap_or_else(|| panic!("no {ty:?} on the wire"))
+}
+
+#[test]
+fn real_ipxe_rom_gets_its_script_url() {
+    let name = "real_ipxe_rom_gets_its_script_url";
+    if !netns_available(name) || !qemu_available(name, false) {
+        return;
+    }
+    let vm_mac = "52:54:00:77:03:01";
+    let (cli, srv) = boot_vm(
+        3,
+        vm_mac,
+        false,
+        &["ipxe=true", "msg=Request", "decision=ack"],
+    );
+    let disc = first(&cli, MessageType::Discover);
     let req = dhcp::decode_request(&dhcp::encode(disc).unwrap(), dhcp::RecvPort::Dhcp).unwrap();
     assert!(req.user_class_ipxe && req.is_pxe_client(), "{req:?}");
     assert_eq!(req.client_arch, Some(0));
-    let ack = srv
-        .iter()
-        .map(|(_, m)| m)
-        .find(|m| msg_type(m) == Some(MessageType::Ack))
-        .expect("ACK on the wire");
+    let ack = first(&srv, MessageType::Ack);
     assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 77, 3, 10));
     assert_eq!(
         file(ack),
         format!("http://10.77.3.1:8080/boot/{vm_mac}.ipxe")
     );
     assert!(ack.opts().get(OptionCode::Unknown(175)).is_some());
-    assert!(counters["acks"].as_u64().unwrap() >= 1, "{counters}");
+}
+
+#[test]
+fn real_edk2_uefi_pxe_gets_the_efi_binary() {
+    let name = "real_edk2_uefi_pxe_gets_the_efi_binary";
+    if !netns_available(name) || !qemu_available(name, true) {
+        return;
+    }
+    let (cli, srv) = boot_vm(
+        4,
+        "52:54:00:77:04:01",
+        true,
+        &["arch=Some(7)", "ipxe=false", "msg=Request", "decision=ack"],
+    );
+    let disc = first(&cli, MessageType::Discover);
+    let req = dhcp::decode_request(&dhcp::encode(disc).unwrap(), dhcp::RecvPort::Dhcp).unwrap();
+    assert!(!req.user_class_ipxe && req.is_pxe_client(), "{req:?}");
+    assert_eq!(req.client_arch, Some(7));
+    let ack = first(&srv, MessageType::Ack);
+    assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 77, 4, 10));
+    assert_eq!(ack.siaddr(), Ipv4Addr::new(10, 77, 4, 1));
+    assert_eq!(file(ack), "ipxe.efi");
+    assert_eq!(opt60(ack).as_deref(), Some("PXEClient"));
 }
