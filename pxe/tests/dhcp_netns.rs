@@ -12,7 +12,10 @@
 //!
 //! - real firmware under qemu TCG, full mode: the iPXE NIC ROM (SeaBIOS)
 //!   gets its inventory address and per-MAC script URL; EDK2's own UEFI PXE
-//!   client (OVMF, arch 7) gets its address and `ipxe.efi`.
+//!   client (OVMF, arch 7) gets its address and `ipxe.efi`;
+//! - real firmware, proxy mode next to a router (dnsmasq handing out
+//!   addresses only): iPXE and EDK2 take the router's address and boot the
+//!   file named in ironseed's ProxyDHCP offer, as their consoles show.
 //!
 //! With `IRONSEED_REGEN_TESTDATA=1` the captured datagrams are written to
 //! `pxe/testdata/` for the codec golden tests (see testdata/CAPTURE.md).
@@ -406,11 +409,54 @@ impl Drop for Qemu {
     }
 }
 
+/// What to wait for before stopping a VM.
+enum Until<'a> {
+    /// A server log line containing all of these.
+    ServerLog(&'a [&'a str]),
+    /// This text on the VM's serial console (what the firmware did with our answer).
+    Serial(&'a str),
+}
+
+struct VmRun {
+    cli: Decoded,
+    srv: Decoded,
+    serial: String,
+}
+
+/// A child process killed (SIGTERM) and reaped on drop.
+struct Reaped(Option<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Poll `cond` every 100 ms while `alive()`; 10-minute guard for loaded machines.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool, mut alive: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while !cond() {
+        assert!(alive(), "gave up waiting for {what}: a process exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} after 10 min"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Boot a diskless VM on a tap device in its own namespace against
-/// `dhcp_serve` (full mode, the VM's MAC in the inventory at 10.77.<net>.10)
-/// until its firmware's REQUEST is ACKed; return what went over the wire.
+/// `dhcp_serve` (the VM's MAC in the inventory at 10.77.<net>.10). In proxy
+/// mode a dnsmasq plays the LAN's router, handing out addresses without any
+/// boot options. Return what went over the wire and the serial console.
 /// TCG only: this kernel's /dev/kvm is a slow nested layer (pxe-lab.md).
-fn boot_vm(net: u8, vm_mac: &str, uefi: bool, ack_log: &[&str]) -> (Decoded, Decoded) {
+fn boot_vm(net: u8, vm_mac: &str, uefi: bool, proxy: bool, until: Until) -> VmRun {
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("{}{net}", std::process::id() % 100_000);
     let ns = Netns::new(format!("dhcq{tag}"));
@@ -418,12 +464,58 @@ fn boot_vm(net: u8, vm_mac: &str, uefi: bool, ack_log: &[&str]) -> (Decoded, Dec
     ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
     ns.ip(&["addr", "add", &format!("10.77.{net}.1/24"), "dev", &tap]);
     ns.ip(&["link", "set", &tap, "up"]);
+    let _router = proxy.then(|| {
+        // dnsmasq writes to stderr in --no-daemon mode: a file, not a pipe.
+        let log = dir.path().join("router.log");
+        let mut r = Reaped(Some(
+            std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns.0,
+                    "dnsmasq",
+                    "--no-daemon",
+                    "--conf-file=/dev/null",
+                ])
+                .args([
+                    "--port=0",
+                    "-u",
+                    "root",
+                    "--bind-interfaces",
+                    "--except-interface=lo",
+                ])
+                .arg(format!("--interface={tap}"))
+                .arg(format!(
+                    "--dhcp-range=10.77.{net}.100,10.77.{net}.150,255.255.255.0,1h"
+                ))
+                .arg("--no-ping")
+                .arg(format!(
+                    "--dhcp-leasefile={}",
+                    dir.path().join("router.leases").display()
+                ))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("spawning dnsmasq (Debian package dnsmasq-base)"),
+        ));
+        wait_until(
+            "the router's DHCP socket",
+            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sockets bound")),
+            || {
+                r.0.as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+            },
+        );
+        r
+    });
+    let mode = if proxy { "proxy" } else { "full" };
     let server = Server::spawn(
         &["ip", "netns", "exec", &ns.0],
         &json!({
-            "interface": tap, "mode": "full", "subnet": format!("10.77.{net}.0/24"),
+            "interface": tap, "mode": mode, "subnet": format!("10.77.{net}.0/24"),
             "gateway": format!("10.77.{net}.1"),
-            "pool": {"start": format!("10.77.{net}.100"), "end": format!("10.77.{net}.150")},
+            "pool": {"start": format!("10.77.{net}.160"), "end": format!("10.77.{net}.200")},
             "nodes": [{"mac": vm_mac, "hostname": "vm", "ip": format!("10.77.{net}.10")}],
         }),
         dir.path(),
@@ -452,6 +544,7 @@ fn boot_vm(net: u8, vm_mac: &str, uefi: bool, ack_log: &[&str]) -> (Decoded, Dec
     } else {
         cmd.args(["-machine", "pc,accel=tcg", "-device", &nic]);
     }
+    let serial = dir.path().join("serial.log");
     cmd.args([
         "-m",
         "256",
@@ -463,7 +556,7 @@ fn boot_vm(net: u8, vm_mac: &str, uefi: bool, ack_log: &[&str]) -> (Decoded, Dec
         "-no-reboot",
     ])
     .arg("-serial")
-    .arg(format!("file:{}", dir.path().join("serial.log").display()))
+    .arg(format!("file:{}", serial.display()))
     .args([
         "-netdev",
         &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
@@ -472,12 +565,46 @@ fn boot_vm(net: u8, vm_mac: &str, uefi: bool, ack_log: &[&str]) -> (Decoded, Dec
     .stdout(std::process::Stdio::null())
     .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap());
     let mut vm = Qemu(Some(cmd.spawn().expect("spawning qemu")));
-    // The ACK log line is the readiness signal.
-    server.wait_for_log(ack_log, || vm.alive());
+    let read_serial = || {
+        std::fs::read(&serial)
+            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+            .unwrap_or_default()
+    };
+    match until {
+        Until::ServerLog(parts) => {
+            server.wait_for_log(parts, || vm.alive());
+        }
+        Until::Serial(text) => {
+            // Once the firmware has given up on the network, the text will
+            // never come: fail now rather than at the 10-minute guard.
+            let gave_up = if uefi {
+                "EFI Internal Shell"
+            } else {
+                "No bootable device"
+            };
+            wait_until(
+                &format!("{text:?} on the serial console"),
+                || read_serial().contains(text),
+                || {
+                    let con = read_serial();
+                    assert!(
+                        !con.contains(gave_up),
+                        "firmware gave up without {text:?}:\n{con}"
+                    );
+                    vm.alive()
+                },
+            )
+        }
+    }
     drop(vm);
     let counters = server.stop();
-    assert!(counters["acks"].as_u64().unwrap() >= 1, "{counters}");
-    split(&cap.stop())
+    assert_eq!(counters["malformed"], 0, "{counters}");
+    let (cli, srv) = split(&cap.stop());
+    VmRun {
+        cli,
+        srv,
+        serial: read_serial(),
+    }
 }
 
 fn first(list: &Decoded, ty: MessageType) -> &Message {
@@ -494,11 +621,12 @@ fn real_ipxe_rom_gets_its_script_url() {
         return;
     }
     let vm_mac = "52:54:00:77:03:01";
-    let (cli, srv) = boot_vm(
+    let VmRun { cli, srv, .. } = boot_vm(
         3,
         vm_mac,
         false,
-        &["ipxe=true", "msg=Request", "decision=ack"],
+        false,
+        Until::ServerLog(&["ipxe=true", "msg=Request", "decision=ack"]),
     );
     let disc = first(&cli, MessageType::Discover);
     let req = dhcp::decode_request(&dhcp::encode(disc).unwrap(), dhcp::RecvPort::Dhcp).unwrap();
@@ -519,11 +647,12 @@ fn real_edk2_uefi_pxe_gets_the_efi_binary() {
     if !netns_available(name) || !qemu_available(name, true) {
         return;
     }
-    let (cli, srv) = boot_vm(
+    let VmRun { cli, srv, .. } = boot_vm(
         4,
         "52:54:00:77:04:01",
         true,
-        &["arch=Some(7)", "ipxe=false", "msg=Request", "decision=ack"],
+        false,
+        Until::ServerLog(&["arch=Some(7)", "ipxe=false", "msg=Request", "decision=ack"]),
     );
     let disc = first(&cli, MessageType::Discover);
     let req = dhcp::decode_request(&dhcp::encode(disc).unwrap(), dhcp::RecvPort::Dhcp).unwrap();
@@ -534,4 +663,97 @@ fn real_edk2_uefi_pxe_gets_the_efi_binary() {
     assert_eq!(ack.siaddr(), Ipv4Addr::new(10, 77, 4, 1));
     assert_eq!(file(ack), "ipxe.efi");
     assert_eq!(opt60(ack).as_deref(), Some("PXEClient"));
+}
+
+/// Proxy mode with real firmware: a router (dnsmasq) gives the address, the
+/// firmware boots what ironseed's ProxyDHCP offer names.
+#[test]
+fn real_ipxe_proxy_mode_next_to_a_router() {
+    let name = "real_ipxe_proxy_mode_next_to_a_router";
+    if !netns_available(name) || !qemu_available(name, false) {
+        return;
+    }
+    let vm_mac = "52:54:00:77:05:01";
+    let url = format!("http://10.77.5.1:8080/boot/{vm_mac}.ipxe");
+    let run = boot_vm(
+        5,
+        vm_mac,
+        false,
+        true,
+        Until::Serial(&format!("Filename: {url}")),
+    );
+    // iPXE took its address from the router and the script URL from us.
+    let router_ack = run
+        .srv
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| msg_type(m) == Some(MessageType::Ack))
+        .expect("router ACK");
+    assert!(
+        (100..=150).contains(&router_ack.yiaddr().octets()[3]),
+        "{}",
+        dhcp::describe(router_ack)
+    );
+    let ours = run
+        .srv
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| {
+            msg_type(m) == Some(MessageType::Offer) && opt60(m).as_deref() == Some("PXEClient")
+        })
+        .expect("our proxy offer");
+    assert_eq!(
+        ours.yiaddr(),
+        Ipv4Addr::UNSPECIFIED,
+        "a proxy offer carries no address"
+    );
+    assert_eq!(file(ours), url);
+    // iPXE percent-encodes ':' when it fetches the URL: the HTTP layer must
+    // decode the path (recorded here so a change in iPXE is noticed).
+    assert!(
+        run.serial.contains("52%3A54%3A00%3A77%3A05%3A01.ipxe"),
+        "{}",
+        run.serial
+    );
+    let disc = first(&run.cli, MessageType::Discover);
+    assert_eq!(arch_of(disc), Some(0));
+}
+
+/// The address EDK2 reports on its console ("Station IP address is …").
+fn station_ip(serial: &str) -> Ipv4Addr {
+    serial
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Station IP address is "))
+        .unwrap_or_else(|| panic!("no station IP on the console:\n{serial}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn real_edk2_proxy_mode_next_to_a_router() {
+    let name = "real_edk2_proxy_mode_next_to_a_router";
+    if !netns_available(name) || !qemu_available(name, true) {
+        return;
+    }
+    let run = boot_vm(
+        6,
+        "52:54:00:77:06:01",
+        true,
+        true,
+        Until::Serial("NBP filename is ipxe.efi"),
+    );
+    // EDK2 prints what it took from where: the router's address, our server and file.
+    let station = station_ip(&run.serial);
+    assert!(
+        (100..=150).contains(&station.octets()[3]),
+        "not a router address: {station}"
+    );
+    assert!(
+        run.serial.contains("Server IP address is 10.77.6.1\n"),
+        "{}",
+        run.serial
+    );
+    let disc = first(&run.cli, MessageType::Discover);
+    assert_eq!(arch_of(disc), Some(7));
 }
