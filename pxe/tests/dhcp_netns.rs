@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::netns::{Capture, Frame, Lab, Netns, in_netns, netns_available, udhcpc, write_hook};
-use common::{Server, mac, plain_discover, pxe_discover};
+use common::{Reaped, Server, mac, plain_discover, pxe_discover, wait_until};
 use pxe::proto::dhcp::{self, DhcpOption, Message, MessageType, OptionCode};
 use serde_json::json;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -386,29 +386,6 @@ fn qemu_available(test: &str, uefi: bool) -> bool {
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
-/// A qemu VM, killed on drop.
-struct Qemu(Option<std::process::Child>);
-
-impl Qemu {
-    fn alive(&mut self) -> bool {
-        self.0
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
-    }
-}
-
 /// What to wait for before stopping a VM.
 enum Until<'a> {
     /// A server log line containing all of these.
@@ -421,34 +398,6 @@ struct VmRun {
     cli: Decoded,
     srv: Decoded,
     serial: String,
-}
-
-/// A child process killed (SIGTERM) and reaped on drop.
-struct Reaped(Option<std::process::Child>);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Poll `cond` every 100 ms while `alive()`; 10-minute guard for loaded machines.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool, mut alive: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    while !cond() {
-        assert!(alive(), "gave up waiting for {what}: a process exited");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {what} after 10 min"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Boot a diskless VM on a tap device in its own namespace against
@@ -467,7 +416,7 @@ fn boot_vm(net: u8, vm_mac: &str, uefi: bool, proxy: bool, until: Until) -> VmRu
     let _router = proxy.then(|| {
         // dnsmasq writes to stderr in --no-daemon mode: a file, not a pipe.
         let log = dir.path().join("router.log");
-        let mut r = Reaped(Some(
+        let mut r = Reaped::new(
             std::process::Command::new("ip")
                 .args([
                     "netns",
@@ -494,18 +443,15 @@ fn boot_vm(net: u8, vm_mac: &str, uefi: bool, proxy: bool, until: Until) -> VmRu
                     dir.path().join("router.leases").display()
                 ))
                 .stdin(std::process::Stdio::null())
-                .stdout(std::fs::File::create(&log).unwrap())
+                .stdout(std::process::Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .expect("spawning dnsmasq (Debian package dnsmasq-base)"),
-        ));
+        );
         wait_until(
             "the router's DHCP socket",
             || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sockets bound")),
-            || {
-                r.0.as_mut()
-                    .is_some_and(|c| c.try_wait().ok().flatten().is_none())
-            },
+            || r.alive(),
         );
         r
     });
@@ -564,7 +510,7 @@ fn boot_vm(net: u8, vm_mac: &str, uefi: bool, proxy: bool, until: Until) -> VmRu
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::null())
     .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap());
-    let mut vm = Qemu(Some(cmd.spawn().expect("spawning qemu")));
+    let mut vm = Reaped::new(cmd.spawn().expect("spawning qemu"));
     let read_serial = || {
         std::fs::read(&serial)
             .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
