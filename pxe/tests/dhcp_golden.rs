@@ -89,6 +89,21 @@ fn udhcpc_requests_decode_to_boot_requests() {
 }
 
 #[test]
+fn edk2_requests_decode_to_boot_requests() {
+    let d = request("edk2_discover_uefi");
+    assert_eq!(d.client_arch, Some(7));
+    assert_eq!(
+        d.vendor_class.as_deref(),
+        Some("PXEClient:Arch:00007:UNDI:003000")
+    );
+    assert!(d.is_pxe_client() && !d.user_class_ipxe && d.broadcast_flag);
+    assert_eq!(d.client_uuid.as_ref().map(Vec::len), Some(17));
+    let r = request("edk2_request_uefi");
+    assert_eq!(r.msg_type, dhcp::MessageType::Request);
+    assert_eq!(r.requested_ip, Some([10, 77, 241, 10].into()));
+}
+
+#[test]
 fn ipxe_requests_decode_to_boot_requests() {
     // Real iPXE (qemu's NIC ROM), captured when qemu is available; see CAPTURE.md.
     for bin in captures() {

@@ -10,8 +10,12 @@
 //!   a plain DISCOVER gets nothing; iPXE gets its per-MAC script URL;
 //!   UEFI HTTP boot gets an HTTP URL; port 4011 answers by unicast.
 //!
-//! - real firmware: qemu's iPXE NIC ROM (SeaBIOS under TCG) gets its
-//!   inventory address and its per-MAC script URL in full mode.
+//! - real firmware under qemu TCG, full mode: the iPXE NIC ROM (SeaBIOS)
+//!   gets its inventory address and per-MAC script URL; EDK2's own UEFI PXE
+//!   client (OVMF, arch 7) gets its address and `ipxe.efi`;
+//! - real firmware, proxy mode next to a router (dnsmasq handing out
+//!   addresses only): iPXE and EDK2 take the router's address and boot the
+//!   file named in ironseed's ProxyDHCP offer, as their consoles show.
 //!
 //! With `IRONSEED_REGEN_TESTDATA=1` the captured datagrams are written to
 //! `pxe/testdata/` for the codec golden tests (see testdata/CAPTURE.md).
@@ -25,7 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::netns::{Capture, Frame, Lab, Netns, in_netns, netns_available, udhcpc, write_hook};
-use common::{Server, mac, plain_discover, pxe_discover};
+use common::{Reaped, Server, mac, plain_discover, pxe_discover, wait_until};
 use pxe::proto::dhcp::{self, DhcpOption, Message, MessageType, OptionCode};
 use serde_json::json;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -355,9 +359,9 @@ fn proxy_mode_answers_pxe_clients_only() {
     );
 }
 
-/// qemu with the iPXE NIC ROMs (Debian qemu-system-x86 + ipxe-qemu). Like
-/// root, required under CI=true and a loud skip otherwise.
-fn qemu_available(test: &str) -> bool {
+/// qemu with the iPXE NIC ROMs (Debian qemu-system-x86 + ipxe-qemu) and,
+/// for UEFI, OVMF. Like root, required under CI=true, a loud skip otherwise.
+fn qemu_available(test: &str, uefi: bool) -> bool {
     let ok = std::process::Command::new("qemu-system-x86_64")
         .arg("--version")
         .stdout(std::process::Stdio::null())
@@ -366,11 +370,12 @@ fn qemu_available(test: &str) -> bool {
         // Debian's qemu looks for NIC ROMs in /usr/lib/ipxe/qemu too.
         && ["/usr/lib/ipxe/qemu", "/usr/share/qemu"]
             .iter()
-            .any(|d| Path::new(d).join("efi-virtio.rom").exists());
+            .any(|d| Path::new(d).join("efi-virtio.rom").exists())
+        && (!uefi || Path::new(OVMF_CODE).exists());
     if ok {
         return true;
     }
-    let why = format!("{test}: needs qemu-system-x86_64 and ipxe-qemu's efi-virtio.rom");
+    let why = format!("{test}: needs qemu-system-x86_64, ipxe-qemu (and ovmf for UEFI)");
     assert!(
         std::env::var("CI").map_or(true, |v| v != "true"),
         "CI=true but {why}"
@@ -379,114 +384,323 @@ fn qemu_available(test: &str) -> bool {
     false
 }
 
-/// A qemu VM, killed on drop.
-struct Qemu(Option<std::process::Child>);
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
-impl Qemu {
-    fn alive(&mut self) -> bool {
-        self.0
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+/// What to wait for before stopping a VM.
+enum Until<'a> {
+    /// A server log line containing all of these.
+    ServerLog(&'a [&'a str]),
+    /// This text on the VM's serial console (what the firmware did with our answer).
+    Serial(&'a str),
+}
+
+struct VmRun {
+    cli: Decoded,
+    srv: Decoded,
+    serial: String,
+}
+
+/// Boot a diskless VM on a tap device in its own namespace against
+/// `dhcp_serve` (the VM's MAC in the inventory at 10.77.<net>.10). In proxy
+/// mode a dnsmasq plays the LAN's router, handing out addresses without any
+/// boot options. Return what went over the wire and the serial console.
+/// TCG only: this kernel's /dev/kvm is a slow nested layer (pxe-lab.md).
+fn boot_vm(net: u8, vm_mac: &str, uefi: bool, proxy: bool, until: Until) -> VmRun {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("{}{net}", std::process::id() % 100_000);
+    let ns = Netns::new(format!("dhcq{tag}"));
+    let tap = format!("dhc{tag}t");
+    ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ns.ip(&["addr", "add", &format!("10.77.{net}.1/24"), "dev", &tap]);
+    ns.ip(&["link", "set", &tap, "up"]);
+    let _router = proxy.then(|| {
+        // dnsmasq writes to stderr in --no-daemon mode: a file, not a pipe.
+        let log = dir.path().join("router.log");
+        let mut r = Reaped::new(
+            std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns.0,
+                    "dnsmasq",
+                    "--no-daemon",
+                    "--conf-file=/dev/null",
+                ])
+                .args([
+                    "--port=0",
+                    "-u",
+                    "root",
+                    "--bind-interfaces",
+                    "--except-interface=lo",
+                ])
+                .arg(format!("--interface={tap}"))
+                .arg(format!(
+                    "--dhcp-range=10.77.{net}.100,10.77.{net}.150,255.255.255.0,1h"
+                ))
+                .arg("--no-ping")
+                .arg(format!(
+                    "--dhcp-leasefile={}",
+                    dir.path().join("router.leases").display()
+                ))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("spawning dnsmasq (Debian package dnsmasq-base)"),
+        );
+        wait_until(
+            "the router's DHCP socket",
+            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("sockets bound")),
+            || r.alive(),
+        );
+        r
+    });
+    let mode = if proxy { "proxy" } else { "full" };
+    let server = Server::spawn(
+        &["ip", "netns", "exec", &ns.0],
+        &json!({
+            "interface": tap, "mode": mode, "subnet": format!("10.77.{net}.0/24"),
+            "gateway": format!("10.77.{net}.1"),
+            "pool": {"start": format!("10.77.{net}.160"), "end": format!("10.77.{net}.200")},
+            "nodes": [{"mac": vm_mac, "hostname": "vm", "ip": format!("10.77.{net}.10")}],
+        }),
+        dir.path(),
+    );
+    let cap = Capture::start(&ns, &tap, dir.path());
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.0, "qemu-system-x86_64"]);
+    let nic = format!("virtio-net-pci,netdev=n0,mac={vm_mac},bootindex=1");
+    if uefi {
+        let vars = dir.path().join("vars.fd");
+        std::fs::copy(OVMF_VARS, &vars).unwrap();
+        cmd.args(["-machine", "q35,accel=tcg", "-drive"])
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ))
+            // IPv4 PXE first: no IPv6 PXE/network stack entries.
+            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
+            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"])
+            // romfile= (empty): EDK2's own PXE client instead of the iPXE ROM.
+            .args(["-device", &format!("{nic},romfile=")]);
+    } else {
+        cmd.args(["-machine", "pc,accel=tcg", "-device", &nic]);
+    }
+    let serial = dir.path().join("serial.log");
+    cmd.args([
+        "-m",
+        "256",
+        "-smp",
+        "1",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()))
+    .args([
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap());
+    let mut vm = Reaped::new(cmd.spawn().expect("spawning qemu"));
+    let read_serial = || {
+        std::fs::read(&serial)
+            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+            .unwrap_or_default()
+    };
+    match until {
+        Until::ServerLog(parts) => {
+            server.wait_for_log(parts, || vm.alive());
+        }
+        Until::Serial(text) => {
+            // Once the firmware has given up on the network, the text will
+            // never come: fail now rather than at the 10-minute guard.
+            let gave_up = if uefi {
+                "EFI Internal Shell"
+            } else {
+                "No bootable device"
+            };
+            wait_until(
+                &format!("{text:?} on the serial console"),
+                || read_serial().contains(text),
+                || {
+                    let con = read_serial();
+                    assert!(
+                        !con.contains(gave_up),
+                        "firmware gave up without {text:?}:\n{con}"
+                    );
+                    vm.alive()
+                },
+            )
+        }
+    }
+    drop(vm);
+    let counters = server.stop();
+    assert_eq!(counters["malformed"], 0, "{counters}");
+    let (cli, srv) = split(&cap.stop());
+    VmRun {
+        cli,
+        srv,
+        serial: read_serial(),
     }
 }
 
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
-    }
+fn first(list: &Decoded, ty: MessageType) -> &Message {
+    list.iter()
+        .map(|(_, m)| m)
+        .find(|m| msg_type(m) == Some(ty))
+        .unwrap_or_else(|| panic!("no {ty:?} on the wire"))
 }
 
 #[test]
 fn real_ipxe_rom_gets_its_script_url() {
     let name = "real_ipxe_rom_gets_its_script_url";
-    if !netns_available(name) || !qemu_available(name) {
+    if !netns_available(name) || !qemu_available(name, false) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let tag = format!("{}3", std::process::id() % 100_000);
-    let ns = Netns::new(format!("dhcq{tag}"));
-    let tap = format!("dhc{tag}t");
-    ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
-    ns.ip(&["addr", "add", "10.77.3.1/24", "dev", &tap]);
-    ns.ip(&["link", "set", &tap, "up"]);
     let vm_mac = "52:54:00:77:03:01";
-    let server = Server::spawn(
-        &["ip", "netns", "exec", &ns.0],
-        &json!({
-            "interface": tap, "mode": "full", "subnet": "10.77.3.0/24", "gateway": "10.77.3.1",
-            "pool": {"start": "10.77.3.100", "end": "10.77.3.150"},
-            "nodes": [{"mac": vm_mac, "hostname": "ipxevm", "ip": "10.77.3.10", "firmware": "bios"}],
-        }),
-        dir.path(),
+    let VmRun { cli, srv, .. } = boot_vm(
+        3,
+        vm_mac,
+        false,
+        false,
+        Until::ServerLog(&["ipxe=true", "msg=Request", "decision=ack"]),
     );
-    let cap = Capture::start(&ns, &tap, dir.path());
-    // TCG: this kernel's /dev/kvm is a slow nested layer (shared/docs/pxe-lab.md).
-    let serial = dir.path().join("serial.log");
-    let mut vm = Qemu(Some(
-        std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.0,
-                "qemu-system-x86_64",
-                "-machine",
-                "pc,accel=tcg",
-            ])
-            .args([
-                "-m",
-                "128",
-                "-smp",
-                "1",
-                "-nographic",
-                "-monitor",
-                "none",
-                "-no-reboot",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            ])
-            .args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={vm_mac},bootindex=1"),
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap())
-            .spawn()
-            .expect("spawning qemu"),
-    ));
-    // iPXE's DISCOVER → OFFER → REQUEST → ACK; the ACK is the readiness signal.
-    server.wait_for_log(&["ipxe=true", "msg=Request", "decision=ack"], || vm.alive());
-    drop(vm);
-    let counters = server.stop();
-    let (cli, srv) = split(&cap.stop());
-    let disc = cli
-        .iter()
-        .map(|(_, m)| m)
-        .find(|m| msg_type(m) == Some(MessageType::Discover))
-        .expect("iPXE DISCOVER on the wire");
+    let disc = first(&cli, MessageType::Discover);
     let req = dhcp::decode_request(&dhcp::encode(disc).unwrap(), dhcp::RecvPort::Dhcp).unwrap();
     assert!(req.user_class_ipxe && req.is_pxe_client(), "{req:?}");
     assert_eq!(req.client_arch, Some(0));
-    let ack = srv
-        .iter()
-        .map(|(_, m)| m)
-        .find(|m| msg_type(m) == Some(MessageType::Ack))
-        .expect("ACK on the wire");
+    let ack = first(&srv, MessageType::Ack);
     assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 77, 3, 10));
     assert_eq!(
         file(ack),
         format!("http://10.77.3.1:8080/boot/{vm_mac}.ipxe")
     );
     assert!(ack.opts().get(OptionCode::Unknown(175)).is_some());
-    assert!(counters["acks"].as_u64().unwrap() >= 1, "{counters}");
+}
+
+#[test]
+fn real_edk2_uefi_pxe_gets_the_efi_binary() {
+    let name = "real_edk2_uefi_pxe_gets_the_efi_binary";
+    if !netns_available(name) || !qemu_available(name, true) {
+        return;
+    }
+    let VmRun { cli, srv, .. } = boot_vm(
+        4,
+        "52:54:00:77:04:01",
+        true,
+        false,
+        Until::ServerLog(&["arch=Some(7)", "ipxe=false", "msg=Request", "decision=ack"]),
+    );
+    let disc = first(&cli, MessageType::Discover);
+    let req = dhcp::decode_request(&dhcp::encode(disc).unwrap(), dhcp::RecvPort::Dhcp).unwrap();
+    assert!(!req.user_class_ipxe && req.is_pxe_client(), "{req:?}");
+    assert_eq!(req.client_arch, Some(7));
+    let ack = first(&srv, MessageType::Ack);
+    assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 77, 4, 10));
+    assert_eq!(ack.siaddr(), Ipv4Addr::new(10, 77, 4, 1));
+    assert_eq!(file(ack), "ipxe.efi");
+    assert_eq!(opt60(ack).as_deref(), Some("PXEClient"));
+}
+
+/// Proxy mode with real firmware: a router (dnsmasq) gives the address, the
+/// firmware boots what ironseed's ProxyDHCP offer names.
+#[test]
+fn real_ipxe_proxy_mode_next_to_a_router() {
+    let name = "real_ipxe_proxy_mode_next_to_a_router";
+    if !netns_available(name) || !qemu_available(name, false) {
+        return;
+    }
+    let vm_mac = "52:54:00:77:05:01";
+    let url = format!("http://10.77.5.1:8080/boot/{vm_mac}.ipxe");
+    let run = boot_vm(
+        5,
+        vm_mac,
+        false,
+        true,
+        Until::Serial(&format!("Filename: {url}")),
+    );
+    // iPXE took its address from the router and the script URL from us.
+    let router_ack = run
+        .srv
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| msg_type(m) == Some(MessageType::Ack))
+        .expect("router ACK");
+    assert!(
+        (100..=150).contains(&router_ack.yiaddr().octets()[3]),
+        "{}",
+        dhcp::describe(router_ack)
+    );
+    let ours = run
+        .srv
+        .iter()
+        .map(|(_, m)| m)
+        .find(|m| {
+            msg_type(m) == Some(MessageType::Offer) && opt60(m).as_deref() == Some("PXEClient")
+        })
+        .expect("our proxy offer");
+    assert_eq!(
+        ours.yiaddr(),
+        Ipv4Addr::UNSPECIFIED,
+        "a proxy offer carries no address"
+    );
+    assert_eq!(file(ours), url);
+    // iPXE percent-encodes ':' when it fetches the URL: the HTTP layer must
+    // decode the path (recorded here so a change in iPXE is noticed).
+    assert!(
+        run.serial.contains("52%3A54%3A00%3A77%3A05%3A01.ipxe"),
+        "{}",
+        run.serial
+    );
+    let disc = first(&run.cli, MessageType::Discover);
+    assert_eq!(arch_of(disc), Some(0));
+}
+
+/// The address EDK2 reports on its console ("Station IP address is …").
+fn station_ip(serial: &str) -> Ipv4Addr {
+    serial
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Station IP address is "))
+        .unwrap_or_else(|| panic!("no station IP on the console:\n{serial}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn real_edk2_proxy_mode_next_to_a_router() {
+    let name = "real_edk2_proxy_mode_next_to_a_router";
+    if !netns_available(name) || !qemu_available(name, true) {
+        return;
+    }
+    let run = boot_vm(
+        6,
+        "52:54:00:77:06:01",
+        true,
+        true,
+        Until::Serial("NBP filename is ipxe.efi"),
+    );
+    // EDK2 prints what it took from where: the router's address, our server and file.
+    let station = station_ip(&run.serial);
+    assert!(
+        (100..=150).contains(&station.octets()[3]),
+        "not a router address: {station}"
+    );
+    assert!(
+        run.serial.contains("Server IP address is 10.77.6.1\n"),
+        "{}",
+        run.serial
+    );
+    let disc = first(&run.cli, MessageType::Discover);
+    assert_eq!(arch_of(disc), Some(7));
 }

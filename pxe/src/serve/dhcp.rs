@@ -2,6 +2,12 @@
 //!
 //! All decisions live in `dhcp_policy` and `leases`; this module only does
 //! I/O, logging and counting. A bad datagram is logged and the loop goes on.
+//!
+//! There is deliberately no ICMP "ping check" before an OFFER (RFC 2131
+//! §4.4.1 makes it a SHOULD): dnsmasq's default check costs ~3 s per new
+//! client, which stalls a PXE boot storm. Pool addresses are tracked here,
+//! inventory addresses are static, and a client that finds its address in
+//! use says so with DECLINE, which quarantines the address.
 
 use std::collections::HashMap;
 use std::future::Future;

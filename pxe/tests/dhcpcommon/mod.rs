@@ -38,7 +38,7 @@ pub fn dhcp_serve_bin() -> &'static Path {
 
 /// A running `dhcp_serve`; SIGTERM + wait on drop.
 pub struct Server {
-    child: Option<Child>,
+    child: Reaped,
     stdout: BufReader<ChildStdout>,
     pub ready: serde_json::Value,
     pub log: PathBuf,
@@ -72,7 +72,7 @@ impl Server {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         let mut s = Server {
-            child: Some(child),
+            child: Reaped::new(child),
             stdout,
             ready: serde_json::Value::Null,
             log,
@@ -93,43 +93,30 @@ impl Server {
 
     /// Poll the server's log until a line contains every one of `parts`
     /// (the readiness signal of an exchange with a slow client such as a VM
-    /// under TCG). `alive` is checked between polls so a dead client fails
-    /// fast; the 10-minute deadline only guards against a hung test.
-    pub fn wait_for_log(&self, parts: &[&str], mut alive: impl FnMut() -> bool) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-        loop {
-            if let Some(l) = self
-                .log_text()
+    /// under TCG); see [`wait_until`].
+    pub fn wait_for_log(&self, parts: &[&str], alive: impl FnMut() -> bool) -> String {
+        let find = || {
+            self.log_text()
                 .lines()
                 .find(|l| parts.iter().all(|p| l.contains(p)))
-            {
-                return l.to_owned();
-            }
-            assert!(
-                alive(),
-                "client exited before {parts:?}; server log:\n{}",
-                self.log_text()
-            );
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no log line with {parts:?} after 10 min; server log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+                .map(str::to_owned)
+        };
+        wait_until(
+            &format!("a server log line with {parts:?}"),
+            || find().is_some(),
+            alive,
+        );
+        find().unwrap()
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child.alive()
     }
 
     /// SIGTERM, wait, and return the COUNTERS json it printed.
     pub fn stop(mut self) -> serde_json::Value {
-        let mut child = self.child.take().unwrap();
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let status = child.wait().unwrap();
+        let mut child = self.child.stop().expect("server already stopped");
+        let status = child.wait().unwrap(); // the status cached by stop()
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         assert!(
@@ -144,12 +131,47 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+/// Poll `cond` every 100 ms. `alive` is checked between polls so a dead
+/// client fails the test at once; the 10-minute deadline only guards
+/// against a hung test on a loaded machine (no timing is asserted).
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool, mut alive: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while !cond() {
+        assert!(alive(), "gave up waiting for {what}: a process exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} after 10 min"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A child process (VM, router, capture) killed with SIGTERM and reaped on drop.
+pub struct Reaped(Option<Child>);
+
+impl Reaped {
+    pub fn new(child: Child) -> Reaped {
+        Reaped(Some(child))
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// SIGTERM and wait now; returns the child for callers that read its output.
+    pub fn stop(&mut self) -> Option<Child> {
+        let mut c = self.0.take()?;
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let _ = c.wait();
+        Some(c)
+    }
+}
+
+impl Drop for Reaped {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }
 

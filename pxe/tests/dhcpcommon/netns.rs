@@ -8,11 +8,9 @@
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use nix::sched::{CloneFlags, setns};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 /// Root and `ip netns` are needed. In CI (`CI=true`) their absence is a
 /// failure; locally, not being root is a loud skip.
@@ -147,10 +145,10 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-/// A tcpdump capture inside a namespace; stopped (SIGINT) and parsed by
+/// A tcpdump capture inside a namespace; stopped and parsed by
 /// [`Capture::stop`], killed on drop otherwise.
 pub struct Capture {
-    child: Option<Child>,
+    child: super::Reaped,
     file: PathBuf,
 }
 
@@ -192,25 +190,15 @@ impl Capture {
             }
         });
         Capture {
-            child: Some(child),
+            child: super::Reaped::new(child),
             file,
         }
     }
 
+    /// Stop tcpdump (SIGTERM: it flushes and closes the file) and parse it.
     pub fn stop(mut self) -> Vec<Frame> {
-        let mut c = self.child.take().unwrap();
-        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGINT);
-        c.wait().unwrap();
+        self.child.stop();
         parse_pcap(&std::fs::read(&self.file).unwrap())
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            let _ = c.wait();
-        }
     }
 }
 
