@@ -262,7 +262,13 @@ async fn airgap(State(app): App, UrlPath(name): UrlPath<String>, req: Request) -
 }
 
 async fn serve_file(path: &Path, req: Request) -> Response {
-    match ServeFile::new(path).oneshot(req).await {
+    // 256 KiB reads: the default 64 KiB costs a blocking-pool round trip per chunk, which
+    // shows at image sizes; larger ones cost memory per client (pxe/bench/http.sh).
+    match ServeFile::new(path)
+        .with_buf_chunk_size(256 << 10)
+        .oneshot(req)
+        .await
+    {
         Ok(r) => r.map(Body::new),
         Err(e) => internal("serving file", e),
     }
