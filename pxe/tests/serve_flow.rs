@@ -305,3 +305,44 @@ fn ipxe_binaries_are_served_over_tftp_and_artifacts_over_http_with_ranges() {
     assert_eq!(s.get("/artifacts/../bundle/plan.json").0, 404);
     assert_eq!(s.get("/artifacts/%2e%2e/bundle/plan.json").0, 404);
 }
+
+#[test]
+fn started_as_root_it_serves_as_the_unprivileged_user() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: this test must run there"
+        );
+        eprintln!("SKIP: not root, nothing to drop");
+        return;
+    }
+    let lab = lab();
+    let s = Server::start(&lab, &["--user", "nobody"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    for key in ["Uid:", "Gid:"] {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        let ids: Vec<u32> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let want = if key == "Uid:" {
+            nobody.uid.as_raw()
+        } else {
+            nobody.gid.as_raw()
+        };
+        assert!(
+            ids.iter().all(|i| *i == want),
+            "real, effective, saved and fs ids all dropped: {line}"
+        );
+    }
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert!(!groups.split_whitespace().any(|g| g == "0"), "{groups}");
+    // Still serving, and the state it writes belongs to that user.
+    assert_eq!(s.post("/api/v1/nodes/k3s1/disarm", "").0, 200);
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(lab.state.join("nodes.json")).unwrap(),
+    );
+    assert_eq!(owner, nobody.uid.as_raw());
+}
