@@ -231,26 +231,7 @@ fn tampered_bundle_is_refused_at_start() {
     let mut text = std::fs::read_to_string(&ud).unwrap();
     text.push_str("# edited by hand\n");
     std::fs::write(&ud, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pxe"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1",
-            "--dhcp",
-            "off",
-            "--http-port",
-            "0",
-            "--tftp-port",
-            "0",
-        ])
-        .arg("--bundle")
-        .arg(&lab.bundle)
-        .arg("--state")
-        .arg(&lab.state)
-        .arg("--ipxe-dir")
-        .arg(&lab.ipxe)
-        .output()
-        .unwrap();
+    let out = Server::command(&lab, &[]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

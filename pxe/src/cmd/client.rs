@@ -81,8 +81,7 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-pub fn get_json(url: &str) -> Result<serde_json::Value> {
-    let r = request("GET", url, None)?;
+fn json(url: &str, r: Reply) -> Result<serde_json::Value> {
     if r.status != 200 {
         bail!(
             "{url}: HTTP {}: {}",
@@ -93,14 +92,13 @@ pub fn get_json(url: &str) -> Result<serde_json::Value> {
     serde_json::from_slice(&r.body).with_context(|| format!("{url}: not JSON"))
 }
 
+pub fn get_json(url: &str) -> Result<serde_json::Value> {
+    json(url, request("GET", url, None)?)
+}
+
 pub fn post_json(url: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
-    let r = request("POST", url, Some(body.to_string().as_bytes()))?;
-    if r.status != 200 {
-        bail!(
-            "{url}: HTTP {}: {}",
-            r.status,
-            String::from_utf8_lossy(&r.body).trim()
-        );
-    }
-    serde_json::from_slice(&r.body).with_context(|| format!("{url}: not JSON"))
+    json(
+        url,
+        request("POST", url, Some(body.to_string().as_bytes()))?,
+    )
 }

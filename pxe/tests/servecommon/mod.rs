@@ -88,26 +88,32 @@ pub struct Server {
 }
 
 impl Server {
+    /// The `pxe serve` command line every test uses: loopback, DHCP off, free ports.
+    pub fn command(lab: &Lab, extra: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pxe"));
+        c.args([
+            "serve",
+            "--listen",
+            "127.0.0.1",
+            "--dhcp",
+            "off",
+            "--http-port",
+            "0",
+            "--tftp-port",
+            "0",
+        ])
+        .arg("--bundle")
+        .arg(&lab.bundle)
+        .arg("--state")
+        .arg(&lab.state)
+        .arg("--ipxe-dir")
+        .arg(&lab.ipxe)
+        .args(extra);
+        c
+    }
+
     pub fn start(lab: &Lab, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pxe"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1",
-                "--dhcp",
-                "off",
-                "--http-port",
-                "0",
-                "--tftp-port",
-                "0",
-            ])
-            .arg("--bundle")
-            .arg(&lab.bundle)
-            .arg("--state")
-            .arg(&lab.state)
-            .arg("--ipxe-dir")
-            .arg(&lab.ipxe)
-            .args(extra)
+        let mut child = Self::command(lab, extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
