@@ -227,50 +227,8 @@ pub struct BootNic {
     pub port: Option<String>,
 }
 
-/// Identifies a disk by stable attributes; never by kernel name (`/dev/sdX` moves between boots).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Selector {
-    pub model: Option<String>,
-    pub serial: Option<String>,
-    pub wwn: Option<String>,
-    pub by_path: Option<String>,
-    pub by_id: Option<String>,
-    pub min_size_gb: Option<u64>,
-    pub max_size_gb: Option<u64>,
-    pub rotational: Option<bool>,
-}
-
-impl Selector {
-    pub fn is_empty(&self) -> bool {
-        *self == Selector::default()
-    }
-
-    /// True when no attribute both selectors set tells the two apart, so one physical disk could
-    /// satisfy both. Conservative on purpose: a data disk must be provably not the install disk.
-    pub fn may_overlap(&self, other: &Selector) -> bool {
-        fn differ<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
-            matches!((a, b), (Some(x), Some(y)) if x != y)
-        }
-        if differ(&self.model, &other.model)
-            || differ(&self.serial, &other.serial)
-            || differ(&self.wwn, &other.wwn)
-            || differ(&self.by_path, &other.by_path)
-            || differ(&self.by_id, &other.by_id)
-            || differ(&self.rotational, &other.rotational)
-        {
-            return false;
-        }
-        let (a_lo, a_hi) = (
-            self.min_size_gb.unwrap_or(0),
-            self.max_size_gb.unwrap_or(u64::MAX),
-        );
-        let (b_lo, b_hi) = (
-            other.min_size_gb.unwrap_or(0),
-            other.max_size_gb.unwrap_or(u64::MAX),
-        );
-        a_lo <= b_hi && b_lo <= a_hi
-    }
-}
+/// Disk selectors are the installer's type: builder and the node agree on what matches.
+pub use images::disk::Selector;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -312,37 +270,4 @@ pub struct Export {
 pub struct Secondary {
     pub target: String,
     pub schedule: String,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selectors_overlap_unless_an_attribute_differs() {
-        let a = Selector {
-            model: Some("X".into()),
-            ..Default::default()
-        };
-        let b = Selector {
-            model: Some("Y".into()),
-            ..Default::default()
-        };
-        assert!(!a.may_overlap(&b));
-        assert!(a.may_overlap(&a.clone()));
-        let small = Selector {
-            max_size_gb: Some(300),
-            ..Default::default()
-        };
-        let big = Selector {
-            min_size_gb: Some(400),
-            ..Default::default()
-        };
-        assert!(!small.may_overlap(&big));
-        let serial = Selector {
-            serial: Some("S1".into()),
-            ..Default::default()
-        };
-        assert!(serial.may_overlap(&a), "nothing shared tells them apart");
-    }
 }
