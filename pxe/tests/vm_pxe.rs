@@ -546,7 +546,23 @@ impl Vm {
             || proc.alive(),
         );
         eprintln!(
-            "timing: {:<12} {:>6.1} s  {marker}",
+            "timing: {:<14} {:>6.1} s  {marker}",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Wait for `marker` to appear after the first `anchor` (both on the serial console).
+    fn wait_after(&mut self, anchor: &str, marker: &str) {
+        let proc = &mut self.proc;
+        wait_file(
+            &self.serial,
+            &format!("{}: serial marker {marker:?} after {anchor:?}", self.name),
+            |t| t.find(anchor).is_some_and(|i| t[i..].contains(marker)),
+            || proc.alive(),
+        );
+        eprintln!(
+            "timing: {:<14} {:>6.1} s  {marker}",
             self.name,
             self.started.elapsed().as_secs_f64()
         );
@@ -582,23 +598,35 @@ fn pxe_serve_boots_real_firmware() {
     }
     let uefi = std::env::var("IRONSEED_VM_UEFI").map_or(true, |v| v != "0");
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("vm_pxe-")
+        .tempdir()
+        .unwrap();
+    // IRONSEED_VM_KEEP=1 keeps the serial consoles and the pxe/dnsmasq logs for a post-mortem,
+    // failed run or not.
+    let (dir, _tmp_guard) = if std::env::var_os("IRONSEED_VM_KEEP").is_some() {
+        let p = tmp.keep();
+        eprintln!("keeping {}", p.display());
+        (p, None)
+    } else {
+        (tmp.path().to_owned(), Some(tmp))
+    };
     // pxe serve drops root to `nobody` after binding and then reads the bundle and writes
     // its state dir (which it chowns): the path to both must be traversable.
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.as_path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let bundle = dir.path().join("bundle");
+    let bundle = dir.as_path().join("bundle");
     render_bundle(&bundle);
     eprintln!("timing: render {:>6.1} s", t0.elapsed().as_secs_f64());
 
     let lab = Lab::new(3);
     let ns = lab.pxe.0.clone();
-    let _router = start_router(&lab, dir.path());
+    let _router = start_router(&lab, dir.as_path());
     // EDK2's PXE client with `romfile=` fetches snponly.efi: it drives the NIC through the
     // firmware's own SNP driver, as there is no iPXE driver ROM for it.
-    let (mut pxe, pxe_log) = start_pxe(&lab, &bundle, dir.path(), "snponly.efi");
+    let (mut pxe, pxe_log) = start_pxe(&lab, &bundle, dir.as_path(), "snponly.efi");
     eprintln!("timing: lab up {:>6.1} s", t0.elapsed().as_secs_f64());
 
     let before = states(&ns);
@@ -610,7 +638,7 @@ fn pxe_serve_boots_real_firmware() {
 
     // Phase 1, in parallel: BIOS known MAC, BIOS unknown MAC, UEFI known MAC.
     let p1 = Instant::now();
-    let d = dir.path();
+    let d = dir.as_path();
     let mut jobs: Vec<Box<dyn FnOnce() -> Vm + Send + '_>> = vec![
         Box::new(|| {
             let mut vm = Vm::start(&lab, d, "bios-known", Firmware::Bios, "vmttap0", BIOS_MAC);
@@ -687,36 +715,70 @@ fn pxe_serve_boots_real_firmware() {
     }
     drop(vms);
 
-    // Phase 2: vm-bios1 reports an install through the API (the installer would), then
-    // PXE-boots again and must be sent to its local disk.
-    post_event(
-        &ns,
-        "vm-bios1",
-        r#"{"event":"installing","disk":"/dev/vda","total":1}"#,
-    );
-    post_event(&ns, "vm-bios1", r#"{"event":"installed","sha256":"x"}"#);
-    assert_eq!(states(&ns)["vm-bios1"], "installed");
+    // Phase 2: the booted nodes report an install through the API (the installer would),
+    // then PXE-boot again and must be sent to their local disk.
+    let mut installed = vec!["vm-bios1"];
+    if uefi {
+        installed.push("vm-uefi1");
+    }
+    for node in &installed {
+        post_event(
+            &ns,
+            node,
+            r#"{"event":"installing","disk":"/dev/vda","total":1}"#,
+        );
+        post_event(&ns, node, r#"{"event":"installed","sha256":"x"}"#);
+        assert_eq!(states(&ns)[*node], "installed");
+    }
     let p2 = Instant::now();
-    let mut vm = Vm::start(
-        &lab,
-        d,
-        "bios-installed",
-        Firmware::Bios,
-        "vmttap0",
-        BIOS_MAC,
-    );
-    vm.wait("ironseed: booting from local disk");
+    let mut jobs: Vec<Box<dyn FnOnce() -> Vm + Send + '_>> = vec![Box::new(|| {
+        let mut vm = Vm::start(
+            &lab,
+            d,
+            "bios-installed",
+            Firmware::Bios,
+            "vmttap0",
+            BIOS_MAC,
+        );
+        vm.wait("ironseed: booting from local disk");
+        // sanboot of the blank disk fails, `exit 1` returns to SeaBIOS, which tries the disk.
+        vm.wait("No bootable device");
+        vm
+    })];
+    if uefi {
+        jobs.push(Box::new(|| {
+            let mut vm = Vm::start(
+                &lab,
+                d,
+                "uefi-installed",
+                Firmware::Uefi,
+                "vmttap2",
+                UEFI_MAC,
+            );
+            vm.wait("ironseed: booting from local disk");
+            // `exit 1`, not `exit`: with status 0 OVMF stays in its boot menu; with an error
+            // it goes on through its boot order to the disk (the "Misc Device").
+            vm.wait_after("ironseed: booting from local disk", "UEFI Misc Device");
+            vm
+        }));
+    }
+    let vms = parallel(jobs);
     eprintln!(
-        "timing: phase 2 (local boot) {:>6.1} s",
+        "timing: phase 2 (local boot, parallel VMs) {:>6.1} s",
         p2.elapsed().as_secs_f64()
     );
-    assert!(
-        !vm.serial_text().contains("ironseed: installing"),
-        "an installed node must never get the installer again"
-    );
-    drop(vm);
+    for vm in &vms {
+        assert!(
+            !vm.serial_text().contains("ironseed: installing"),
+            "{}: an installed node must never get the installer again",
+            vm.name
+        );
+    }
+    drop(vms);
     let end = states(&ns);
-    assert_eq!(end["vm-bios1"], "installed", "{end:?}");
+    for node in &installed {
+        assert_eq!(end[*node], "installed", "{end:?}");
+    }
     assert_eq!(end["vm-bios2"], "armed", "{end:?}");
     assert!(pxe.alive(), "pxe serve died");
     pxe.stop();
