@@ -16,7 +16,7 @@ use pxe::metrics::HttpCounters;
 use pxe::net;
 use pxe::proto::dhcp::{MacAddr, RecvPort};
 use pxe::serve::dhcp::{DhcpContext, DhcpSocket, NodeLookup};
-use pxe::serve::http::HttpApp;
+use pxe::serve::http::{HttpApp, HttpBootFile};
 use pxe::serve::tftp::{FsProvider, TftpConfig, TftpStats};
 use pxe::state::Store;
 
@@ -120,6 +120,17 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
             a.ipxe_dir.display()
         )
     })?;
+    // DHCP points UEFI HTTP-boot clients at http://SERVER:PORT/<efi file>: serve that file,
+    // confined to the iPXE folder like TFTP.
+    let rel = pxe::serve::tftp::relative_path(&a.efi_file)
+        .map_err(|e| anyhow::anyhow!("--efi-file {:?}: {e}", a.efi_file))?;
+    let http_boot = HttpBootFile {
+        name: a.efi_file.trim_start_matches('/').to_owned(),
+        path: provider.root().join(rel),
+    };
+    if !http_boot.path.is_file() {
+        tracing::warn!(path = %http_boot.path.display(), "the UEFI boot file is missing: UEFI clients will fail to boot");
+    }
 
     let mut dhcp_sockets = Vec::new();
     let dhcp_ctx = if a.dhcp != DhcpMode::Off {
@@ -193,6 +204,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         tftp_stats: tftp_stats.clone(),
         dhcp: dhcp_ctx.clone(),
         artifacts: a.artifacts.clone(),
+        http_boot: Some(http_boot),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

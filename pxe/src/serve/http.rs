@@ -32,6 +32,18 @@ pub struct HttpApp {
     pub dhcp: Option<Arc<DhcpContext>>,
     /// Folder served at `/artifacts/` (installer kernel/initrd, OS images).
     pub artifacts: Option<PathBuf>,
+    /// The UEFI boot file for UEFI HTTP boot, see [`HttpBootFile`].
+    pub http_boot: Option<HttpBootFile>,
+}
+
+/// The UEFI boot file (`--efi-file`, a path inside `--ipxe-dir`) served at `/<name>`. DHCP answers UEFI
+/// HTTP-boot clients (arch 16, vendor class `HTTPClient`) with `http://SERVER:PORT/<name>`, so
+/// this route is what makes that answer bootable: without it the firmware gets a 404 and a
+/// machine whose only network boot is HTTP boot never reaches iPXE.
+#[derive(Debug, Clone)]
+pub struct HttpBootFile {
+    pub name: String,
+    pub path: PathBuf,
 }
 
 type App = State<Arc<HttpApp>>;
@@ -52,6 +64,8 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         .route("/api/v1/nodes/{name}/phone-home", post(phone_home))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
+        // Last, so it can never shadow a route: the UEFI HTTP-boot file.
+        .fallback(http_boot)
         .layer(middleware::from_fn_with_state(app.clone(), count))
         .with_state(app)
 }
@@ -137,6 +151,25 @@ async fn boot(
     match app.bundle.read(&rel) {
         Ok(b) => ipxe(b),
         Err(e) => internal(&format!("reading {rel}"), e),
+    }
+}
+
+/// UEFI HTTP boot's NBP (HEAD and Range included: EDK2 asks for the size first), at exactly
+/// the path DHCP offered; everything else that no route matched is a 404. Only the one
+/// configured file: the iPXE folder is not browsable.
+async fn http_boot(State(app): App, req: Request) -> Response {
+    let wanted = req.uri().path().strip_prefix('/');
+    match &app.http_boot {
+        Some(b)
+            if wanted == Some(b.name.as_str())
+                && matches!(
+                    *req.method(),
+                    axum::http::Method::GET | axum::http::Method::HEAD
+                ) =>
+        {
+            serve_file(&b.path, req).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
@@ -383,4 +416,131 @@ pub async fn run(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    /// A bundle with no nodes: enough for routes that do not depend on the plan's nodes.
+    fn empty_app(dir: &Path, http_boot: Option<HttpBootFile>) -> Arc<HttpApp> {
+        use sha2::{Digest, Sha256};
+        let plan = json!({
+            "version": 1, "cluster": "t", "domain": "t.arpa", "api_vip": "10.0.0.10",
+            "appliance": {"ip": "10.0.0.1", "http_port": 8080, "url": "http://10.0.0.1:8080"},
+            "network": {"subnet": "10.0.0.0/24", "gateway": "10.0.0.254", "dns": [], "dhcp_pool": null},
+            "os_image": "debian-12", "local_boot_script": "ipxe/local.ipxe",
+            "unknown_script": "ipxe/unknown.ipxe", "nodes": [],
+        });
+        let bytes = serde_json::to_vec(&plan).unwrap();
+        std::fs::write(dir.join("plan.json"), &bytes).unwrap();
+        let sum: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(dir.join("SHA256SUMS"), format!("{sum}  plan.json\n")).unwrap();
+        let bundle = Arc::new(Bundle::load(dir).unwrap());
+        let store = Arc::new(Store::open(None, &bundle.id, &[], true).unwrap());
+        Arc::new(HttpApp {
+            bundle,
+            store,
+            counters: Arc::new(HttpCounters::default()),
+            tftp_stats: Arc::new(TftpStats::default()),
+            dhcp: None,
+            artifacts: None,
+            http_boot,
+        })
+    }
+
+    async fn get(app: &Arc<HttpApp>, method: Method, uri: &str) -> (StatusCode, Vec<u8>) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let resp = router(app.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, body.to_vec())
+    }
+
+    /// Regression (found by the VM test, pxe/tests/vm_pxe.rs): DHCP sent OVMF's HTTP-boot
+    /// entry to `/<efi file>`, and HTTP answered 404.
+    #[tokio::test]
+    async fn serves_the_efi_file_that_dhcp_offers_to_http_boot_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let efi = dir.path().join("snponly.efi");
+        std::fs::write(&efi, b"MZ fake efi binary").unwrap();
+        let app = empty_app(
+            dir.path(),
+            Some(HttpBootFile {
+                name: "snponly.efi".into(),
+                path: efi,
+            }),
+        );
+        let (st, body) = get(&app, Method::GET, "/snponly.efi").await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(body, b"MZ fake efi binary");
+        let (st, body) = get(&app, Method::HEAD, "/snponly.efi").await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(body.is_empty());
+        // Only the configured name: nothing else of the folder, no other top-level names.
+        for other in [
+            "/ipxe.efi",
+            "/plan.json",
+            "/SHA256SUMS",
+            "/..%2fetc%2fpasswd",
+        ] {
+            assert_eq!(
+                get(&app, Method::GET, other).await.0,
+                StatusCode::NOT_FOUND,
+                "{other}"
+            );
+        }
+        // The fixed routes still win over the catch-all.
+        assert_eq!(get(&app, Method::GET, "/healthz").await.0, StatusCode::OK);
+        assert_eq!(get(&app, Method::GET, "/metrics").await.0, StatusCode::OK);
+        let (st, body) = get(&app, Method::GET, "/boot.ipxe").await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(body.starts_with(b"#!ipxe"));
+    }
+
+    /// `--efi-file` may name a file in a subfolder (TFTP serves it so); HTTP boot then gets
+    /// the same path.
+    #[tokio::test]
+    async fn efi_file_in_a_subfolder() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = empty_app(
+            dir.path(),
+            Some(HttpBootFile {
+                name: "efi/ipxe.efi".into(),
+                path: dir.path().join("plan.json"),
+            }),
+        );
+        assert_eq!(
+            get(&app, Method::GET, "/efi/ipxe.efi").await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(&app, Method::GET, "/ipxe.efi").await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get(&app, Method::POST, "/efi/ipxe.efi").await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn no_http_boot_file_configured_is_a_404() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = empty_app(dir.path(), None);
+        assert_eq!(
+            get(&app, Method::GET, "/snponly.efi").await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
 }
