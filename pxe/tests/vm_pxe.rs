@@ -25,7 +25,9 @@
 //!   `booting from local disk`, state stays `installed`.
 //! - UEFI (OVMF + EDK2's own PXE client, `romfile=`): arch 7, the EFI boot file over TFTP
 //!   (with EDK2's tsize probe), then iPXE DHCPs again with user class iPXE and fetches the
-//!   per-MAC script over HTTP. `IRONSEED_VM_UEFI=0` leaves it out.
+//!   per-MAC script over HTTP. Walked to `installed`, it is sent on to its disk, through
+//!   OVMF's UEFI HTTP-boot entry (the iPXE binary over HTTP) first. `IRONSEED_VM_UEFI=0`
+//!   leaves the UEFI cases out.
 //!
 //! Markers are waited for with 10-minute deadlines, never fixed sleeps: under TCG on a loaded
 //! machine a BIOS cycle has taken minutes. Phase timings are printed (`--nocapture`).
@@ -757,8 +759,13 @@ fn pxe_serve_boots_real_firmware() {
             );
             vm.wait("ironseed: booting from local disk");
             // `exit 1`, not `exit`: with status 0 OVMF stays in its boot menu; with an error
-            // it goes on through its boot order to the disk (the "Misc Device").
-            vm.wait_after("ironseed: booting from local disk", "UEFI Misc Device");
+            // it goes on through its boot order. The NIC's next entry is UEFI HTTP boot
+            // (arch 16, vendor class HTTPClient): pxe serves it the same iPXE binary over
+            // HTTP, which asks for its script again and is again sent on...
+            let http_boot = "Start HTTP Boot over IPv4";
+            vm.wait_after(http_boot, "ironseed: booting from local disk");
+            // ... to the disk (OVMF's "Misc Device").
+            vm.wait_after(http_boot, "UEFI Misc Device");
             vm
         }));
     }
