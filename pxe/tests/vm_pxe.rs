@@ -54,6 +54,9 @@ const HTTP_PORT: u16 = 8088;
 /// performance assertion.
 const DEADLINE: Duration = Duration::from_secs(600);
 
+const KEEP_HINT: &str =
+    "(IRONSEED_VM_KEEP=1 keeps every serial console and the pxe/dnsmasq logs for a post-mortem)";
+
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const IPXE_DIR: &str = "/usr/lib/ipxe";
@@ -230,13 +233,13 @@ fn wait_file(
         };
         assert!(
             alive(),
-            "exited before {what}; last output of {}:\n{}",
+            "exited before {what}; last output of {}:\n{}\n{KEEP_HINT}",
             file.display(),
             tail()
         );
         assert!(
             Instant::now() < until,
-            "no {what} after {DEADLINE:?}; last output of {}:\n{}",
+            "no {what} after {DEADLINE:?}; last output of {}:\n{}\n{KEEP_HINT}",
             file.display(),
             tail()
         );
@@ -684,6 +687,11 @@ fn pxe_serve_boots_real_firmware() {
     // Never booted: proves the unknown MAC changed no node (it is in no node's timeline).
     assert_eq!(after["vm-bios2"], "armed", "{after:?}");
     assert_eq!(after.len(), 3, "only inventory nodes are listed: {after:?}");
+    let (_, api) = http(&ns, "GET", "/api/v1/nodes", None);
+    assert!(
+        !api.contains(UNKNOWN_MAC),
+        "the unknown MAC appears in no node's record or timeline: {api}"
+    );
     let log = clean(&std::fs::read(&pxe_log).unwrap());
     assert!(
         log.lines().any(
