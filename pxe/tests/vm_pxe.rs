@@ -41,6 +41,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dhcpcommon::netns::{Netns, in_netns};
@@ -53,6 +54,9 @@ const HTTP_PORT: u16 = 8088;
 /// Markers and exits are waited for this long at most: a guard against a hung test, not a
 /// performance assertion.
 const DEADLINE: Duration = Duration::from_secs(600);
+
+/// Set by the first failed wait, so waits on other threads give up at once.
+static FAILED: AtomicBool = AtomicBool::new(false);
 
 const KEEP_HINT: &str =
     "(IRONSEED_VM_KEEP=1 keeps every serial console and the pxe/dnsmasq logs for a post-mortem)";
@@ -227,22 +231,34 @@ fn wait_file(
         if pred(&text) {
             return;
         }
+        // A VM waited for on another thread already failed: stop now rather than letting
+        // this one run into its own deadline (the first failure is the one reported).
+        assert!(
+            !FAILED.load(Ordering::SeqCst),
+            "gave up waiting for {what}: another wait of this phase failed"
+        );
+        let fail = |msg: String| -> ! {
+            FAILED.store(true, Ordering::SeqCst);
+            panic!("{msg}")
+        };
         let tail = || {
             let lines: Vec<&str> = text.lines().collect();
             lines[lines.len().saturating_sub(40)..].join("\n")
         };
-        assert!(
-            alive(),
-            "exited before {what}; last output of {}:\n{}\n{KEEP_HINT}",
-            file.display(),
-            tail()
-        );
-        assert!(
-            Instant::now() < until,
-            "no {what} after {DEADLINE:?}; last output of {}:\n{}\n{KEEP_HINT}",
-            file.display(),
-            tail()
-        );
+        if !alive() {
+            fail(format!(
+                "exited before {what}; last output of {}:\n{}\n{KEEP_HINT}",
+                file.display(),
+                tail()
+            ));
+        }
+        if Instant::now() >= until {
+            fail(format!(
+                "no {what} after {DEADLINE:?}; last output of {}:\n{}\n{KEEP_HINT}",
+                file.display(),
+                tail()
+            ));
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -581,13 +597,30 @@ impl Vm {
 /// The VMs of one phase run side by side, each waited for on its own thread (2 cores: TCG
 /// VMs mostly wait on each other's timers, not on the CPU).
 fn parallel<T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> Vec<T> {
-    std::thread::scope(|s| {
+    let results: Vec<std::thread::Result<T>> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs.into_iter().map(|j| s.spawn(j)).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let mut ok = Vec::new();
+    let mut first: Option<Box<dyn std::any::Any + Send>> = None;
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(p) => {
+                // Report the real failure, not a wait that gave up because of it.
+                let gave_up = p
+                    .downcast_ref::<String>()
+                    .is_some_and(|m| m.starts_with("gave up"));
+                if first.is_none() || !gave_up {
+                    first = Some(p);
+                }
+            }
+        }
+    }
+    if let Some(p) = first {
+        std::panic::resume_unwind(p);
+    }
+    ok
 }
 
 const BIOS_MAC: &str = "52:54:00:88:00:11";
