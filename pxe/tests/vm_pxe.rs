@@ -6,7 +6,7 @@
 //! ```text
 //!   netns vmtpxeN                                   netns vmtrtrN
 //!   vmtbr0 10.88.0.1/24  ── vmtrb0 ═══ veth ═══ vmtrr0 10.88.0.254/24
-//!     ├─ vmttap0..3 (qemu NICs)                     dnsmasq: addresses + IPv6 RAs only
+//!     ├─ vmttap0..2 (qemu NICs)                     dnsmasq: addresses + IPv6 RAs only
 //!     └─ pxe serve --dhcp proxy (DHCP 67/4011, TFTP 69, HTTP 8088)
 //! ```
 //!
@@ -594,8 +594,9 @@ impl Vm {
     }
 }
 
-/// The VMs of one phase run side by side, each waited for on its own thread (2 cores: TCG
-/// VMs mostly wait on each other's timers, not on the CPU).
+/// The VMs of one phase run side by side, each waited for on its own thread. Even on 2 cores
+/// this pays: much of a network boot is firmware waiting (EDK2 collects DHCP offers for ~4 s,
+/// iPXE pauses ~2 s at "Press Ctrl-B"), not CPU.
 fn parallel<T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> Vec<T> {
     let results: Vec<std::thread::Result<T>> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs.into_iter().map(|j| s.spawn(j)).collect();
