@@ -1,5 +1,6 @@
 //! ironseed images: what touches a node's disks. One image-writing path (used by the network
 //! installer and the USB writer alike) and the install-disk selection that keeps data disks safe.
 
+pub mod cidata;
 pub mod disk;
 pub mod write;

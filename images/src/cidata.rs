@@ -1,0 +1,168 @@
+//! A NoCloud seed volume: a small FAT12 filesystem labelled `CIDATA` holding a node's
+//! `user-data`, `meta-data` and `network-config`. cloud-init 22.4 reads such a volume (by its
+//! label, all upper or all lower case) including `network-config`, which an HTTP seed never
+//! delivers. Built in memory without mounting (this kernel cannot mount vfat), byte-identical for
+//! the same files: the volume id comes from the caller, the timestamps are the FAT epoch.
+
+use std::io::{Cursor, Write};
+
+use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
+
+/// The files of a seed, in the order they are written.
+pub const SEED_FILES: [&str; 3] = ["user-data", "meta-data", "network-config"];
+
+/// The golden image's seed slot is a 1 MiB partition; a seed is a few tens of KiB.
+pub const DEFAULT_SIZE: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CidataError {
+    #[error("building the CIDATA volume: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the seed files ({0} bytes) do not fit a {1}-byte CIDATA volume")]
+    TooBig(usize, usize),
+}
+
+/// A FAT12 image of `size` bytes labelled CIDATA with `files` (name, content) at its root.
+pub fn build(files: &[(&str, &[u8])], volume_id: u32, size: usize) -> Result<Vec<u8>, CidataError> {
+    let total: usize = files.iter().map(|(_, b)| b.len()).sum();
+    // Leave room for the FATs, root directory and cluster rounding.
+    if total + 64 * 1024 > size {
+        return Err(CidataError::TooBig(total, size));
+    }
+    let mut disk = Cursor::new(vec![0u8; size]);
+    fatfs::format_volume(
+        &mut disk,
+        FormatVolumeOptions::new()
+            .fat_type(FatType::Fat12)
+            .volume_label(*b"CIDATA     ")
+            .volume_id(volume_id),
+    )?;
+    disk.set_position(0);
+    {
+        let fs = FileSystem::new(&mut disk, FsOptions::new())?;
+        for (name, bytes) in files {
+            let mut f = fs.root_dir().create_file(name)?;
+            f.truncate()?;
+            f.write_all(bytes)?;
+            f.flush()?;
+        }
+        fs.unmount()?;
+    }
+    Ok(disk.into_inner())
+}
+
+/// A stable volume id (FAT serial) for a node: the same node always gets the same id, so
+/// renders stay byte-deterministic, and nodes differ so udev's by-uuid links do not collide.
+pub fn volume_id_for(hostname: &str) -> u32 {
+    // FNV-1a: tiny, stable across platforms and releases.
+    let mut h: u32 = 0x811c9dc5;
+    for b in hostname.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::process::Command;
+
+    fn seed() -> Vec<(&'static str, &'static [u8])> {
+        vec![
+            ("user-data", b"#cloud-config\nhostname: k3s1\n".as_slice()),
+            ("meta-data", b"instance-id: iid-k3s1\n".as_slice()),
+            ("network-config", b"version: 2\n".as_slice()),
+        ]
+    }
+
+    #[test]
+    fn deterministic_and_readable_back() {
+        let a = build(&seed(), volume_id_for("k3s1"), DEFAULT_SIZE).unwrap();
+        let b = build(&seed(), volume_id_for("k3s1"), DEFAULT_SIZE).unwrap();
+        assert!(a == b, "same input, same bytes");
+        let c = build(&seed(), volume_id_for("k3s2"), DEFAULT_SIZE).unwrap();
+        assert!(a != c, "volume id differs per node");
+        let fs = FileSystem::new(Cursor::new(a), FsOptions::new()).unwrap();
+        assert_eq!(fs.volume_label(), "CIDATA");
+        assert_eq!(fs.fat_type(), FatType::Fat12);
+        for (name, want) in seed() {
+            let mut got = Vec::new();
+            fs.root_dir()
+                .open_file(name)
+                .unwrap()
+                .read_to_end(&mut got)
+                .unwrap();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn too_big_a_seed_is_refused() {
+        let big = vec![b'x'; DEFAULT_SIZE];
+        assert!(matches!(
+            build(&[("user-data", &big)], 1, DEFAULT_SIZE),
+            Err(CidataError::TooBig(..))
+        ));
+    }
+
+    /// The volume as the real tools see it: blkid (what cloud-init's lookup by label uses),
+    /// fsck.fat and mtools. Skipped loudly where they are missing, never in CI.
+    #[test]
+    fn real_tools_accept_the_volume() {
+        let tools = ["blkid", "fsck.fat", "mcopy"];
+        if let Some(t) = tools.iter().find(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        }) {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{t} missing in CI (tests/packages.txt: dosfstools, mtools)"
+            );
+            eprintln!("SKIP: {t} not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("cidata.img");
+        std::fs::write(
+            &img,
+            build(&seed(), volume_id_for("k3s1"), DEFAULT_SIZE).unwrap(),
+        )
+        .unwrap();
+        let out = Command::new("blkid").arg("-p").arg(&img).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("LABEL=\"CIDATA\"") && text.contains("TYPE=\"vfat\""),
+            "{text}"
+        );
+        let out = Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for (name, want) in seed() {
+            let out = Command::new("mcopy")
+                .args(["-n", "-i"])
+                .arg(&img)
+                .arg(format!("::{name}"))
+                .arg("-")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.stdout, want, "{name}");
+        }
+    }
+}
