@@ -3,4 +3,5 @@
 
 pub mod cidata;
 pub mod disk;
+pub mod plan;
 pub mod write;

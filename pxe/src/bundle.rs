@@ -76,8 +76,9 @@ pub struct PlanNode {
     pub firmware: String,
     pub dhcp_arch: u16,
     pub boot_nic: String,
-    pub install_disk: serde_json::Value,
-    pub data_disks: serde_json::Value,
+    /// Parsed here, so a bundle whose selectors the installer could not read is refused at start.
+    pub install_disk: images::disk::Selector,
+    pub data_disks: Vec<images::plan::DataDisk>,
     #[serde(default)]
     pub kernel_args: Vec<String>,
     pub seed_dir: String,

@@ -23,6 +23,7 @@ use crate::metrics::{self, HttpCounters};
 use crate::serve::dhcp::DhcpContext;
 use crate::serve::tftp::TftpStats;
 use crate::state::{Event, NodeRecord, Store, StoreError, TransitionError};
+use images::plan::{ImageRef, InstallPlan, SeedUrls};
 
 pub struct HttpApp {
     pub bundle: Arc<Bundle>,
@@ -204,28 +205,32 @@ async fn plan(State(app): App, UrlPath((host, token)): UrlPath<(String, String)>
     let base = &app.bundle.plan.appliance.url;
     let seed = format!("{base}/seed/{host}/{token}");
     let p = &app.bundle.plan;
-    Json(json!({
-        "hostname": node.hostname,
-        "fqdn": node.fqdn,
-        "role": node.role,
-        "mac": node.mac,
-        "ip": node.ip,
-        "prefix_len": node.prefix_len,
-        "gateway": p.network.gateway,
-        "dns": p.network.dns,
-        "boot_nic": node.boot_nic,
-        "firmware": node.firmware,
-        "install_disk": node.install_disk,
-        "data_disks": node.data_disks,
-        "kernel_args": node.kernel_args,
-        "image": {"name": p.os_image, "url": format!("{base}/artifacts/images/{}.raw.zst", p.os_image)},
-        "seed": {
-            "user-data": format!("{seed}/user-data"),
-            "meta-data": format!("{seed}/meta-data"),
-            "network-config": format!("{seed}/network-config"),
+    Json(InstallPlan {
+        hostname: node.hostname.clone(),
+        fqdn: node.fqdn.clone(),
+        role: node.role.clone(),
+        mac: node.mac.to_string(),
+        ip: node.ip,
+        prefix_len: node.prefix_len,
+        gateway: p.network.gateway,
+        dns: p.network.dns.clone(),
+        boot_nic: node.boot_nic.clone(),
+        firmware: node.firmware.clone(),
+        install_disk: node.install_disk.clone(),
+        data_disks: node.data_disks.clone(),
+        kernel_args: node.kernel_args.clone(),
+        image: ImageRef {
+            name: p.os_image.clone(),
+            url: format!("{base}/artifacts/images/{}.raw.zst", p.os_image),
+            sha256: None,
         },
-        "report": format!("{base}/api/v1/nodes/{host}/events"),
-    }))
+        seed: SeedUrls {
+            user_data: format!("{seed}/user-data"),
+            meta_data: format!("{seed}/meta-data"),
+            network_config: format!("{seed}/network-config"),
+        },
+        report: format!("{base}/api/v1/nodes/{host}/events"),
+    })
     .into_response()
 }
 
