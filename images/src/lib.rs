@@ -3,5 +3,8 @@
 
 pub mod cidata;
 pub mod disk;
+pub mod gpt;
+pub mod http;
+pub mod install;
 pub mod plan;
 pub mod write;

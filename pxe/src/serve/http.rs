@@ -222,7 +222,7 @@ async fn plan(State(app): App, UrlPath((host, token)): UrlPath<(String, String)>
         image: ImageRef {
             name: p.os_image.clone(),
             url: format!("{base}/artifacts/images/{}.raw.zst", p.os_image),
-            sha256: None,
+            sha256: image_sha256(&app, &p.os_image),
         },
         seed: SeedUrls {
             user_data: format!("{seed}/user-data"),
@@ -232,6 +232,18 @@ async fn plan(State(app): App, UrlPath((host, token)): UrlPath<(String, String)>
         report: format!("{base}/api/v1/nodes/{host}/events"),
     })
     .into_response()
+}
+
+/// The image's published checksum, from `<artifacts>/images/<name>.raw.zst.sha256` (the first
+/// word, `sha256sum` format). Without it the installer refuses to write.
+fn image_sha256(app: &HttpApp, name: &str) -> Option<String> {
+    let path = app
+        .artifacts
+        .as_ref()?
+        .join(format!("images/{name}.raw.zst.sha256"));
+    let text = std::fs::read_to_string(&path).ok()?;
+    let word = text.split_whitespace().next()?.to_ascii_lowercase();
+    (word.len() == 64 && word.bytes().all(|b| b.is_ascii_hexdigit())).then_some(word)
 }
 
 async fn seed(

@@ -1,0 +1,222 @@
+//! The installer's flow (images::install) against the real `pxe serve` on loopback, with a
+//! regular file standing in for the node's disk: plan, disk selection, verified image stream,
+//! progress reports, the seed dropped into the image's `cidata` partition, and `installed`.
+
+#[path = "servecommon/mod.rs"]
+mod common;
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{Server, lab};
+use images::disk::Disk;
+use sha2::Digest;
+
+const MIB: u64 = 1 << 20;
+
+/// A stand-in golden image: GPT (made by the real sfdisk) with a root partition full of a
+/// pattern and an empty 1 MiB `cidata` slot, like the layout the golden image build produces.
+fn golden(dir: &Path) -> Vec<u8> {
+    let raw = dir.join("golden.raw");
+    let mut img: Vec<u8> = (0..8 * MIB)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2])
+        .collect();
+    img[..MIB as usize].fill(0);
+    std::fs::write(&raw, &img).unwrap();
+    let mut sf = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&raw)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sfdisk (fdisk package)");
+    use std::io::Write;
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: gpt\nstart=2048, size=2048, name=cidata\nstart=4096, name=root\n")
+        .unwrap();
+    assert!(sf.wait().unwrap().success());
+    std::fs::read(&raw).unwrap()
+}
+
+struct FileDisk {
+    path: PathBuf,
+    by_path: String,
+}
+
+impl images::install::Machine for FileDisk {
+    fn disks(&self) -> io::Result<Vec<Disk>> {
+        Ok(vec![Disk {
+            name: "nvme0n1".into(),
+            path: self.path.display().to_string(),
+            model: Some("Samsung SSD 980".into()),
+            serial: Some("S1".into()),
+            wwn: None,
+            size: 256_000_000_000,
+            rotational: false,
+            removable: false,
+            read_only: false,
+            mounts: vec![],
+            by_path: vec![self.by_path.clone()],
+            by_id: vec![],
+        }])
+    }
+    fn open(&self, _: &Disk) -> io::Result<File> {
+        File::options().read(true).write(true).open(&self.path)
+    }
+}
+
+fn setup(sidecar_ok: bool) -> (common::Lab, Server, Vec<u8>, PathBuf) {
+    let lab = lab();
+    let art = lab.dir.path().join("artifacts");
+    std::fs::create_dir_all(art.join("images")).unwrap();
+    let img = golden(lab.dir.path());
+    let packed = zstd::encode_all(&img[..], 3).unwrap();
+    std::fs::write(art.join("images/debian-12.raw.zst"), &packed).unwrap();
+    let sha = if sidecar_ok {
+        sha2::Sha256::digest(&packed)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    } else {
+        "0".repeat(64)
+    };
+    std::fs::write(
+        art.join("images/debian-12.raw.zst.sha256"),
+        format!("{sha}  debian-12.raw.zst\n"),
+    )
+    .unwrap();
+    let s = Server::start(&lab, &["--artifacts", art.to_str().unwrap()]);
+    // A disk with an old system on it: nothing of it may survive.
+    let disk = lab.dir.path().join("nvme0n1");
+    std::fs::write(&disk, vec![0xAAu8; 10 * MIB as usize]).unwrap();
+    (lab, s, img, disk)
+}
+
+/// The plan URL as the install script gives it to the installer kernel, with the appliance
+/// address rewritten to this test server.
+fn plan_url(lab: &common::Lab, s: &Server, host: &str) -> String {
+    // The node first PXE-boots (booting), as in real life.
+    assert!(
+        s.get(&format!("/boot/{}.ipxe", lab.mac(host)))
+            .1
+            .contains("installing")
+    );
+    s.url(&format!("/plan/{host}/{}", lab.token(host)))
+}
+
+#[test]
+fn installs_a_verified_image_with_the_seed_and_reports_installed() {
+    let (lab, s, img, disk) = setup(true);
+    // The bundle's appliance URL is the inventory's (10.0.20.5:8080); point the node at us.
+    let mut plan: images::plan::InstallPlan =
+        serde_json::from_str(&s.get(&format!("/plan/k3s1/{}", lab.token("k3s1"))).1).unwrap();
+    let _ = plan_url(&lab, &s, "k3s1");
+    let fix = |u: &str| u.replace("http://10.0.20.5:8080", &s.url(""));
+    plan.image.url = fix(&plan.image.url);
+    plan.report = fix(&plan.report);
+    plan.seed.user_data = fix(&plan.seed.user_data);
+    plan.seed.meta_data = fix(&plan.seed.meta_data);
+    plan.seed.network_config = fix(&plan.seed.network_config);
+    let machine = FileDisk {
+        path: disk.clone(),
+        by_path: "pci-0000:02:00.0-nvme-1".into(),
+    };
+    let mut lines = Vec::new();
+    let done = images::install::install(&plan, &machine, &mut |l| lines.push(l.to_string()))
+        .expect("install");
+    assert_eq!(done.written, img.len() as u64);
+    // The appliance hears `installed` from run(); install() leaves that to its caller.
+    assert_eq!(
+        s.post(
+            "/api/v1/nodes/k3s1/events",
+            &format!(r#"{{"event":"installed","sha256":"{}"}}"#, done.sha256)
+        )
+        .0,
+        200
+    );
+    let n = s.node("k3s1");
+    assert_eq!(n["state"], "installed");
+    assert_eq!(n["installed_sha256"], done.sha256.as_str());
+    let timeline: Vec<&str> = n["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event"].as_str().unwrap())
+        .collect();
+    assert!(timeline.contains(&"installing"), "{timeline:?}");
+
+    // Disk = image everywhere but the cidata slot; the old system's bytes beyond the image stay
+    // (a real disk is larger than the image; root is grown on first boot).
+    let got = std::fs::read(&disk).unwrap();
+    let slot = (MIB as usize)..(2 * MIB as usize);
+    assert!(got[..slot.start] == img[..slot.start], "GPT and boot area");
+    assert!(
+        got[slot.end..img.len()] == img[slot.end..],
+        "root partition"
+    );
+    // The seed in the slot is the node's, readable as FAT labelled CIDATA.
+    let fs = fatfs::FileSystem::new(io::Cursor::new(got[slot].to_vec()), fatfs::FsOptions::new())
+        .unwrap();
+    assert_eq!(fs.volume_label(), "CIDATA");
+    for f in ["user-data", "meta-data", "network-config"] {
+        let mut b = Vec::new();
+        fs.root_dir()
+            .open_file(f)
+            .unwrap()
+            .read_to_end(&mut b)
+            .unwrap();
+        assert_eq!(
+            b,
+            std::fs::read(lab.bundle.join("nodes/k3s1").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_checksum_fails_the_install_and_leaves_the_disk_unbootable() {
+    let (lab, s, _img, disk) = setup(false);
+    let url = plan_url(&lab, &s, "k3s2");
+    let mut plan: images::plan::InstallPlan =
+        serde_json::from_str(&s.get(url.trim_start_matches(&s.url(""))).1).unwrap();
+    let fix = |u: &str| u.replace("http://10.0.20.5:8080", &s.url(""));
+    plan.image.url = fix(&plan.image.url);
+    plan.report = fix(&plan.report);
+    let machine = FileDisk {
+        path: disk.clone(),
+        by_path: "pci-0000:02:00.0-nvme-1".into(),
+    };
+    let e = images::install::install(&plan, &machine, &mut |_| {})
+        .err()
+        .expect("must fail");
+    assert!(e.to_string().contains("checksum mismatch"), "{e}");
+    let got = std::fs::read(&disk).unwrap();
+    assert!(
+        got[..MIB as usize].iter().all(|b| *b == 0),
+        "first MiB zeroed: no old or new system boots"
+    );
+    assert_eq!(s.state("k3s2"), "installing");
+}
+
+#[test]
+fn a_disk_that_matches_nothing_is_never_written() {
+    let (lab, s, _img, disk) = setup(true);
+    let url = plan_url(&lab, &s, "k3s1");
+    let plan: images::plan::InstallPlan =
+        serde_json::from_str(&s.get(url.trim_start_matches(&s.url(""))).1).unwrap();
+    let machine = FileDisk {
+        path: disk.clone(),
+        by_path: "pci-0000:03:00.0-nvme-1".into(),
+    };
+    let e = images::install::install(&plan, &machine, &mut |_| {})
+        .err()
+        .expect("must fail");
+    assert!(e.to_string().contains("no disk matches"), "{e}");
+    assert!(
+        std::fs::read(&disk).unwrap().iter().all(|b| *b == 0xAA),
+        "untouched"
+    );
+}
