@@ -180,7 +180,8 @@ pub struct TftpStats {
     pub failed: AtomicU64,
     /// Transfers the client ended with an ERROR (EDK2's tsize probe counts here).
     pub aborted_by_client: AtomicU64,
-    /// Requests refused before a transfer started: busy, write requests, malformed.
+    /// Requests refused before any data was sent: busy, write requests, malformed,
+    /// unsupported mode, not found, access violation.
     pub refused: AtomicU64,
     /// DATA payload bytes sent, retransmissions included.
     pub bytes_sent: AtomicU64,
@@ -392,6 +393,12 @@ async fn transfer(
             // Normal for EDK2's tsize probe: log quietly, never retransmit.
             TftpStats::inc(&stats.aborted_by_client);
             debug!(%peer, file, ?code, msg, "tftp: client ended the transfer");
+        }
+        Err(TransferError::Refused(reason)) => {
+            // Not found, access violation, unsupported mode: the client's
+            // problem, not a server failure.
+            TftpStats::inc(&stats.refused);
+            info!(%peer, file, reason, "tftp: request refused");
         }
         Err(e) => {
             TftpStats::inc(&stats.failed);
