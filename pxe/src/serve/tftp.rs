@@ -210,7 +210,9 @@ pub struct TftpConfig {
     pub max_retries: u32,
     pub limits: Limits,
     /// Bytes read from a [`Body::Reader`] at a time, at least 8 blocks (plus one
-    /// window kept for retransmission). Per-transfer memory is about this much.
+    /// window kept for retransmission). Per-transfer memory is about twice this:
+    /// `tokio::fs::File` keeps its own buffer of the same size. 64 KiB kept 50
+    /// transfers at 12-16 MB resident; 256 KiB cost 36-47 MB for no speed gain.
     pub read_chunk: usize,
     pub stats: Arc<TftpStats>,
 }
@@ -222,7 +224,7 @@ impl Default for TftpConfig {
             timeout: Duration::from_secs(1),
             max_retries: 5,
             limits: Limits::default(),
-            read_chunk: 256 * 1024,
+            read_chunk: 64 * 1024,
             stats: Arc::default(),
         }
     }
