@@ -4,22 +4,25 @@
 # ratios from one run mean anything on this noisy 2-core machine).
 #
 #   bash pxe/bench/tftp.sh            # needs root (network namespace for dnsmasq)
-#   ROUNDS=5 SIZE_MB=64 CONC=50 CONC_MB=30 bash pxe/bench/tftp.sh
+#   ROUNDS=5 SIZE_MB=64 CONC=50 CONC_MB=30 CONC_ROUNDS=2 bash pxe/bench/tftp.sh
 #
 # Prints one table of MB/s (MB = 10^6 bytes; median of ROUNDS, min-max) with the
-# ratio of ironseed to each peer, then CONC concurrent clients x CONC_MB MiB wall
-# times and ironseed's peak resident memory (VmHWM of its process).
+# ratio of ironseed to each peer, then CONC concurrent clients x CONC_MB MiB: wall
+# time, each server's CPU time (clients and servers share the 2 cores, so CPU
+# per transfer is the steadier figure) and ironseed's peak resident memory.
 #
 # Ports: 127.0.0.1:46960-46962 on the host; dnsmasq 2.90 has no --tftp-port, so
 # it runs on port 69 inside the namespace "tftbench" (only lo, 127.0.0.1) and its
 # clients run there too. Traffic never leaves loopback.
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 SIZE_MB=${SIZE_MB:-64}
 CONC=${CONC:-50}
 CONC_MB=${CONC_MB:-30}
+CONC_ROUNDS=${CONC_ROUNDS:-2}
 P_IRON=46960
+P_IRON16=46963
 P_HPA=46961
 P_ATFTPD=46962
 NS=tftbench
@@ -65,8 +68,14 @@ size_conc=$(stat -c %s "$root/conc.bin")
 echo "== starting servers" >&2
 RUST_LOG=warn "$iron_bin" "$root" 127.0.0.1:$P_IRON 128 >"$work/iron.log" 2>&1 &
 iron_pid=$!; pids+=("$iron_pid")
+# The same server with 16 runtime threads instead of one per core. Here the 50
+# clients share the 2 cores with the server, and the peers get one scheduler
+# share per transfer (a process per transfer in tftpd-hpa, a thread in atftpd):
+# this instance shows how much of the concurrent wall time is that share.
+TFTP_THREADS=16 RUST_LOG=warn "$iron_bin" "$root" 127.0.0.1:$P_IRON16 128 >"$work/iron16.log" 2>&1 &
+iron16_pid=$!; pids+=("$iron16_pid")
 in.tftpd -L -s "$root" -a 127.0.0.1:$P_HPA >"$work/hpa.log" 2>&1 &
-pids+=($!)
+hpa_pid=$!; pids+=("$hpa_pid")
 "$atftpd_bin" --daemon --no-fork --port $P_ATFTPD --bind-address 127.0.0.1 \
     --user root --group root --maxthread 128 --logfile /dev/null "$root" >"$work/atftpd.log" 2>&1 &
 atftpd_pid=$!; pids+=("$atftpd_pid")
@@ -75,12 +84,14 @@ ip -n "$NS" link set lo up
 ip netns exec "$NS" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 \
     --enable-tftp --tftp-root="$root" --listen-address=127.0.0.1 --bind-interfaces \
     --user=root --group=root --tftp-max=128 --log-facility="$work/dnsmasq.log" &
-pids+=($!)
+dnsmasq_pid=$!; pids+=("$dnsmasq_pid")  # ip netns exec execs: same PID
 sleep 1
+declare -A server_pid=([ironseed]=$iron_pid [ironseed-t16]=$iron16_pid [tftpd-hpa]=$hpa_pid [atftpd]=$atftpd_pid [dnsmasq]=$dnsmasq_pid)
 
 # server name -> "prefix port": how a client reaches it.
 declare -A where=(
     [ironseed]=":$P_IRON"
+    [ironseed-t16]=":$P_IRON16"
     [tftpd-hpa]=":$P_HPA"
     [atftpd]=":$P_ATFTPD"
     [dnsmasq]="ns:69"
@@ -173,61 +184,83 @@ for c in "${cases[@]}"; do
     echo "$row | $ratios"
 done
 
-# conc SERVER CLIENT: CONC clients at once, each CONC_MB MiB; wall seconds and
-# failures; samples ironseed's RSS while it runs.
+# cpu_ticks PID: CPU time of a server process in clock ticks, including reaped
+# children (in.tftpd forks one per transfer).
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
+
+# conc SERVER CLIENT: CONC clients at once, each CONC_MB MiB. Prints wall
+# seconds, failures, server CPU seconds and (ironseed) the peak RSS sampled.
 conc() {
-    local server=$1 client=$2 t0 t1 fails=0 cpids=() i
+    local server=$1 client=$2 t0 t1 fails=0 cpids=() i c0 c1
+    local spid=${server_pid[$server]}
     rm -rf "$out/c" && mkdir -p "$out/c"
+    c0=$(cpu_ticks "$spid")
     t0=$(now)
     for i in $(seq 1 "$CONC"); do
         fetch "$server" "$client" conc.bin "$out/c/$i" &
         cpids+=($!)
     done
     local peak=0 rss
-    if [[ $server == ironseed ]]; then
+    if [[ $server == ironseed* ]]; then
         while kill -0 "${cpids[@]}" 2>/dev/null; do
-            rss=$(awk '/VmRSS/ {print $2}' /proc/$iron_pid/status)
+            rss=$(awk '/VmRSS/ {print $2}' "/proc/$spid/status")
             ((rss > peak)) && peak=$rss
-            sleep 0.2
+            sleep 0.1 # polling granularity adds at most 0.1 s to wall time
         done
     fi
     for p in "${cpids[@]}"; do wait "$p" || true; done
     t1=$(now)
+    c1=$(cpu_ticks "$spid")
     for i in $(seq 1 "$CONC"); do
         [[ $(stat -c %s "$out/c/$i" 2>/dev/null || echo 0) -eq $size_conc ]] || fails=$((fails + 1))
     done
-    awk -v a="$t0" -v z="$t1" -v f="$fails" -v n="$CONC" -v b="$size_conc" -v p="$peak" \
-        'BEGIN{printf "%.1f %d %.0f %d\n", z-a, f, n*b/(z-a)/1e6, p}'
+    awk -v a="$t0" -v z="$t1" -v f="$fails" -v c=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v p="$peak" \
+        'BEGIN{printf "%.1f %d %.1f %d\n", z-a, f, c/hz, p}'
 }
 
 echo >&2
-echo "== $CONC concurrent x $CONC_MB MiB" >&2
+echo "== $CONC concurrent x $CONC_MB MiB, $CONC_ROUNDS interleaved rounds" >&2
 conc_cases=(
-    "ironseed atftp-ws8" "atftpd atftp-ws8"
-    "ironseed curl1468" "tftpd-hpa curl1468" "dnsmasq curl1468"
+    "ironseed atftp-ws8" "ironseed-t16 atftp-ws8" "atftpd atftp-ws8"
+    "ironseed curl1468" "ironseed-t16 curl1468" "tftpd-hpa curl1468" "dnsmasq curl1468"
 )
-declare -A conc_res
-for cc in "${conc_cases[@]}"; do
-    read -r server client <<<"$cc"
-    conc_res["$cc"]=$(conc "$server" "$client")
-    echo "   $cc ${conc_res["$cc"]}" >&2
+declare -A conc_wall conc_fail conc_cpu
+peak_rss=0
+for round in $(seq 1 "$CONC_ROUNDS"); do
+    n=${#conc_cases[@]}
+    for i in $(seq 0 $((n - 1))); do
+        cc=${conc_cases[$(((i + round) % n))]}
+        read -r server client <<<"$cc"
+        read -r wall fails cpu peak <<<"$(conc "$server" "$client")"
+        conc_wall["$cc"]+="$wall "
+        conc_cpu["$cc"]+="$cpu "
+        conc_fail["$cc"]=$((${conc_fail["$cc"]:-0} + fails))
+        ((peak > peak_rss)) && peak_rss=$peak
+        echo "   round $round $cc wall $wall s, failures $fails, server CPU $cpu s" >&2
+    done
 done
 
 echo
-echo "TFTP, $CONC concurrent clients x $CONC_MB MiB"
-printf '%-28s | %8s | %9s | %14s\n' "server / client" "wall s" failures "aggregate MB/s"
-printf '%s\n' "-----------------------------+----------+-----------+---------------"
+echo "TFTP, $CONC concurrent clients x $CONC_MB MiB, median (min-max) of $CONC_ROUNDS rounds"
+printf '%-24s | %-18s | %-8s | %-9s | %s\n' "server / client" "wall s" failures "agg MB/s" "server CPU s"
+printf '%s\n' "-------------------------+--------------------+----------+-----------+-------------------"
+declare -A wall_med cpu_med
 for cc in "${conc_cases[@]}"; do
-    read -r wall fails agg _ <<<"${conc_res["$cc"]}"
-    printf '%-28s | %8s | %9s | %14s\n' "${cc/ / \/ }" "$wall" "$fails/$CONC" "$agg"
+    read -r wm wlo whi <<<"$(stats "${conc_wall["$cc"]}")"
+    read -r cm clo chi <<<"$(stats "${conc_cpu["$cc"]}")"
+    wall_med["$cc"]=$wm
+    cpu_med["$cc"]=$cm
+    agg=$(awk -v w="$wm" -v n="$CONC" -v b="$size_conc" 'BEGIN{printf "%.0f", n*b/w/1e6}')
+    printf '%-24s | %-18s | %-8s | %-9s | %s\n' "${cc/ / \/ }" "$wm ($wlo-$whi)" \
+        "${conc_fail["$cc"]}/$((CONC * CONC_ROUNDS))" "$agg" "$cm ($clo-$chi)"
 done
-read -r iw _ _ peak_rss_ws <<<"${conc_res["ironseed atftp-ws8"]}"
-read -r aw _ _ _ <<<"${conc_res["atftpd atftp-ws8"]}"
-read -r icw _ _ peak_rss_curl <<<"${conc_res["ironseed curl1468"]}"
-read -r hw _ _ _ <<<"${conc_res["tftpd-hpa curl1468"]}"
-read -r dw _ _ _ <<<"${conc_res["dnsmasq curl1468"]}"
-awk -v a="$iw" -v b="$aw" 'BEGIN{printf "wall time ironseed / atftpd (atftp ws8): %.2fx (target <= 0.70)\n", a/b}'
-awk -v a="$icw" -v b="$hw" -v c="$dw" 'BEGIN{printf "wall time ironseed / tftpd-hpa (curl 1468): %.2fx, / dnsmasq: %.2fx\n", a/b, a/c}'
-hwm=$(awk '/VmHWM/ {print $2}' /proc/$iron_pid/status)
-echo "ironseed resident memory: peak VmRSS sampled while serving $CONC clients ${peak_rss_ws} kB (atftp ws8), ${peak_rss_curl} kB (curl); VmHWM over the whole run ${hwm} kB (target < 51200 kB)"
-echo "atftpd VmHWM over the whole run: $(awk '/VmHWM/ {print $2}' /proc/$atftpd_pid/status) kB"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2fx", a/b}'; }
+for iron in ironseed ironseed-t16; do
+    echo "wall $iron / atftpd (atftp ws8): $(ratio "${wall_med["$iron atftp-ws8"]}" "${wall_med["atftpd atftp-ws8"]}") (target <= 0.70); server CPU: $(ratio "${cpu_med["$iron atftp-ws8"]}" "${cpu_med["atftpd atftp-ws8"]}")"
+    echo "wall $iron / tftpd-hpa (curl 1468): $(ratio "${wall_med["$iron curl1468"]}" "${wall_med["tftpd-hpa curl1468"]}"), / dnsmasq: $(ratio "${wall_med["$iron curl1468"]}" "${wall_med["dnsmasq curl1468"]}"); server CPU / dnsmasq: $(ratio "${cpu_med["$iron curl1468"]}" "${cpu_med["dnsmasq curl1468"]}")"
+done
+echo "(tftpd-hpa's CPU is not measured: its per-transfer children are not accounted to the listener)"
+hwm=$(awk '/VmHWM/ {print $2}' "/proc/$iron_pid/status")
+hwm16=$(awk '/VmHWM/ {print $2}' "/proc/$iron16_pid/status")
+echo "ironseed resident memory: peak VmRSS sampled while serving $CONC clients $peak_rss kB; VmHWM over the whole run $hwm kB, $hwm16 kB with 16 threads (target < 51200 kB)"
+echo "atftpd VmHWM over the whole run: $(awk '/VmHWM/ {print $2}' "/proc/$atftpd_pid/status") kB"

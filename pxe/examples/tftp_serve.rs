@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release -p pxe --example tftp_serve -- ROOT 127.0.0.1:46969 [MAX_TRANSFERS]
 //! ```
-//! Logging follows `RUST_LOG` (default `info`).
+//! Logging follows `RUST_LOG` (default `info`). `TFTP_THREADS=N` sets the tokio
+//! worker threads (default: one per core; 1 = single-threaded runtime).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +13,27 @@ use std::sync::Arc;
 use pxe::serve::tftp::{FsProvider, TftpConfig, run};
 use tokio::signal::unix::{SignalKind, signal};
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let threads: usize = match std::env::var("TFTP_THREADS") {
+        Ok(v) => v.parse()?,
+        Err(_) => 0,
+    };
+    let rt = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    rt.block_on(serve())
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

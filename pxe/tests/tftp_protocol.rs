@@ -194,6 +194,8 @@ fn missing_file_and_directory() {
         ErrorCode::FileNotFound
     );
     assert_eq!(get(srv.addr, "sub/f", &[]).unwrap().data, b"x");
+    srv.wait_stat(|s| s.refused.load(Ordering::Relaxed), 4);
+    assert_eq!(srv.stats.failed.load(Ordering::Relaxed), 0);
 }
 
 #[test]
