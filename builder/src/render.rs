@@ -111,17 +111,39 @@ pub fn render(
             message: "air-gap artifacts were not hashed".into(),
         });
     }
+    // Nodes render independently: split them across the cores, then merge in node order so the
+    // output is the same bytes as a sequential render.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = inv.nodes.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<(Bundle, Vec<serde_json::Value>), RenderError>> =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = inv
+                .nodes
+                .chunks(chunk)
+                .map(|nodes| {
+                    s.spawn(move || {
+                        let mut b = Bundle::default();
+                        let mut plans = Vec::with_capacity(nodes.len());
+                        for node in nodes {
+                            plans.push(render_node(inv, secrets, templates, opts, node, &mut b)?);
+                        }
+                        Ok((b, plans))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("render thread panicked"))
+                .collect()
+        });
     let mut bundle = Bundle::default();
     let mut plan_nodes = Vec::new();
-    for node in &inv.nodes {
-        plan_nodes.push(render_node(
-            inv,
-            secrets,
-            templates,
-            opts,
-            node,
-            &mut bundle,
-        )?);
+    for part in parts {
+        let (b, plans) = part?;
+        bundle.files.extend(b.files);
+        plan_nodes.extend(plans);
     }
     let base = json!({ "cluster": inv.cluster, "appliance": inv.appliance });
     let ctx = Value::from(minijinja::value::Serde(&base));
