@@ -7,4 +7,5 @@ pub mod gpt;
 pub mod http;
 pub mod install;
 pub mod plan;
+pub mod system;
 pub mod write;
