@@ -57,5 +57,5 @@ for t in $targets; do
     cp "$s" "$corpus/"
   done
   rm -rf "$seeds"
-  echo "$t corpus: $(find "$corpus" -type f | wc -l) files, $(du -sh "$corpus" | cut -f1)"
+  echo "$t corpus: $(find "$corpus" -type f | wc -l) files, $(du -sh --apparent-size "$corpus" | cut -f1)"
 done
