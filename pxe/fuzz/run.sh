@@ -34,11 +34,12 @@ for t in $targets; do
   cd "$crate"
   nice -n 10 cargo +nightly fuzz build "$t"
   # -jobs=1 -workers=1: a single worker; libFuzzer writes its output to
-  # fuzz-0.log in the current folder, copied to logs/ afterwards.
+  # fuzz-0.log in the current folder, moved to logs/ afterwards (the parent
+  # prints it again when the job ends: logs/<target>.run.log).
   status=0
   nice -n 10 cargo +nightly fuzz run "$t" -- \
     -max_total_time="$secs" -jobs=1 -workers=1 -timeout=25 \
-    -print_final_stats=1 || status=$?
+    -print_final_stats=1 >"$logs/$t.run.log" 2>&1 || status=$?
   mv -f fuzz-0.log "$logs/$t.log" 2>/dev/null || true
   grep -E '^#[0-9]+' "$logs/$t.log" | tail -n 1 || true
   grep -E 'stat::number_of_executed_units|stat::peak_rss_mb' "$logs/$t.log" || true
