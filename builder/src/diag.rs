@@ -153,7 +153,7 @@ impl Diagnostics {
             out.push('\n');
             if d.span.line > 0
                 && let Some(src) = sources(&d.span.file)
-                && let Some(line) = src.lines().nth((d.span.line - 1) as usize)
+                && let Some(line) = source_lines(&src).nth((d.span.line - 1) as usize)
             {
                 let num = d.span.line.to_string();
                 out.push_str(&format!("  {num} | {line}\n"));
@@ -167,6 +167,13 @@ impl Diagnostics {
         out.push_str(&format!("{errors} error(s), {warnings} warning(s)\n"));
         out
     }
+}
+
+/// The lines of a source text as YAML counts them, which is how a [`Span`]'s line is numbered:
+/// a line ends at `\n`, `\r\n` or a lone `\r`. (`str::lines` does not split at a lone `\r`,
+/// so a file with old Mac line endings or stray CRs got the wrong snippet, or none.)
+pub fn source_lines(src: &str) -> impl Iterator<Item = &str> {
+    src.lines().flat_map(|l| l.split('\r'))
 }
 
 /// Turn a serde-saphyr error into a diagnostic, keeping its location but dropping its own snippet
@@ -192,5 +199,35 @@ pub fn from_yaml_error(file: &str, path: &str, err: &serde_saphyr::Error) -> Dia
         span: Span::new(file, line, column),
         path: path.to_string(),
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{self, ProfileSet};
+    use crate::templates::Templates;
+
+    #[test]
+    fn source_lines_split_like_yaml() {
+        let lines: Vec<&str> = source_lines("a\nb\r\nc\rd\r\re").collect();
+        assert_eq!(lines, ["a", "b", "c", "d", "", "e"]);
+        assert_eq!(source_lines("a\n").count(), 1);
+    }
+
+    #[test]
+    fn lone_cr_line_breaks_keep_the_snippet_on_the_reported_line() {
+        // Found by the inventory fuzz target: with lone '\r' line breaks the YAML parser reports
+        // a line past the end of `str::lines`, and the report lost (or misplaced) its snippet.
+        let text = "cluster:\r  name: homelab\r\r  name: again\r  domain: lab\r";
+        let mut d = Diagnostics::default();
+        let profiles = ProfileSet::load(&[], &mut d);
+        let (inv, d) = inventory::load("inv.yaml", text, &profiles, &Templates::embedded());
+        assert!(inv.is_none());
+        let e = d.errors().next().expect("a duplicate key error");
+        assert_eq!((e.span.line, e.span.column), (4, 3), "{e}");
+        assert!(e.span.line > text.lines().count() as u64);
+        let report = d.render(&|_| Some(text.to_string()));
+        assert!(report.contains("  4 |   name: again\n"), "{report}");
     }
 }

@@ -21,8 +21,12 @@ impl FromStr for Mac {
         }
         let mut b = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {
+            // Checked first: from_str_radix alone also takes a sign ("+a").
+            let hex = p.bytes().all(|c| c.is_ascii_hexdigit());
             b[i] = u8::from_str_radix(p, 16)
-                .map_err(|_| format!("`{s}` is not a MAC address: `{p}` is not hex"))?;
+                .ok()
+                .filter(|_| hex)
+                .ok_or_else(|| format!("`{s}` is not a MAC address: `{p}` is not hex"))?;
         }
         if b[0] & 1 == 1 {
             return Err(format!(
@@ -269,6 +273,20 @@ mod tests {
         assert!("52:54:00:ab:cd".parse::<Mac>().is_err());
         assert!("01:00:5e:00:00:01".parse::<Mac>().is_err(), "multicast");
         assert!("52:54:00:ab:cd:zz".parse::<Mac>().is_err());
+    }
+
+    #[test]
+    fn mac_pairs_are_hex_digits_only() {
+        // The flaw the pxe http_path fuzz target found in pxe's parser: u8::from_str_radix
+        // accepts a leading '+', so "+2" passed as a pair. An inventory typo must be an error.
+        for bad in [
+            "+2:54:00:ab:cd:01",
+            "52:54:00:ab:cd:+1",
+            "52-54-00-ab-cd-+1",
+        ] {
+            let e = bad.parse::<Mac>().unwrap_err();
+            assert!(e.contains("not a MAC address"), "{bad}: {e}");
+        }
     }
 
     #[test]

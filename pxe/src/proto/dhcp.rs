@@ -67,7 +67,8 @@ impl FromStr for MacAddr {
         let mut parts = s.split([':', '-']);
         for b in &mut out {
             let p = parts.next().ok_or_else(err)?;
-            if p.len() != 2 {
+            // Two hex digits exactly: from_str_radix alone also takes a sign ("+a").
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err(err());
             }
             *b = u8::from_str_radix(p, 16).map_err(|_| err())?;
@@ -652,6 +653,23 @@ mod tests {
         assert!("52:54:00:ab:01".parse::<MacAddr>().is_err());
         assert!("52:54:00:ab:01:02:03".parse::<MacAddr>().is_err());
         assert!("5:54:00:ab:01:020".parse::<MacAddr>().is_err());
+    }
+
+    #[test]
+    fn mac_pairs_are_hex_digits_only() {
+        // Found by the http_path fuzz target: u8::from_str_radix accepts a leading '+', so
+        // "+0" passed as a 2-char pair and /boot/52:54:00:52:54:+0.ipxe named a node.
+        for bad in [
+            "52:54:00:52:54:+0",
+            "+2:54:00:ab:01:02",
+            "52-54-00-ab-01-+f",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            crate::boot_policy::parse_boot_file("52:54:00:52:54:+0.ipxe"),
+            None
+        );
     }
 
     #[test]
