@@ -148,18 +148,30 @@ pub fn get_bytes(url: &str) -> Result<Vec<u8>, HttpError> {
     Ok(out)
 }
 
-pub fn post_json(url: &str, body: &serde_json::Value) -> Result<u16, HttpError> {
+/// One request with an optional JSON body; the status and the whole reply body, whatever the
+/// status (API callers show the server's error text).
+pub fn exchange(
+    method: &str,
+    url: &str,
+    json: Option<&serde_json::Value>,
+) -> Result<(u16, Vec<u8>), HttpError> {
+    let body = json.map(|v| v.to_string()).unwrap_or_default();
     let mut r = request(
-        "POST",
+        method,
         url,
         &[("Content-Type", "application/json".into())],
-        body.to_string().as_bytes(),
+        body.as_bytes(),
     )?;
-    io::copy(&mut r, &mut io::sink()).map_err(|source| HttpError::Io {
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).map_err(|source| HttpError::Io {
         url: url.into(),
         source,
     })?;
-    Ok(r.status)
+    Ok((r.status, out))
+}
+
+pub fn post_json(url: &str, body: &serde_json::Value) -> Result<u16, HttpError> {
+    exchange("POST", url, Some(body)).map(|(status, _)| status)
 }
 
 struct Chunked<R> {
