@@ -15,25 +15,19 @@ fn sigkill_mid_install_resumes_and_never_installs_twice() {
     let lab = lab();
     let mac = lab.mac("k3s2");
     let s = Server::start(&lab, &[]);
-    assert!(
-        s.get(&format!("/boot/{mac}.ipxe"))
-            .1
-            .contains("installing k3s2")
-    );
+    assert!(s.boot_script(&mac).contains("installing k3s2"));
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s2/events",
+        s.event(
+            "k3s2",
             r#"{"event":"installing","disk":"/dev/nvme0n1","total":5000}"#
-        )
-        .0,
+        ),
         200
     );
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s2/events",
+        s.event(
+            "k3s2",
             r#"{"event":"progress","written":2500,"total":5000}"#
-        )
-        .0,
+        ),
         200
     );
     s.kill9();
@@ -44,25 +38,16 @@ fn sigkill_mid_install_resumes_and_never_installs_twice() {
     assert_eq!(n["bytes_written"], 2500, "acknowledged progress survived");
     // The node was interrupted too: it PXE-boots again and gets the installer again (its disk
     // is not bootable, the first MiB is written last), then finishes.
-    assert!(
-        s.get(&format!("/boot/{mac}.ipxe"))
-            .1
-            .contains("installing k3s2")
-    );
+    assert!(s.boot_script(&mac).contains("installing k3s2"));
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s2/events",
+        s.event(
+            "k3s2",
             r#"{"event":"installing","disk":"/dev/nvme0n1","total":5000}"#
-        )
-        .0,
+        ),
         200
     );
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s2/events",
-            r#"{"event":"installed","sha256":"bb"}"#
-        )
-        .0,
+        s.event("k3s2", r#"{"event":"installed","sha256":"bb"}"#),
         200
     );
     s.kill9();
@@ -70,7 +55,7 @@ fn sigkill_mid_install_resumes_and_never_installs_twice() {
     let s = Server::start(&lab, &[]);
     assert_eq!(s.state("k3s2"), "installed");
     for _ in 0..3 {
-        let body = s.get(&format!("/boot/{mac}.ipxe")).1;
+        let body = s.boot_script(&mac);
         assert!(
             body.contains("booting from local disk"),
             "installed node must not be reinstalled: {body}"
@@ -79,11 +64,7 @@ fn sigkill_mid_install_resumes_and_never_installs_twice() {
     assert_eq!(s.node("k3s2")["installs"], 1);
     // An installed report replayed after the restart is idempotent, not a second install.
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s2/events",
-            r#"{"event":"installed","sha256":"bb"}"#
-        )
-        .0,
+        s.event("k3s2", r#"{"event":"installed","sha256":"bb"}"#),
         200
     );
     assert_eq!(s.node("k3s2")["installs"], 1);

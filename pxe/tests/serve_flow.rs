@@ -68,43 +68,26 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
 
     // The installer reports; out-of-order reports are refused.
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s1/events",
-            r#"{"event":"installed","sha256":"aa"}"#
-        )
-        .0,
+        s.event("k3s1", r#"{"event":"installed","sha256":"aa"}"#),
         409
     );
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s1/events",
+        s.event(
+            "k3s1",
             r#"{"event":"installing","disk":"/dev/nvme0n1","total":1000}"#
-        )
-        .0,
+        ),
         200
     );
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s1/events",
-            r#"{"event":"progress","written":400,"total":1000}"#
-        )
-        .0,
+        s.event("k3s1", r#"{"event":"progress","written":400,"total":1000}"#),
         200
     );
     assert_eq!(s.node("k3s1")["bytes_written"], 400);
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s1/events",
-            r#"{"event":"installed","sha256":"aa"}"#
-        )
-        .0,
+        s.event("k3s1", r#"{"event":"installed","sha256":"aa"}"#),
         200
     );
-    assert_eq!(
-        s.post("/api/v1/nodes/k3s1/events", r#"{"event":"explode"}"#)
-            .0,
-        400
-    );
+    assert_eq!(s.event("k3s1", r#"{"event":"explode"}"#), 400);
     assert_eq!(s.state("k3s1"), "installed");
 
     // Installed: boot local, and the seed is no longer served (it carries the token).
@@ -156,11 +139,7 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "k3s1: armed");
-    assert!(
-        s.get(&format!("/boot/{mac}.ipxe"))
-            .1
-            .contains("installing k3s1")
-    );
+    assert!(s.boot_script(&mac).contains("installing k3s1"));
     assert_eq!(s.post("/api/v1/nodes/nope/arm", "").0, 404);
 
     // pxe status prints the table.
@@ -198,18 +177,10 @@ fn no_arm_serves_local_boot_until_armed() {
     let s = Server::start(&lab, &["--no-arm"]);
     let mac = lab.mac("k3s-master1");
     assert_eq!(s.state("k3s-master1"), "disarmed");
-    assert!(
-        s.get(&format!("/boot/{mac}.ipxe"))
-            .1
-            .contains("booting from local disk")
-    );
+    assert!(s.boot_script(&mac).contains("booting from local disk"));
     assert_eq!(s.state("k3s-master1"), "disarmed");
     assert_eq!(s.post("/api/v1/nodes/k3s-master1/arm", "").0, 200);
-    assert!(
-        s.get(&format!("/boot/{mac}.ipxe"))
-            .1
-            .contains("installing k3s-master1")
-    );
+    assert!(s.boot_script(&mac).contains("installing k3s-master1"));
 }
 
 #[test]

@@ -145,6 +145,16 @@ impl Server {
         http(self.http, "POST", path, body)
     }
 
+    /// POST one node event (`{"event":...}`) as the installer or first boot would; the status.
+    pub fn event(&self, host: &str, json: &str) -> u16 {
+        self.post(&format!("/api/v1/nodes/{host}/events"), json).0
+    }
+
+    /// The iPXE script this MAC gets, as the firmware fetches it.
+    pub fn boot_script(&self, mac: &str) -> String {
+        self.get(&format!("/boot/{mac}.ipxe")).1
+    }
+
     pub fn state(&self, host: &str) -> String {
         let (s, b) = self.get(&format!("/api/v1/nodes/{host}"));
         assert_eq!(s, 200, "{b}");
