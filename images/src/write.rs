@@ -52,11 +52,34 @@ pub enum WriteError {
 /// Where an image goes: a block device or a regular file.
 pub trait Target: Write + Seek {
     fn sync(&mut self) -> io::Result<()>;
+    /// Make `len` bytes at `offset` read back as zeroes without writing them, if the target can
+    /// (a disk's write-zeroes/discard, a file's zero range). `Ok(false)`: write them instead.
+    fn zero_range(&mut self, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl Target for std::fs::File {
     fn sync(&mut self) -> io::Result<()> {
         self.sync_all()
+    }
+
+    /// fallocate(FALLOC_FL_ZERO_RANGE): on a block device the kernel turns it into
+    /// BLKZEROOUT (write-zeroes or unmap on the device, a real zero-fill where it has neither),
+    /// so a reused disk still reads back zeroes. Writing a raw image's gigabyte of empty
+    /// filesystem through write() dominated install time under emulation (pxe-lab.md).
+    fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        use nix::fcntl::{FallocateFlags, fallocate};
+        match fallocate(
+            &*self,
+            FallocateFlags::FALLOC_FL_ZERO_RANGE,
+            offset as i64,
+            len as i64,
+        ) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => Ok(false),
+            Err(e) => Err(io::Error::from(e)),
+        }
     }
 }
 
@@ -153,7 +176,13 @@ fn write_inner<T: Target>(
                 break;
             }
             let chunk = &buf[..n];
-            if spec.target_is_zeroed && chunk.iter().all(|b| *b == 0) {
+            let zero = chunk.iter().all(|b| *b == 0);
+            if zero
+                && (spec.target_is_zeroed
+                    || target
+                        .zero_range(written, n as u64)
+                        .map_err(WriteError::Write)?)
+            {
                 target
                     .seek(SeekFrom::Current(n as i64))
                     .map_err(WriteError::Write)?;
@@ -355,6 +384,34 @@ mod tests {
         let got = std::fs::read(&p).unwrap();
         assert_eq!(got.len(), img2.len(), "trailing zeroes keep the length");
         assert!(got == img2);
+    }
+
+    #[test]
+    fn zero_runs_on_a_reused_disk_read_back_as_zeroes_without_being_written() {
+        // A "reused disk": the file holds old non-zero data where the image has zero runs.
+        let mut img = image(HEAD);
+        img.extend(vec![0u8; 2 * CHUNK]);
+        img.extend(image(5000));
+        img.extend(vec![0u8; CHUNK]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk.img");
+        std::fs::write(&p, vec![0xa5u8; img.len() + 4096]).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&p)
+            .unwrap();
+        let s = spec(sha(&img), Compression::None);
+        write_image(&img[..], &mut f, &s, &mut |_| {}).unwrap();
+        let got = std::fs::read(&p).unwrap();
+        assert!(
+            got[..img.len()] == img[..],
+            "old data under a zero run survived"
+        );
+        assert!(
+            got[img.len()..].iter().all(|b| *b == 0xa5),
+            "wrote past the image"
+        );
     }
 
     #[test]
