@@ -48,6 +48,8 @@ pub enum InstallError {
     Seed(HttpError),
     #[error("placing the seed: {0}")]
     SeedPlace(String),
+    #[error("growing the root partition to the disk: {0}")]
+    Grow(io::Error),
 }
 
 pub struct Installed {
@@ -168,6 +170,24 @@ pub fn install(
         // No seed, no identity: the node must not boot as some other machine.
         let _ = write::wipe_head(&mut dev);
         return Err(e);
+    }
+    // The golden image is kept small (a raw image's empty space costs transfer and write time);
+    // its root partition is last, so it takes the rest of the disk here and cloud-init's
+    // resizefs grows the filesystem on first boot.
+    let grow = dev
+        .seek(SeekFrom::End(0))
+        .and_then(|len| gpt::grow_last_partition(&mut dev, len))
+        .and_then(|g| dev.sync_all().map(|_| g));
+    match grow {
+        Ok(Some(g)) => log(&format!(
+            "ironseed: partition {} grown from {} to {} bytes",
+            g.index, g.old_len, g.new_len
+        )),
+        Ok(None) => {}
+        Err(e) => {
+            let _ = write::wipe_head(&mut dev);
+            return Err(InstallError::Grow(e));
+        }
     }
     Ok(Installed {
         disk: target.path,
