@@ -30,6 +30,84 @@ pub enum Command {
     Render(RenderArgs),
     /// Show what `render` would change in an existing bundle, without writing anything.
     Diff(RenderArgs),
+    /// OS images and the installer environment in the artifacts folder that `pxe serve` serves.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Build a golden node image with debootstrap (root): bootable in BIOS and UEFI mode,
+    /// cloud-init (NoCloud), k3s/Longhorn prerequisites; compressed, with its sha256. An image
+    /// with the same inputs already present is kept (--force rebuilds).
+    Build(ImageBuildArgs),
+    /// Build the installer kernel + initramfs (busybox, NIC/disk drivers, the static
+    /// `installer`) into <artifacts>/installer/.
+    Installer(InstallerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactsArg {
+    /// Artifacts folder (served by `pxe serve --artifacts`). Default: /var/lib/ironseed/artifacts
+    /// as root, else $XDG_DATA_HOME/ironseed/artifacts.
+    #[arg(long, value_name = "DIR", env = "IRONSEED_ARTIFACTS")]
+    pub artifacts: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// Recipe to build (debian-12).
+    pub name: String,
+    #[command(flatten)]
+    pub artifacts: ArtifactsArg,
+    /// Debian mirror. Default: the first URIs of this machine's apt sources, else deb.debian.org.
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Scratch folder (needs ~3 GiB); a subfolder per build, removed afterwards.
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/ironseed-build")]
+    pub work: PathBuf,
+    /// Bake a k3s binary into the image (/usr/local/bin/k3s): an air-gapped node installs k3s
+    /// without any download. Use with --k3s-images and --k3s-install-script.
+    #[arg(long, value_name = "FILE")]
+    pub k3s_binary: Option<PathBuf>,
+    /// k3s air-gap images tarball, baked into /var/lib/rancher/k3s/agent/images/.
+    #[arg(long, value_name = "FILE")]
+    pub k3s_images: Option<PathBuf>,
+    /// k3s install script (get.k3s.io), baked into /usr/local/share/ironseed/k3s-install.sh.
+    #[arg(long, value_name = "FILE")]
+    pub k3s_install_script: Option<PathBuf>,
+    /// Rebuild even if an image with the same inputs is present.
+    #[arg(long)]
+    pub force: bool,
+    /// Keep the work folder (debootstrapped tree, partition files) for inspection.
+    #[arg(long)]
+    pub keep_work: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallerArgs {
+    #[command(flatten)]
+    pub artifacts: ArtifactsArg,
+    /// The static installer binary. Default: `installer` beside this builder binary.
+    #[arg(long, value_name = "FILE")]
+    pub installer_bin: Option<PathBuf>,
+    /// A linux-image-*.deb to take the kernel and drivers from. Default: Debian's current
+    /// linux-image-amd64, downloaded with apt-get.
+    #[arg(long, value_name = "FILE")]
+    pub kernel_deb: Option<PathBuf>,
+    /// busybox binary (static; Debian package busybox-static).
+    #[arg(long, value_name = "FILE", default_value = "/bin/busybox")]
+    pub busybox: PathBuf,
+    /// Extra kernel module to include (with its dependencies); repeatable.
+    #[arg(long = "driver", value_name = "NAME")]
+    pub drivers: Vec<String>,
+    /// Scratch folder, removed afterwards.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/tmp/ironseed-installer"
+    )]
+    pub work: PathBuf,
 }
 
 #[derive(Debug, Args)]

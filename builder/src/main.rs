@@ -1,5 +1,6 @@
 mod cli;
 mod commands;
+mod images_cmd;
 
 use clap::Parser;
 
@@ -10,6 +11,8 @@ fn main() -> std::process::ExitCode {
         cli::Command::Validate(a) => commands::validate(a).map(|_| ()),
         cli::Command::Render(a) => commands::render(a),
         cli::Command::Diff(a) => commands::diff(a),
+        cli::Command::Images(cli::ImagesCommand::Build(a)) => images_cmd::build(a),
+        cli::Command::Images(cli::ImagesCommand::Installer(a)) => images_cmd::installer(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

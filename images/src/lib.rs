@@ -3,8 +3,10 @@
 
 pub mod cidata;
 pub mod disk;
+pub mod golden;
 pub mod gpt;
 pub mod http;
+pub mod initramfs;
 pub mod install;
 pub mod plan;
 pub mod system;

@@ -386,9 +386,79 @@ async fn events(
     apply(&app, &name, ev)
 }
 
-/// cloud-init's phone_home (form-encoded POST) at the end of the node's first boot.
-async fn phone_home(State(app): App, UrlPath(name): UrlPath<String>) -> Response {
-    apply(&app, &name, Event::Booted)
+/// cloud-init's phone_home (form-encoded POST) at the end of the node's first boot. What the
+/// node says of itself (its hostname, fqdn) and the address it reports from (its own static
+/// address, not the DHCP one it installed with) go into the timeline: proof of the seed taking
+/// effect, readable from the API.
+async fn phone_home(
+    State(app): App,
+    UrlPath(name): UrlPath<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    let r = apply(&app, &name, Event::Booted);
+    if !r.status().is_success() {
+        return r;
+    }
+    let form = form_fields(&body);
+    let field = |k: &str| {
+        form.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    let detail = format!(
+        "hostname={} fqdn={} address={}",
+        field("hostname"),
+        field("fqdn"),
+        peer.ip()
+    );
+    apply(
+        &app,
+        &name,
+        Event::Note {
+            kind: "phone-home".into(),
+            detail,
+        },
+    )
+}
+
+/// `application/x-www-form-urlencoded` pairs (WHATWG URL §5.1): `+` is a space, `%XX` a byte.
+/// Values are kept short and printable: they end up in logs and the API.
+pub fn form_fields(body: &[u8]) -> Vec<(String, String)> {
+    let decode = |s: &str| -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 3 <= b.len()
+                    && b[i + 1].is_ascii_hexdigit()
+                    && b[i + 2].is_ascii_hexdigit() =>
+                {
+                    let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                    out.push(hex(b[i + 1]) << 4 | hex(b[i + 2]));
+                    i += 2;
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(256)
+            .collect()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 async fn metrics_handler(State(app): App) -> Response {
@@ -419,4 +489,26 @@ pub async fn run(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+#[cfg(test)]
+mod form_tests {
+    use super::form_fields;
+
+    #[test]
+    fn cloud_init_phone_home_forms_decode() {
+        let f = form_fields(
+            b"instance_id=iid-vm&hostname=vm-bios2&fqdn=vm-bios2.lab%2Earpa+x&bad=%zz%4",
+        );
+        assert_eq!(f[0], ("instance_id".into(), "iid-vm".into()));
+        assert_eq!(f[1], ("hostname".into(), "vm-bios2".into()));
+        assert_eq!(f[2], ("fqdn".into(), "vm-bios2.lab.arpa x".into()));
+        assert_eq!(f[3], ("bad".into(), "%zz%4".into()));
+        assert!(form_fields(b"").is_empty());
+        assert_eq!(
+            form_fields(b"a=%0a%41")[0].1,
+            "A",
+            "control characters dropped"
+        );
+    }
 }

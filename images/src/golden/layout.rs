@@ -1,0 +1,178 @@
+//! The golden image's disk layout and boot configuration, as pure functions of sizes and
+//! identifiers, so they are tested without building anything.
+//!
+//! ```text
+//! LBA 0        protective MBR + syslinux gptmbr.bin (BIOS: chains the LegacyBIOSBootable partition)
+//! 1 MiB  p1    ESP, FAT32: vmlinuz, initrd, syslinux (BIOS), systemd-boot as BOOTX64.EFI (UEFI)
+//!        p2    cidata: 1 MiB slot, zero in the image; the installer writes the node's seed here
+//!        p3    root, ext4 with a fixed UUID, last so it can grow to the disk
+//! ```
+//! The seed slot means no per-node root filesystem is ever built or mounted: cloud-init 22.4
+//! finds a FAT volume labelled CIDATA on any partition (`[seed=/dev/sda2]`), network-config
+//! included (docs/pxe-lab.md).
+
+pub const SECTOR: u64 = 512;
+pub const MIB: u64 = 1 << 20;
+
+/// Partition type GUIDs (UEFI spec; Discoverable Partitions Specification for root x86-64).
+pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+pub const TYPE_LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+pub const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+
+/// Fixed identifiers: random GUIDs and serials make images differ run to run for no reason,
+/// and `root=UUID=` must be known before the filesystem exists.
+pub struct Ids {
+    pub disk_guid: &'static str,
+    pub esp_uuid: &'static str,
+    pub cidata_uuid: &'static str,
+    pub root_part_uuid: &'static str,
+    pub root_fs_uuid: &'static str,
+    /// FAT volume serial of the ESP (hex, 8 digits), as mkfs.vfat -i takes it.
+    pub esp_serial: &'static str,
+}
+
+pub const IDS: Ids = Ids {
+    disk_guid: "1E5EED00-0000-4000-8000-000000000000",
+    esp_uuid: "1E5EED00-0000-4000-8000-000000000001",
+    cidata_uuid: "1E5EED00-0000-4000-8000-000000000002",
+    root_part_uuid: "1E5EED00-0000-4000-8000-000000000003",
+    root_fs_uuid: "1e5eed00-0000-4000-8000-0000000000f3",
+    esp_serial: "1E5EED01",
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub esp_start: u64,
+    pub esp_len: u64,
+    pub cidata_start: u64,
+    pub cidata_len: u64,
+    pub root_start: u64,
+    pub root_len: u64,
+    /// The whole image: partitions plus the backup GPT (33 sectors), rounded to a MiB.
+    pub total: u64,
+}
+
+fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+/// Byte offsets for an ESP and a root filesystem of the given sizes, all MiB-aligned.
+pub fn layout(esp_len: u64, root_len: u64) -> Layout {
+    let esp_start = MIB;
+    let esp_len = round_up(esp_len, MIB);
+    let cidata_start = esp_start + esp_len;
+    let cidata_len = MIB;
+    let root_start = cidata_start + cidata_len;
+    let root_len = round_up(root_len, MIB);
+    Layout {
+        esp_start,
+        esp_len,
+        cidata_start,
+        cidata_len,
+        root_start,
+        root_len,
+        total: root_start + root_len + MIB,
+    }
+}
+
+/// Input for `sfdisk` (util-linux script format). `LegacyBIOSBootable` on the ESP is what
+/// syslinux's gptmbr.bin looks for to find the partition to chain into.
+pub fn sfdisk_script(l: &Layout, ids: &Ids) -> String {
+    let s = |b: u64| b / SECTOR;
+    format!(
+        "label: gpt\nlabel-id: {}\nfirst-lba: 2048\n\
+         start={}, size={}, type={TYPE_ESP}, uuid={}, name=\"esp\", attrs=\"LegacyBIOSBootable\"\n\
+         start={}, size={}, type={TYPE_LINUX_DATA}, uuid={}, name=\"cidata\"\n\
+         start={}, size={}, type={TYPE_ROOT_X86_64}, uuid={}, name=\"root\"\n",
+        ids.disk_guid,
+        s(l.esp_start),
+        s(l.esp_len),
+        ids.esp_uuid,
+        s(l.cidata_start),
+        s(l.cidata_len),
+        ids.cidata_uuid,
+        s(l.root_start),
+        s(l.root_len),
+        ids.root_part_uuid,
+    )
+}
+
+/// The kernel command line of the installed system.
+pub fn kernel_cmdline(ids: &Ids, extra: &[String]) -> String {
+    let mut v = vec![
+        format!("root=UUID={}", ids.root_fs_uuid),
+        "rw".to_string(),
+        // Both consoles: the serial one is where tests and out-of-band consoles (iDRAC SOL,
+        // Proxmox serial) read, tty0 is the monitor. The last console= gets /dev/console.
+        "console=tty0".to_string(),
+        "console=ttyS0,115200".to_string(),
+    ];
+    v.extend(extra.iter().cloned());
+    v.join(" ")
+}
+
+/// syslinux (BIOS) configuration: no prompt, no delay.
+pub fn syslinux_cfg(cmdline: &str) -> String {
+    format!(
+        "SERIAL 0 115200\nPROMPT 0\nTIMEOUT 0\nDEFAULT ironseed\n\nLABEL ironseed\n  \
+         LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND {cmdline}\n"
+    )
+}
+
+/// systemd-boot (UEFI) loader configuration and its one entry.
+pub fn loader_conf() -> &'static str {
+    "timeout 0\ndefault ironseed.conf\nconsole-mode keep\n"
+}
+
+pub fn loader_entry(title: &str, cmdline: &str) -> String {
+    format!("title {title}\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n")
+}
+
+pub fn fstab(ids: &Ids) -> String {
+    format!(
+        "# written by ironseed's golden image build\n\
+         UUID={} / ext4 defaults,errors=remount-ro 0 1\n",
+        ids.root_fs_uuid
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_mib_aligned_back_to_back_and_leave_room_for_the_backup_gpt() {
+        let l = layout(100 * MIB + 1, 900 * MIB + 5);
+        assert_eq!(l.esp_start, MIB);
+        assert_eq!(l.esp_len, 101 * MIB);
+        assert_eq!(l.cidata_start, 102 * MIB);
+        assert_eq!(l.cidata_len, MIB);
+        assert_eq!(l.root_start, 103 * MIB);
+        assert_eq!(l.root_len, 901 * MIB);
+        assert_eq!(l.total, 1005 * MIB);
+        for b in [l.esp_start, l.cidata_start, l.root_start, l.total] {
+            assert_eq!(b % MIB, 0);
+        }
+    }
+
+    #[test]
+    fn the_sfdisk_script_names_the_seed_slot_and_marks_the_esp_bios_bootable() {
+        let s = sfdisk_script(&layout(64 * MIB, 512 * MIB), &IDS);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "label: gpt");
+        assert!(lines[3].starts_with("start=2048, size=131072, type=C12A7328"));
+        assert!(lines[3].contains("LegacyBIOSBootable"));
+        assert!(lines[4].starts_with("start=133120, size=2048,") && lines[4].contains("cidata"));
+        assert!(lines[5].starts_with("start=135168, size=1048576,"));
+    }
+
+    #[test]
+    fn boot_configs_agree_on_the_root_and_consoles() {
+        let c = kernel_cmdline(&IDS, &["quiet".into()]);
+        assert!(c.starts_with("root=UUID=1e5eed00-0000-4000-8000-0000000000f3 rw"));
+        assert!(c.ends_with("console=ttyS0,115200 quiet"));
+        assert!(syslinux_cfg(&c).contains(&format!("APPEND {c}\n")));
+        assert!(loader_entry("x", &c).contains(&format!("options {c}\n")));
+        assert!(fstab(&IDS).contains("UUID=1e5eed00-0000-4000-8000-0000000000f3 / ext4"));
+    }
+}

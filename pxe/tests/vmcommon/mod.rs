@@ -1,0 +1,668 @@
+//! The VM lab shared by the real-firmware tests (vm_pxe.rs, vm_install.rs): two network
+//! namespaces (the PXE segment with a bridge and taps, a "home router" running dnsmasq for
+//! addresses and IPv6 RAs), `pxe serve` on the bridge, and qemu VMs under TCG whose serial
+//! consoles are waited on for markers with generous deadlines (never fixed sleeps).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::dhcpcommon::netns::{Netns, in_netns};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const SERVER: &str = "10.88.0.1";
+pub const HTTP_PORT: u16 = 8088;
+/// Markers and exits are waited for this long at most: a guard against a hung test, not a
+/// performance assertion.
+pub const DEADLINE: Duration = Duration::from_secs(600);
+
+/// Set by the first failed wait, so waits on other threads give up at once.
+pub static FAILED: AtomicBool = AtomicBool::new(false);
+
+pub const KEEP_HINT: &str =
+    "(IRONSEED_VM_KEEP=1 keeps every serial console and the pxe/dnsmasq logs for a post-mortem)";
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub const IPXE_DIR: &str = "/usr/lib/ipxe";
+
+/// Root, `ip netns`, qemu, the firmware files and dnsmasq. Missing → loud skip, or a failure
+/// under `CI=true`.
+pub fn capable(test: &str) -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let ok = |prog: &str, arg: &str| {
+        Command::new(prog)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".to_owned());
+    }
+    if !ok("ip", "-V") {
+        missing.push("iproute2".into());
+    }
+    if !ok("qemu-system-x86_64", "--version") {
+        missing.push("qemu-system-x86_64 (qemu-system-x86)".into());
+    }
+    if !ok("dnsmasq", "--version") {
+        missing.push("dnsmasq (dnsmasq-base)".into());
+    }
+    // qemu's NIC option ROM for virtio-net is iPXE; Debian ships it in ipxe-qemu.
+    let files = [
+        ("/usr/lib/ipxe/qemu/pxe-virtio.rom", "ipxe-qemu"),
+        ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
+        ("/usr/lib/ipxe/snponly.efi", "ipxe"),
+        (OVMF_CODE, "ovmf"),
+        (OVMF_VARS, "ovmf"),
+    ];
+    for (f, pkg) in files {
+        if !Path::new(f).exists() {
+            missing.push(format!("{f} ({pkg})"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("{test}: missing {}", missing.join(", "));
+    if ci {
+        panic!("CI=true but {why}");
+    }
+    eprintln!("SKIP: {why}");
+    false
+}
+
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A child process, SIGTERMed (then SIGKILLed) and reaped on drop: qemu, dnsmasq, pxe.
+pub struct Proc {
+    pub name: &'static str,
+    pub child: Option<Child>,
+}
+
+impl Proc {
+    pub fn new(name: &'static str, child: Child) -> Proc {
+        Proc {
+            name,
+            child: Some(child),
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        // `ip netns exec` execs its command, so this pid is the program itself.
+        let pid = Pid::from_raw(c.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if c.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{}: no exit 10 s after SIGTERM, killing", self.name);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The two namespaces of the module docs. Field order is drop order: the namespaces go last,
+/// after the processes living in them (held elsewhere) are gone.
+pub struct Lab {
+    pub pxe: Netns,
+    pub router: Netns,
+}
+
+impl Lab {
+    pub fn new(taps: usize) -> Lab {
+        let tag = std::process::id() % 100_000;
+        let pxe = Netns::new(format!("vmtpxe{tag}"));
+        let router = Netns::new(format!("vmtrtr{tag}"));
+        pxe.ip(&[
+            "link",
+            "add",
+            "vmtbr0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ]);
+        pxe.ip(&["addr", "add", &format!("{SERVER}/24"), "dev", "vmtbr0"]);
+        // nodad: usable at once; iPXE and EDK2 never need it, it only makes the segment
+        // dual-stack like a real LAN.
+        pxe.ip(&["addr", "add", "fd88::1/64", "dev", "vmtbr0", "nodad"]);
+        pxe.ip(&["link", "set", "vmtbr0", "up"]);
+        for i in 0..taps {
+            let tap = format!("vmttap{i}");
+            // Created inside the namespace; qemu opens it from there (`ip netns exec`).
+            pxe.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+            pxe.ip(&["link", "set", &tap, "master", "vmtbr0", "up"]);
+        }
+        // The router's leg: both veth ends are created inside the namespaces, so nothing
+        // ever appears among the host's interfaces.
+        run(Command::new("ip").args([
+            "-n", &pxe.0, "link", "add", "vmtrb0", "type", "veth", "peer", "name", "vmtrr0",
+            "netns", &router.0,
+        ]));
+        pxe.ip(&["link", "set", "vmtrb0", "master", "vmtbr0", "up"]);
+        router.ip(&["addr", "add", "10.88.0.254/24", "dev", "vmtrr0"]);
+        router.ip(&["addr", "add", "fd88::fe/64", "dev", "vmtrr0", "nodad"]);
+        router.ip(&["link", "set", "vmtrr0", "up"]);
+        Lab { pxe, router }
+    }
+}
+
+/// Poll `file` until `pred` holds for its content; `alive` is checked between polls so a
+/// process that died fails fast with its output.
+pub fn wait_file(
+    file: &Path,
+    what: &str,
+    mut pred: impl FnMut(&str) -> bool,
+    mut alive: impl FnMut() -> bool,
+) {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let text = clean(&std::fs::read(file).unwrap_or_default());
+        if pred(&text) {
+            return;
+        }
+        // A VM waited for on another thread already failed: stop now rather than letting
+        // this one run into its own deadline (the first failure is the one reported).
+        assert!(
+            !FAILED.load(Ordering::SeqCst),
+            "gave up waiting for {what}: another wait of this phase failed"
+        );
+        let fail = |msg: String| -> ! {
+            FAILED.store(true, Ordering::SeqCst);
+            panic!("{msg}")
+        };
+        let tail = || {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        if !alive() {
+            fail(format!(
+                "exited before {what}; last output of {}:\n{}\n{KEEP_HINT}",
+                file.display(),
+                tail()
+            ));
+        }
+        if Instant::now() >= until {
+            fail(format!(
+                "no {what} after {DEADLINE:?}; last output of {}:\n{}\n{KEEP_HINT}",
+                file.display(),
+                tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Serial output as text: firmware writes ANSI escapes and CRs (EDK2 redraws lines), and
+/// under TCG lines interleave, so markers are matched anywhere in the cleaned text.
+pub fn clean(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ params final-byte (0x40..=0x7e); charset selection: ESC ( B;
+                // anything else: ESC + one char.
+                match it.next() {
+                    Some('[') => {
+                        for d in it.by_ref() {
+                            if ('\x40'..='\x7e').contains(&d) {
+                                break;
+                            }
+                        }
+                    }
+                    Some('(' | ')') => {
+                        it.next();
+                    }
+                    _ => {}
+                }
+            }
+            '\r' => out.push('\n'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// dnsmasq as the LAN's DHCP server: addresses only (no boot options, so every PXE answer
+/// comes from `pxe serve`), `--no-ping` (its default ping check costs 3 s per client) and
+/// router advertisements for fd88::/64.
+pub fn start_router(lab: &Lab, dir: &Path) -> Proc {
+    let log = dir.join("dnsmasq.log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.router.0, "dnsmasq", "--no-daemon"])
+        .args([
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=vmtrr0",
+            "--bind-interfaces",
+            "--except-interface=lo",
+            "--dhcp-range=10.88.0.100,10.88.0.199,255.255.255.0,1h",
+            "--dhcp-authoritative",
+            "--no-ping",
+            "--enable-ra",
+            "--dhcp-range=fd88::,ra-only,64",
+            // Stay root: the lease file is in the test's temp dir.
+            "--user=root",
+            "--log-dhcp",
+        ])
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            dir.join("dnsmasq.leases").display()
+        ))
+        .arg(format!("--log-facility={}", log.display()))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("dnsmasq.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("dnsmasq.err")).unwrap())
+        .spawn()
+        .expect("spawning dnsmasq");
+    let mut p = Proc::new("dnsmasq", child);
+    // Ready once it has announced its DHCP range (after binding).
+    wait_file(
+        &log,
+        "dnsmasq start",
+        |t| t.contains("DHCP, IP range"),
+        || p.alive(),
+    );
+    p
+}
+
+/// `builder`, built on demand: a `pxe` test gets no `CARGO_BIN_EXE_builder`. Cargo is a no-op
+/// when it is up to date, and it sits next to this test's profile folder.
+pub fn builder_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "builder"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    run(&mut cmd);
+    profile_dir.join("builder")
+}
+
+pub fn render_bundle(out: &Path) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    run(Command::new(builder_bin())
+        .arg("render")
+        .arg("-i")
+        .arg(fixtures.join("vmlab.yaml"))
+        .arg("-o")
+        .arg(out)
+        .arg("--secrets")
+        .arg(fixtures.join("vmlab.secrets.yaml")));
+}
+
+/// `pxe serve` in the namespace, ready once it printed its READY line.
+pub fn start_pxe(lab: &Lab, bundle: &Path, dir: &Path, efi_file: &str) -> (Proc, PathBuf) {
+    start_pxe_with(lab, bundle, dir, efi_file, &[])
+}
+
+/// `start_pxe` with more `pxe serve` arguments (e.g. `--artifacts DIR`).
+pub fn start_pxe_with(
+    lab: &Lab,
+    bundle: &Path,
+    dir: &Path,
+    efi_file: &str,
+    extra: &[&str],
+) -> (Proc, PathBuf) {
+    let log = dir.join("pxe.log");
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.pxe.0,
+            env!("CARGO_BIN_EXE_pxe"),
+            "serve",
+        ])
+        .arg("--bundle")
+        .arg(bundle)
+        .args(["--interface", "vmtbr0", "--dhcp", "proxy"])
+        .args(["--http-port", &HTTP_PORT.to_string(), "--tftp-port", "69"])
+        .arg("--state")
+        .arg(dir.join("state"))
+        .args(["--ipxe-dir", IPXE_DIR, "--efi-file", efi_file])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawning pxe serve");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let p = Proc::new("pxe", child);
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let ready: Value = match line.strip_prefix("READY ") {
+        Some(j) => serde_json::from_str(j).unwrap(),
+        None => panic!(
+            "pxe serve did not become ready (got {line:?}); log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ),
+    };
+    assert_eq!(ready["server_ip"], SERVER, "{ready}");
+    assert_eq!(ready["http_port"], HTTP_PORT, "{ready}");
+    // Keep draining stdout so pxe never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stdout.read_to_end(&mut sink);
+    });
+    (p, log)
+}
+
+/// One HTTP/1.0 request to the server, from a thread inside the namespace.
+pub fn http(ns: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {SERVER}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.map_or(0, str::len),
+        body.unwrap_or("")
+    );
+    in_netns(ns, move || {
+        let addr: SocketAddrV4 = format!("{SERVER}:{HTTP_PORT}").parse().unwrap();
+        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(30)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad HTTP response {resp:?}"));
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    })
+}
+
+/// Every node's state from `GET /api/v1/nodes`.
+pub fn states(ns: &str) -> std::collections::BTreeMap<String, String> {
+    let (st, body) = http(ns, "GET", "/api/v1/nodes", None);
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["hostname"].as_str().unwrap().to_owned(),
+                n["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+pub fn tftp_finished(ns: &str) -> u64 {
+    let (st, body) = http(ns, "GET", "/metrics", None);
+    assert_eq!(st, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("ironseed_tftp_transfers_total{outcome=\"finished\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no finished TFTP counter in /metrics:\n{body}"))
+}
+
+pub fn post_event(ns: &str, node: &str, event: &str) {
+    let (st, body) = http(
+        ns,
+        "POST",
+        &format!("/api/v1/nodes/{node}/events"),
+        Some(event),
+    );
+    assert_eq!(st, 200, "event {event} for {node}: {body}");
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+/// One VM: fresh blank disk, NIC first (bootindex 1), disk second, serial to a file.
+pub struct Vm {
+    pub name: String,
+    pub serial: PathBuf,
+    pub disk: PathBuf,
+    pub started: Instant,
+    pub proc: Proc,
+}
+
+/// How a VM's install disk is attached.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DiskBus {
+    /// virtio-blk: /dev/vda, no model string.
+    VirtioBlk,
+    /// virtio-scsi with a scsi-hd: /dev/sda, model "QEMU HARDDISK" (Proxmox's default).
+    Scsi,
+}
+
+#[derive(Clone, Debug)]
+pub struct VmOpts {
+    pub fw: Firmware,
+    pub tap: String,
+    pub mac: String,
+    pub bus: DiskBus,
+    pub disk_size: u64,
+    /// Keep an existing disk file instead of making a fresh blank one.
+    pub reuse_disk: bool,
+    pub mem_mb: u32,
+    pub smp: u32,
+    /// End qemu at the guest's first reboot instead of rebooting it.
+    pub no_reboot: bool,
+}
+
+impl VmOpts {
+    pub fn new(fw: Firmware, tap: &str, mac: &str) -> VmOpts {
+        VmOpts {
+            fw,
+            tap: tap.into(),
+            mac: mac.into(),
+            bus: DiskBus::VirtioBlk,
+            disk_size: 64 << 20,
+            reuse_disk: false,
+            mem_mb: 256,
+            smp: 1,
+            no_reboot: true,
+        }
+    }
+}
+
+impl Vm {
+    pub fn start(lab: &Lab, dir: &Path, name: &str, fw: Firmware, tap: &str, mac: &str) -> Vm {
+        Vm::start_with(lab, dir, name, &VmOpts::new(fw, tap, mac))
+    }
+
+    pub fn start_with(lab: &Lab, dir: &Path, name: &str, o: &VmOpts) -> Vm {
+        let (fw, tap, mac) = (o.fw, o.tap.as_str(), o.mac.as_str());
+        let disk = dir.join(format!("{}.img", o.mac.replace(':', "")));
+        if !o.reuse_disk {
+            // Blank raw disk: the "no OS yet" machine, and the local-boot target.
+            let _ = std::fs::remove_file(&disk);
+            std::fs::File::create(&disk)
+                .unwrap()
+                .set_len(o.disk_size)
+                .unwrap();
+        }
+        let serial = dir.join(format!("{name}.serial"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lab.pxe.0, "qemu-system-x86_64"]);
+        // TCG: /dev/kvm on this kind of machine is a broken nested layer (SeaBIOS 15× slower,
+        // OVMF dies with "KVM internal error"), see pxe-lab.md.
+        let mut nic = format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1");
+        match fw {
+            Firmware::Bios => {
+                cmd.args(["-machine", "pc,accel=tcg"]);
+            }
+            Firmware::Uefi => {
+                let vars = dir.join(format!("{name}.vars.fd"));
+                std::fs::copy(OVMF_VARS, &vars).unwrap();
+                cmd.args(["-machine", "q35,accel=tcg"])
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ))
+                    // No IPv6 PXE/HTTP boot entries: each would wait for a DHCPv6 server
+                    // that this LAN does not have.
+                    .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
+                    .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"]);
+                // No option ROM: OVMF's own EDK2 PXE client boots instead of iPXE, so the
+                // firmware sends arch 7 without user class iPXE and fetches the EFI boot file
+                // over TFTP, the path real UEFI machines take.
+                nic.push_str(",romfile=");
+            }
+        }
+        cmd.arg("-m")
+            .arg(o.mem_mb.to_string())
+            .arg("-smp")
+            .arg(o.smp.to_string())
+            .args(["-nographic", "-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()));
+        if o.no_reboot {
+            cmd.arg("-no-reboot");
+        }
+        cmd.arg("-netdev")
+            .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
+            .args(["-device", &nic])
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=d0,cache=unsafe",
+                disk.display()
+            ))
+            .args(match o.bus {
+                DiskBus::VirtioBlk => vec!["-device", "virtio-blk-pci,drive=d0,bootindex=2"],
+                DiskBus::Scsi => vec![
+                    "-device",
+                    "virtio-scsi-pci,id=scsi0",
+                    "-device",
+                    "scsi-hd,bus=scsi0.0,drive=d0,bootindex=2",
+                ],
+            })
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap());
+        let child = cmd.spawn().expect("spawning qemu-system-x86_64");
+        Vm {
+            name: name.to_owned(),
+            serial,
+            disk,
+            started: Instant::now(),
+            proc: Proc::new("qemu", child),
+        }
+    }
+
+    /// Wait for `marker` on the serial console; print when it came.
+    pub fn wait(&mut self, marker: &str) {
+        let proc = &mut self.proc;
+        wait_file(
+            &self.serial,
+            &format!("{}: serial marker {marker:?}", self.name),
+            |t| t.contains(marker),
+            || proc.alive(),
+        );
+        eprintln!(
+            "timing: {:<14} {:>6.1} s  {marker}",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Wait for `marker` to appear after the first `anchor` (both on the serial console).
+    pub fn wait_after(&mut self, anchor: &str, marker: &str) {
+        let proc = &mut self.proc;
+        wait_file(
+            &self.serial,
+            &format!("{}: serial marker {marker:?} after {anchor:?}", self.name),
+            |t| t.find(anchor).is_some_and(|i| t[i..].contains(marker)),
+            || proc.alive(),
+        );
+        eprintln!(
+            "timing: {:<14} {:>6.1} s  {marker}",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    pub fn serial_text(&self) -> String {
+        clean(&std::fs::read(&self.serial).unwrap_or_default())
+    }
+}
+
+/// The VMs of one phase run side by side, each waited for on its own thread. Even on 2 cores
+/// this pays: much of a network boot is firmware waiting (EDK2 collects DHCP offers for ~4 s,
+/// iPXE pauses ~2 s at "Press Ctrl-B"), not CPU.
+pub fn parallel<T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> Vec<T> {
+    let results: Vec<std::thread::Result<T>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs.into_iter().map(|j| s.spawn(j)).collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let mut ok = Vec::new();
+    let mut first: Option<Box<dyn std::any::Any + Send>> = None;
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(p) => {
+                // Report the real failure, not a wait that gave up because of it.
+                let gave_up = p
+                    .downcast_ref::<String>()
+                    .is_some_and(|m| m.starts_with("gave up"));
+                if first.is_none() || !gave_up {
+                    first = Some(p);
+                }
+            }
+        }
+    }
+    if let Some(p) = first {
+        std::panic::resume_unwind(p);
+    }
+    ok
+}
