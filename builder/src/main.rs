@@ -1,5 +1,6 @@
 mod cli;
 mod commands;
+mod images_cmd;
 
 use clap::Parser;
 
@@ -10,6 +11,10 @@ fn main() -> std::process::ExitCode {
         cli::Command::Validate(a) => commands::validate(a).map(|_| ()),
         cli::Command::Render(a) => commands::render(a),
         cli::Command::Diff(a) => commands::diff(a),
+        cli::Command::Images(c) => match c {
+            cli::ImagesCommand::List(a) => images_cmd::list(a),
+            cli::ImagesCommand::Fetch(a) => images_cmd::fetch(a),
+        },
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

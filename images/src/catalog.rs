@@ -230,9 +230,15 @@ fn parse_source(text: &str, base: Option<&Path>) -> Result<Source, String> {
         return Ok(Source::Url(t.to_string()));
     }
     let p = Path::new(t);
-    Ok(Source::Path(match base {
+    let p = match base {
         Some(b) if p.is_relative() => b.join(p),
         _ => p.to_path_buf(),
+    };
+    // Resolved now, so the entry means the same file whatever the working directory later is.
+    Ok(Source::Path(if base.is_some() {
+        std::path::absolute(&p).unwrap_or(p)
+    } else {
+        p
     }))
 }
 
@@ -494,7 +500,14 @@ pub mod manifest {
                 .map(|e| OutEntry {
                     name: &e.name,
                     kind: e.kind.as_str(),
-                    source: e.source.to_string(),
+                    // Absolute: the manifest lives elsewhere than the catalog that named it.
+                    source: match &e.source {
+                        Source::Path(p) => std::path::absolute(p)
+                            .unwrap_or_else(|_| p.clone())
+                            .display()
+                            .to_string(),
+                        s => s.to_string(),
+                    },
                     sha256: &e.sha256,
                     size: e.size,
                     description: e.description.as_deref(),

@@ -327,6 +327,56 @@ pub fn fetch(
     opts: &Options,
     on: &mut dyn FnMut(Event),
 ) -> Result<Outcome, FetchError> {
+    if let Source::Url(u) = &entry.source
+        && u.starts_with("https://")
+    {
+        return Err(FetchError::Unsupported { url: u.clone() });
+    }
+    let part = partial_path(entry, artifacts);
+    let part_dir = part.parent().expect("partial path has a folder");
+    std::fs::create_dir_all(part_dir).map_err(|source| FetchError::Io {
+        path: part_dir.to_path_buf(),
+        source,
+    })?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&part)
+        .map_err(|source| FetchError::Io {
+            path: part.clone(),
+            source,
+        })?;
+    // One fetch per image at a time: two writers appending to one partial would corrupt it.
+    let mut file =
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| FetchError::Busy {
+            name: entry.name.clone(),
+            path: part.clone(),
+        })?;
+    let r = fetch_locked(entry, artifacts, opts, on, &mut file);
+    // An empty partial (nothing needed fetching, or the source failed before sending a byte) is
+    // not worth keeping: `images list` would show it and the folder would collect them. Removed
+    // while the lock is held, and only if the path is still this file (not a newer fetch's).
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(mine), Ok(now)) = (file.metadata(), std::fs::metadata(&part))
+        && mine.len() == 0
+        && mine.ino() == now.ino()
+        && mine.dev() == now.dev()
+    {
+        let _ = std::fs::remove_file(marker_path(&part));
+        let _ = std::fs::remove_file(&part);
+    }
+    r
+}
+
+fn fetch_locked(
+    entry: &Entry,
+    artifacts: &Path,
+    opts: &Options,
+    on: &mut dyn FnMut(Event),
+    file: &mut File,
+) -> Result<Outcome, FetchError> {
     let dest = entry.path_in(artifacts);
     let part = partial_path(entry, artifacts);
     let marker = marker_path(&part);
@@ -334,26 +384,6 @@ pub fn fetch(
         let path = path.to_path_buf();
         move |source| FetchError::Io { path, source }
     };
-    if let Source::Url(u) = &entry.source
-        && u.starts_with("https://")
-    {
-        return Err(FetchError::Unsupported { url: u.clone() });
-    }
-    let part_dir = part.parent().expect("partial path has a folder");
-    std::fs::create_dir_all(part_dir).map_err(io_err(part_dir))?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&part)
-        .map_err(io_err(&part))?;
-    // One fetch per image at a time: two writers appending to one partial would corrupt it.
-    let mut file =
-        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| FetchError::Busy {
-            name: entry.name.clone(),
-            path: part.clone(),
-        })?;
 
     let cached = dest.exists();
     if cached && !opts.force {
@@ -418,7 +448,7 @@ pub fn fetch(
                 if let Some(t) = o.total
                     && t != entry.size
                 {
-                    discard(&file);
+                    discard(file);
                     return Err(size_error(t));
                 }
                 if o.offset != have {
@@ -451,7 +481,7 @@ pub fn fetch(
                     on(Event::Progress { done: have });
                 }
                 if have > entry.size {
-                    discard(&file);
+                    discard(file);
                     return Err(size_error(have));
                 }
                 if have < entry.size && failure.is_none() {
@@ -492,7 +522,7 @@ pub fn fetch(
 
     let actual = hex(&hash.finalize());
     if actual != entry.sha256 {
-        discard(&file);
+        discard(file);
         return Err(FetchError::Checksum {
             name: entry.name.clone(),
             expected: entry.sha256.clone(),

@@ -233,3 +233,23 @@ fn names_must_be_safe_file_names() {
         assert!(!catalog::valid_name(bad), "{bad}");
     }
 }
+
+#[test]
+fn relative_sources_are_made_absolute_so_the_manifest_means_the_same_file() {
+    let text = format!(
+        "images:\n  - name: a\n    kind: raw\n    source: x/a.raw\n    sha256: {SHA_A}\n    size: 1\n"
+    );
+    let es = catalog::parse("c.yaml", &text, Some(Path::new("rel"))).unwrap();
+    let want = std::env::current_dir().unwrap().join("rel/x/a.raw");
+    assert_eq!(es[0].source, Source::Path(want.clone()));
+    // The embedded catalog has no folder: its relative paths stay relative (to the working
+    // directory), but the manifest records them absolute.
+    let mut e = entry("b", SHA_A);
+    e.source = Source::Path(PathBuf::from("b.raw"));
+    let yaml = manifest::to_yaml(&[e]);
+    let cwd = std::env::current_dir().unwrap();
+    assert!(
+        yaml.contains(&format!("source: {}", cwd.join("b.raw").display())),
+        "{yaml}"
+    );
+}
