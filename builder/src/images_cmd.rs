@@ -145,7 +145,6 @@ pub fn fetch(a: &ImagesFetchArgs) -> Result<()> {
         )
         .expect("valid template"),
     );
-    pb.enable_steady_tick(Duration::from_millis(250));
     let opts = fetch::Options {
         force: a.force,
         ..fetch::Options::default()
@@ -167,6 +166,8 @@ pub fn fetch(a: &ImagesFetchArgs) -> Result<()> {
             pb.set_position(resume_from);
             // The rate and ETA count this run's bytes, not the kept ones.
             pb.reset_eta();
+            // Ticking only from here: no empty bar while a cached copy is being hashed.
+            pb.enable_steady_tick(Duration::from_millis(250));
         }
         Event::Progress { done } => pb.set_position(done),
         Event::Retry {
