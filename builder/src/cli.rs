@@ -30,26 +30,76 @@ pub enum Command {
     Render(RenderArgs),
     /// Show what `render` would change in an existing bundle, without writing anything.
     Diff(RenderArgs),
-    /// OS images and the installer environment in the artifacts folder that `pxe serve` serves.
+    /// OS images: the catalog, and verified images in the artifacts folder `pxe serve` serves.
     #[command(subcommand)]
     Images(ImagesCommand),
 }
 
+/// `builder images ...`: one variant per subcommand, each with its own argument struct.
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
+    /// List the catalog's images and whether each is present and verified in the artifacts folder.
+    List(ImagesListArgs),
+    /// Download (or copy) a catalog image into the artifacts folder: sha256 and size verified,
+    /// a broken download resumed, a mismatch refused (the cached good copy is kept).
+    Fetch(ImagesFetchArgs),
     /// Build a golden node image with debootstrap (root): bootable in BIOS and UEFI mode,
-    /// cloud-init (NoCloud), k3s/Longhorn prerequisites; compressed, with its sha256. An image
-    /// with the same inputs already present is kept (--force rebuilds).
+    /// cloud-init (NoCloud), k3s/Longhorn prerequisites; compressed, with its sha256 and a
+    /// manifest entry. An image with the same inputs already present is kept (--force rebuilds).
     Build(ImageBuildArgs),
     /// Build the installer kernel + initramfs (busybox, NIC/disk drivers, the static
     /// `installer`) into <artifacts>/installer/.
     Installer(InstallerArgs),
 }
 
+/// Where images live and which catalogs describe them; shared by every `builder images` command.
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    /// Artifacts folder, the one `pxe serve --artifacts` serves; images go to DIR/images/.
+    /// Default: /var/lib/ironseed/artifacts as root, else $XDG_DATA_HOME/ironseed/artifacts
+    /// (~/.local/share/ironseed/artifacts).
+    #[arg(long, value_name = "DIR", env = "IRONSEED_ARTIFACTS")]
+    pub artifacts: Option<PathBuf>,
+    /// Extra catalog file (the format of images/catalog.yaml); repeatable. Its entries override
+    /// the embedded catalog and DIR/images/manifest.yaml by name.
+    #[arg(long, value_name = "FILE")]
+    pub catalog: Vec<PathBuf>,
+}
+
+impl CatalogArgs {
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.artifacts
+            .clone()
+            .unwrap_or_else(images::catalog::default_artifacts_dir)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesListArgs {
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    /// Re-hash every present image instead of trusting its size and recorded .sha256 file
+    /// (reads every image in full).
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesFetchArgs {
+    /// Catalog name of the image (see `builder images list`).
+    pub name: String,
+    #[command(flatten)]
+    pub catalog: CatalogArgs,
+    /// Fetch again even when a verified copy is already present (it is replaced only once the
+    /// new download verified).
+    #[arg(long)]
+    pub force: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct ArtifactsArg {
-    /// Artifacts folder (served by `pxe serve --artifacts`). Default: /var/lib/ironseed/artifacts
-    /// as root, else $XDG_DATA_HOME/ironseed/artifacts.
+    /// Artifacts folder, the one `pxe serve --artifacts` serves. Default: /var/lib/ironseed/artifacts
+    /// as root, else $XDG_DATA_HOME/ironseed/artifacts (~/.local/share/ironseed/artifacts).
     #[arg(long, value_name = "DIR", env = "IRONSEED_ARTIFACTS")]
     pub artifacts: Option<PathBuf>,
 }

@@ -1,173 +1,210 @@
-//! `builder images build` and `builder images installer`: the golden image and the installer
-//! environment, into the artifacts folder that `pxe serve` publishes.
+//! `builder images ...`: the image catalog and the artifacts folder. The work is in
+//! `images::{catalog, fetch}`; this is the operator's view of it (table, progress bar, messages).
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use images::golden::{self, BuildOptions, Event, K3sKit};
-use images::initramfs::{self, InstallerOptions};
+use builder::diag::Diagnostics;
+use builder::diag::Span;
+use images::catalog::{self, Catalog, CatalogError};
+use images::fetch::{self, Event, Outcome, Status};
 
-use crate::cli::{ArtifactsArg, ImageBuildArgs, InstallerArgs};
+use crate::cli::{CatalogArgs, ImagesFetchArgs, ImagesListArgs};
 
-/// The artifacts folder: --artifacts, else the per-user or system default.
-pub fn artifacts_dir(a: &ArtifactsArg) -> PathBuf {
-    a.artifacts
-        .clone()
-        .unwrap_or_else(images::golden::default_artifacts_dir)
+/// Load every catalog layer; invalid files are reported like the inventory (one line per
+/// problem, the source line and a caret).
+fn load(a: &CatalogArgs) -> Result<Catalog> {
+    let art = a.artifacts_dir();
+    match Catalog::load(&art, &a.catalog) {
+        Ok(c) => Ok(c),
+        Err(CatalogError::Invalid(problems)) => {
+            let mut d = Diagnostics::default();
+            for p in &problems {
+                d.error(
+                    Span::new(p.file.clone(), p.line, p.column),
+                    p.field.clone(),
+                    p.message.clone(),
+                );
+            }
+            let sources = |file: &str| {
+                if file == catalog::EMBEDDED_NAME {
+                    Some(catalog::EMBEDDED.to_string())
+                } else {
+                    std::fs::read_to_string(file).ok()
+                }
+            };
+            eprint!("{}", d.render(&sources));
+            bail!("the image catalog is not valid")
+        }
+        Err(e) => Err(e).context("loading the image catalog"),
+    }
 }
 
-/// The first `URIs:` (deb822) or `deb` line of this machine's apt sources: the mirror it
-/// already uses (and can reach), instead of guessing.
-fn apt_mirror() -> Option<String> {
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        v.sort();
-        files.extend(v);
+fn origin_label(origin: &str) -> String {
+    if origin == catalog::EMBEDDED_NAME {
+        "embedded".into()
+    } else if origin.ends_with(catalog::MANIFEST) {
+        "manifest".into()
+    } else {
+        origin.into()
     }
-    for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else {
-            continue;
-        };
-        for l in text.lines().map(str::trim) {
-            let url = l
-                .strip_prefix("URIs:")
-                .and_then(|r| r.split_whitespace().next())
-                .or_else(|| {
-                    l.strip_prefix("deb ")
-                        .and_then(|r| r.split_whitespace().find(|w| w.contains("://")))
-                });
-            if let Some(u) = url
-                && u.trim_end_matches('/').ends_with("/debian")
-            {
-                return Some(u.to_string());
+}
+
+pub fn list(a: &ImagesListArgs) -> Result<()> {
+    let art = a.catalog.artifacts_dir();
+    let cat = load(&a.catalog)?;
+    println!("artifacts: {}", art.display());
+    if cat.iter().next().is_none() {
+        println!(
+            "no images in the catalog: build one (`builder images build`) or name a catalog file with --catalog"
+        );
+        return Ok(());
+    }
+    let rows: Vec<[String; 6]> = cat
+        .iter()
+        .map(|l| {
+            let e = &l.entry;
+            let status = match fetch::status(e, &art, a.verify) {
+                Status::Missing => "missing".to_string(),
+                Status::Partial { bytes } => {
+                    format!("partial {}%", bytes.saturating_mul(100) / e.size.max(1))
+                }
+                Status::Recorded => "ok".into(),
+                Status::Verified => "verified".into(),
+                Status::Stale { reason } => format!("STALE: {reason}"),
+            };
+            [
+                e.name.clone(),
+                e.kind.as_str().into(),
+                HumanBytes(e.size).to_string(),
+                status,
+                origin_label(&l.origin),
+                e.source.to_string(),
+            ]
+        })
+        .collect();
+    let head = ["NAME", "KIND", "SIZE", "STATUS", "FROM", "SOURCE"];
+    let mut width = head.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = width[i]));
             }
         }
-    }
-    None
-}
-
-/// A line above the bar, or on stderr when there is no terminal to draw the bar on (CI logs).
-fn say(pb: &ProgressBar, line: &str) {
-    if pb.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        pb.println(line);
-    }
-}
-
-fn bar(len: u64) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {pos}/{len} {wide_msg}")
-            .unwrap(),
-    );
-    pb.enable_steady_tick(Duration::from_millis(200));
-    pb
-}
-
-pub fn build(a: &ImageBuildArgs) -> Result<()> {
-    let recipe = golden::recipe(&a.name).ok_or_else(|| {
-        let known: Vec<&str> = golden::recipes().iter().map(|r| r.name).collect();
-        anyhow!(
-            "no image recipe named {:?}; known: {}",
-            a.name,
-            known.join(", ")
-        )
-    })?;
-    let o = BuildOptions {
-        artifacts: artifacts_dir(&a.artifacts),
-        work: a.work.clone(),
-        mirror: a
-            .mirror
-            .clone()
-            .or_else(apt_mirror)
-            .unwrap_or_else(|| "http://deb.debian.org/debian".into()),
-        kit: K3sKit {
-            binary: a.k3s_binary.clone(),
-            images: a.k3s_images.clone(),
-            install_script: a.k3s_install_script.clone(),
-        },
-        force: a.force,
-        keep_work: a.keep_work,
+        println!("{}", s.trim_end());
     };
-    eprintln!(
-        "building {} from {} into {}",
-        recipe.name,
-        o.mirror,
-        o.artifacts.join("images").display()
-    );
-    let t0 = Instant::now();
-    let pb = bar(0);
-    let mut phase = String::new();
-    let built = golden::build(recipe, &o, &mut |e| match e {
-        Event::Phase { index, total, name } => {
-            pb.set_length(total as u64);
-            pb.set_position(index as u64 - 1);
-            phase = name.to_string();
-            pb.set_message(phase.clone());
-            say(&pb, &format!("[{:>5.0}s] {name}", t0.elapsed().as_secs_f64()));
-        }
-        Event::Line(l) => pb.set_message(format!("{phase}: {l}")),
-        Event::Bytes { done, total } if total > 0 => {
-            pb.set_message(format!("{phase}: {} / {} MiB", done >> 20, total >> 20))
-        }
-        Event::Bytes { .. } => {}
-    });
-    pb.finish_and_clear();
-    let built = built.with_context(|| format!("building {}", recipe.name))?;
-    if built.cached {
-        eprintln!(
-            "{} is up to date (same inputs): {} sha256 {}",
-            built.name,
-            built.path.display(),
-            built.sha256
-        );
-    } else {
-        eprintln!(
-            "built {} in {:.0} s: {} ({} MiB, {} MiB raw) sha256 {}",
-            built.name,
-            t0.elapsed().as_secs_f64(),
-            built.path.display(),
-            built.size >> 20,
-            built.raw_size >> 20,
-            built.sha256
+    line(head);
+    for r in &rows {
+        line(r.each_ref().map(String::as_str));
+    }
+    if !a.verify {
+        println!(
+            "(ok: size and recorded .sha256 match the catalog; `--verify` re-hashes the files)"
         );
     }
     Ok(())
 }
 
-pub fn installer(a: &InstallerArgs) -> Result<()> {
-    let bin = match &a.installer_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()
-            .context("locating the builder binary")?
-            .with_file_name("installer"),
-    };
-    let mut drivers: Vec<String> = initramfs::DRIVERS.iter().map(|s| s.to_string()).collect();
-    drivers.extend(a.drivers.iter().cloned());
-    let o = InstallerOptions {
-        artifacts: artifacts_dir(&a.artifacts),
-        work: a.work.clone(),
-        kernel_deb: a.kernel_deb.clone(),
-        installer_bin: bin,
-        busybox: a.busybox.clone(),
-        drivers,
-    };
-    let pb = bar(0);
-    let built = initramfs::build_installer(&o, &mut |l| say(&pb, l));
-    pb.finish_and_clear();
-    let built = built.context("building the installer environment")?;
+pub fn fetch(a: &ImagesFetchArgs) -> Result<()> {
+    let art = a.catalog.artifacts_dir();
+    let cat = load(&a.catalog)?;
+    let entry = cat.get(&a.name).ok_or_else(|| {
+        let names = cat.names();
+        anyhow!(
+            "no image `{}` in the catalog ({})",
+            a.name,
+            if names.is_empty() {
+                "it is empty; see `builder images list`".to_string()
+            } else {
+                format!("known: {}", names.join(", "))
+            }
+        )
+    })?;
     eprintln!(
-        "installer for kernel {}: {} and {} ({} KiB; drivers {})",
-        built.kernel_version,
-        built.vmlinuz.display(),
-        built.initrd.display(),
-        built.initrd_size >> 10,
-        built.modules.join(" ")
+        "fetching {} ({}) from {} into {}",
+        entry.name,
+        HumanBytes(entry.size),
+        entry.source,
+        entry.path_in(&art).display()
     );
+    // Hidden when stderr is not a terminal (logs, CI); the start and end lines still print.
+    let pb = ProgressBar::with_draw_target(Some(entry.size), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    let opts = fetch::Options {
+        force: a.force,
+        ..fetch::Options::default()
+    };
+    let r = fetch::fetch(entry, &art, &opts, &mut |ev| match ev {
+        Event::Checking { path } => {
+            pb.suspend(|| eprintln!("checking the cached copy {}", path.display()))
+        }
+        Event::Start { resume_from, total } => {
+            if resume_from > 0 {
+                pb.suspend(|| {
+                    eprintln!(
+                        "resuming at {} of {}",
+                        HumanBytes(resume_from),
+                        HumanBytes(total)
+                    )
+                });
+            }
+            pb.set_position(resume_from);
+            // The rate and ETA count this run's bytes, not the kept ones.
+            pb.reset_eta();
+            // Ticking only from here: no empty bar while a cached copy is being hashed.
+            pb.enable_steady_tick(Duration::from_millis(250));
+        }
+        Event::Progress { done } => pb.set_position(done),
+        Event::Retry {
+            attempt,
+            attempts,
+            error,
+            delay,
+        } => pb.suspend(|| eprintln!("{error}; attempt {attempt} of {attempts} in {delay:.0?}")),
+        Event::Restart { reason } => pb.suspend(|| eprintln!("{reason}")),
+    });
+    pb.finish_and_clear();
+    match r.with_context(|| format!("fetching {}", entry.name))? {
+        Outcome::AlreadyPresent { path } => {
+            println!(
+                "{}: already present and verified at {} (--force fetches it again)",
+                entry.name,
+                path.display()
+            );
+        }
+        Outcome::Fetched {
+            path,
+            resumed_from,
+            transferred,
+        } => {
+            let resumed = if resumed_from > 0 {
+                format!(", resumed at {}", HumanBytes(resumed_from))
+            } else {
+                String::new()
+            };
+            println!(
+                "{}: fetched and verified (sha256 {}, {} transferred{resumed}) → {}",
+                entry.name,
+                entry.sha256,
+                HumanBytes(transferred),
+                path.display()
+            );
+        }
+    }
     Ok(())
 }

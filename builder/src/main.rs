@@ -1,5 +1,6 @@
 mod cli;
 mod commands;
+mod golden_cmd;
 mod images_cmd;
 
 use clap::Parser;
@@ -11,8 +12,12 @@ fn main() -> std::process::ExitCode {
         cli::Command::Validate(a) => commands::validate(a).map(|_| ()),
         cli::Command::Render(a) => commands::render(a),
         cli::Command::Diff(a) => commands::diff(a),
-        cli::Command::Images(cli::ImagesCommand::Build(a)) => images_cmd::build(a),
-        cli::Command::Images(cli::ImagesCommand::Installer(a)) => images_cmd::installer(a),
+        cli::Command::Images(c) => match c {
+            cli::ImagesCommand::List(a) => images_cmd::list(a),
+            cli::ImagesCommand::Fetch(a) => images_cmd::fetch(a),
+            cli::ImagesCommand::Build(a) => golden_cmd::build(a),
+            cli::ImagesCommand::Installer(a) => golden_cmd::installer(a),
+        },
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

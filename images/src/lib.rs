@@ -1,8 +1,11 @@
 //! ironseed images: what touches a node's disks. One image-writing path (used by the network
-//! installer and the USB writer alike) and the install-disk selection that keeps data disks safe.
+//! installer and the USB writer alike), the install-disk selection that keeps data disks safe,
+//! and the image catalog with its verified, resumable fetch.
 
+pub mod catalog;
 pub mod cidata;
 pub mod disk;
+pub mod fetch;
 pub mod golden;
 pub mod gpt;
 pub mod http;

@@ -76,8 +76,11 @@ pub struct ServeArgs {
     /// UEFI boot file for client architectures 7 and 9.
     #[arg(long, value_name = "FILE", default_value = "ipxe.efi")]
     pub efi_file: String,
-    /// Folder served at /artifacts/ (installer kernel and initrd, OS images); must be readable by --user.
-    #[arg(long, value_name = "DIR")]
+    /// Folder served at /artifacts/ (installer kernel and initrd, OS images from `builder images`);
+    /// must be readable by --user. Default: the one `builder images` fills,
+    /// /var/lib/ironseed/artifacts as root, else $XDG_DATA_HOME/ironseed/artifacts
+    /// (~/.local/share/ironseed/artifacts).
+    #[arg(long, value_name = "DIR", env = "IRONSEED_ARTIFACTS")]
     pub artifacts: Option<PathBuf>,
     /// Account to switch to after binding the ports, when started as root.
     #[arg(long, value_name = "NAME", default_value = "nobody")]

@@ -422,6 +422,7 @@ pub fn build(
         && let Some(sha) = sha.split_whitespace().next()
         && let Ok(meta) = fs::metadata(&out)
     {
+        record(r, &o.artifacts, &out, sha, meta.len())?;
         return Ok(Built {
             name: r.name.into(),
             path: out,
@@ -685,6 +686,7 @@ fn build_in(
     };
     sidecar("sha256", format!("{sha}  {file}\n"))?;
     sidecar("inputs", format!("{key}\n"))?;
+    record(r, &o.artifacts, &out, &sha, size)?;
     Ok(Built {
         name: r.name.into(),
         path: out,
@@ -693,6 +695,34 @@ fn build_in(
         raw_size: l.total,
         inputs: key.to_string(),
         cached: false,
+    })
+}
+
+/// The image's entry in the artifacts folder's manifest (the local catalog): `builder images
+/// list` shows it and `fetch` treats it like any other.
+fn record(
+    r: &Recipe,
+    artifacts: &Path,
+    out: &Path,
+    sha: &str,
+    size: u64,
+) -> Result<(), GoldenError> {
+    crate::catalog::manifest::add_entry(
+        artifacts,
+        crate::catalog::Entry {
+            name: r.name.to_string(),
+            kind: crate::catalog::Kind::RawZst,
+            source: crate::catalog::Source::Path(out.to_path_buf()),
+            sha256: sha.to_string(),
+            size,
+            description: Some(r.description.to_string()),
+        },
+    )
+    .map_err(|e| {
+        GoldenError::Io(
+            "recording the image in the manifest".into(),
+            io::Error::other(e),
+        )
     })
 }
 
@@ -755,18 +785,4 @@ fn compress(
     let f = hw.inner.into_inner().map_err(|e| ctx()(e.into_error()))?;
     f.sync_all().map_err(ctx())?;
     Ok((hex(&hw.hash.finalize()), hw.n))
-}
-
-/// Where `builder images …` writes and `pxe serve` reads by default: a system folder when run
-/// as root (the appliance), else one under the user's data home.
-pub fn default_artifacts_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/ironseed/artifacts");
-    }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    data.join("ironseed/artifacts")
 }

@@ -191,6 +191,12 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         tracing::info!(user = %a.user, %uid, %gid, "dropped root after binding");
     }
 
+    // Where `builder images fetch|build` put the images, unless told otherwise.
+    let artifacts = a
+        .artifacts
+        .clone()
+        .unwrap_or_else(images::catalog::default_artifacts_dir);
+    tracing::info!(artifacts = %artifacts.display(), "serving /artifacts/ from");
     let tftp_stats = Arc::new(TftpStats::default());
     let app = Arc::new(HttpApp {
         bundle: bundle.clone(),
@@ -198,7 +204,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         counters: Arc::new(HttpCounters::default()),
         tftp_stats: tftp_stats.clone(),
         dhcp: dhcp_ctx.clone(),
-        artifacts: a.artifacts.clone(),
+        artifacts: Some(artifacts),
         boot_files: provider.clone(),
     });
 
