@@ -6,6 +6,7 @@ pub mod disk;
 pub mod gpt;
 pub mod http;
 pub mod install;
+pub mod iso9660;
 pub mod plan;
 pub mod system;
 pub mod write;
