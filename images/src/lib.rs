@@ -9,4 +9,5 @@ pub mod install;
 pub mod iso9660;
 pub mod plan;
 pub mod system;
+pub mod usb;
 pub mod write;
