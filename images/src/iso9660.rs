@@ -139,11 +139,11 @@ fn record(extent: u32, len: u32, dir: bool, id: &[u8], stamp: Stamp, su: &[u8]) 
     r[28..32].copy_from_slice(&both16(1)); // volume sequence number
     r[32] = id.len() as u8;
     r.extend_from_slice(id);
-    if id.len() % 2 == 0 {
+    if id.len().is_multiple_of(2) {
         r.push(0); // padding field: the System Use area starts at an even offset
     }
     r.extend_from_slice(su);
-    if r.len() % 2 == 1 {
+    if !r.len().is_multiple_of(2) {
         r.push(0);
     }
     r[0] = r.len() as u8;

@@ -63,10 +63,11 @@ impl DeviceFacts {
             },
             size,
             self.serial.as_deref().unwrap_or("unknown"),
-            match (self.usb, self.removable) {
-                (true, _) => "USB",
-                (false, true) => "removable",
-                (false, false) => "fixed disk",
+            match (self.is_block, self.usb, self.removable) {
+                (false, _, _) => "not a block device",
+                (true, true, _) => "USB",
+                (true, false, true) => "removable",
+                (true, false, false) => "fixed disk",
             }
         )
     }
@@ -87,7 +88,7 @@ pub enum Refusal {
     NotBlock(String),
     #[error("{0} is a partition; give the whole stick (e.g. /dev/sdb, not /dev/sdb1)")]
     Partition(String),
-    #[error("{path} holds the running system (/ or /boot); refusing to overwrite it")]
+    #[error("{path} holds the running system (/ or /boot)")]
     HoldsSystem { path: String },
     #[error("{path} is mounted at {mounts}; unmount it first")]
     Mounted { path: String, mounts: String },
@@ -316,7 +317,8 @@ mod tests {
 
     #[test]
     fn every_refusal() {
-        let cases: Vec<(fn(&mut DeviceFacts), Policy, &str)> = vec![
+        type Case = (fn(&mut DeviceFacts), Policy, &'static str);
+        let cases: Vec<Case> = vec![
             (|f| f.is_block = false, NONE, "not a block device"),
             (|f| f.is_partition = true, NONE, "is a partition"),
             (|f| f.holds_system = true, NONE, "holds the running system"),
