@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Validate(a) => commands::validate(a).map(|_| ()),
         cli::Command::Render(a) => commands::render(a),
         cli::Command::Diff(a) => commands::diff(a),
+        cli::Command::Usb(cli::UsbCommand::Write(a)) => commands::usb_write(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -266,8 +266,10 @@ fn help_documents_every_flag_and_readme_mentions_them() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .unwrap();
     let d = tempfile::tempdir().unwrap();
-    for sub in ["init", "validate", "render", "diff"] {
-        let o = builder(&[sub, "--help"], d.path());
+    for sub in ["init", "validate", "render", "diff", "usb write"] {
+        let mut args: Vec<&str> = sub.split(' ').collect();
+        args.push("--help");
+        let o = builder(&args, d.path());
         assert!(o.status.success());
         let help = stdout(&o);
         assert!(
