@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,9 @@ pub enum Command {
     /// OS images: the catalog, and verified images in the artifacts folder `pxe serve` serves.
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// USB media for nodes.
+    #[command(subcommand)]
+    Usb(UsbCommand),
 }
 
 /// `builder images ...`: one variant per subcommand, each with its own argument struct.
@@ -160,6 +163,48 @@ pub struct InstallerArgs {
     pub work: PathBuf,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum UsbCommand {
+    /// Write IMAGE to the USB stick DEVICE, then read the stick back and compare sha256.
+    ///
+    /// Refuses a device that is mounted (or any of its partitions), holds the running system
+    /// (/ or /boot), is held by LVM/RAID/dm-crypt, is read-only, is a partition, is smaller than
+    /// the image, or is neither removable nor on USB (unless --force). Shows the device's model,
+    /// size and serial and asks before writing (unless --yes).
+    Write(UsbWriteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsbWriteArgs {
+    /// Image file: a seed image from `builder render --usb` or any raw disk image; a
+    /// zstd-compressed image (recognised by its content) is decompressed on the way.
+    pub image: PathBuf,
+    /// The stick's block device, e.g. /dev/sdb or /dev/disk/by-id/usb-... (the whole disk).
+    pub device: PathBuf,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Also write a disk that is neither removable nor on USB. Never overrides the other refusals.
+    #[arg(long)]
+    pub force: bool,
+    /// Expected sha256 of IMAGE as stored (e.g. from the bundle's SHA256SUMS); a different
+    /// image is refused before anything is written.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Test seam: let a regular file stand in for DEVICE (the test suite has no stick). Hidden.
+    #[arg(long = "i-know-target-is-a-file", hide = true)]
+    pub target_is_file: bool,
+}
+
+/// `--usb-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UsbFormat {
+    /// FAT12 labelled CIDATA (a USB stick).
+    Fat,
+    /// ISO9660 labelled cidata with Rock Ridge (a virtual CD-ROM).
+    Iso,
+}
+
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Where to write the inventory.
@@ -197,4 +242,13 @@ pub struct RenderArgs {
     /// fresh token when missing.
     #[arg(long, value_name = "FILE", env = "IRONSEED_SECRETS")]
     pub secrets: Option<PathBuf>,
+    /// Also write a NoCloud seed image per node, OUT/usb/<hostname>-cidata.img (user-data,
+    /// meta-data, network-config; mode 0600, listed in SHA256SUMS). Write one to a stick with
+    /// `builder usb write`.
+    #[arg(long)]
+    pub usb: bool,
+    /// Filesystem of the --usb seed images: `fat` (FAT12 labelled CIDATA, for a USB stick) or
+    /// `iso` (ISO9660 labelled cidata with Rock Ridge, for a VM's virtual CD-ROM).
+    #[arg(long, value_enum, default_value_t = UsbFormat::Fat, requires = "usb")]
+    pub usb_format: UsbFormat,
 }

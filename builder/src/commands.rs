@@ -1,7 +1,7 @@
 //! What each subcommand does. Errors are `anyhow` with short lowercase context.
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -10,12 +10,15 @@ use sha2::{Digest, Sha256};
 
 use builder::diag::Diagnostics;
 use builder::inventory::{self, DEFAULT_INVENTORY, DEFAULT_INVENTORY_NAME, Inventory, ProfileSet};
-use builder::render::{self, AirgapHashes, RenderOptions};
+use builder::render::{self, AirgapHashes, RenderOptions, SeedImage};
 use builder::secrets::{self, Secrets};
 use builder::templates::Templates;
 use builder::{bundle, diff, fsutil};
 
-use crate::cli::{InitArgs, RenderArgs, SourceArgs};
+use images::system::{self, DeviceFile};
+use images::usb::{self, Phase, Policy};
+
+use crate::cli::{InitArgs, RenderArgs, SourceArgs, UsbFormat, UsbWriteArgs};
 
 pub fn init(a: &InitArgs) -> Result<()> {
     if a.path.exists() && !a.force {
@@ -178,6 +181,14 @@ fn options(l: &Loaded, out: &Path) -> Result<RenderOptions> {
     Ok(RenderOptions {
         joined: joined_from(out),
         airgap,
+        seed_images: None,
+    })
+}
+
+fn seed_images(a: &RenderArgs) -> Option<SeedImage> {
+    a.usb.then_some(match a.usb_format {
+        UsbFormat::Fat => SeedImage::Fat,
+        UsbFormat::Iso => SeedImage::Iso,
     })
 }
 
@@ -185,7 +196,8 @@ pub fn render(a: &RenderArgs) -> Result<()> {
     let start = Instant::now();
     let l = load(&a.source)?;
     let secrets = secrets_for(a, &l)?;
-    let opts = options(&l, &a.out)?;
+    let mut opts = options(&l, &a.out)?;
+    opts.seed_images = seed_images(a);
     let b = render::render(&l.inventory, &secrets, &l.templates, &opts).context("rendering")?;
     bundle::write(&a.out, &b).context("writing bundle")?;
     println!(
@@ -201,7 +213,8 @@ pub fn render(a: &RenderArgs) -> Result<()> {
 pub fn diff(a: &RenderArgs) -> Result<()> {
     let l = load(&a.source)?;
     let secrets = secrets_for(a, &l)?;
-    let opts = options(&l, &a.out)?;
+    let mut opts = options(&l, &a.out)?;
+    opts.seed_images = seed_images(a);
     let b = render::render(&l.inventory, &secrets, &l.templates, &opts).context("rendering")?;
     let old = bundle::read(&a.out).context("reading bundle")?;
     let mut masked: Vec<&str> = vec![secrets.k3s_token.as_str()];
@@ -231,5 +244,89 @@ pub fn diff(a: &RenderArgs) -> Result<()> {
         d.removed.len(),
         d.changed.len()
     );
+    Ok(())
+}
+
+pub fn usb_write(a: &UsbWriteArgs) -> Result<()> {
+    let dev_name = a.device.display().to_string();
+    let img_name = a.image.display().to_string();
+    let facts =
+        system::device_facts(&a.device).with_context(|| format!("inspecting {dev_name}"))?;
+    let mut img = std::fs::File::open(&a.image).with_context(|| format!("opening {img_name}"))?;
+    let info = usb::inspect(&mut img).with_context(|| format!("reading {img_name}"))?;
+    if let Some(want) = &a.sha256
+        && !want.trim().eq_ignore_ascii_case(&info.source_sha256)
+    {
+        bail!(
+            "{img_name}: sha256 is {}, expected {}; nothing was written",
+            info.source_sha256,
+            want.trim()
+        );
+    }
+    let policy = Policy {
+        force: a.force,
+        allow_regular_file: a.target_is_file,
+    };
+    usb::check(&facts, info.len, policy).context("refusing to write")?;
+    println!("target: {}", facts.describe());
+    println!(
+        "image:  {img_name}: {} bytes{}",
+        info.len,
+        if info.compression == images::write::Compression::Zstd {
+            " (zstd, decompressed on the way)"
+        } else {
+            ""
+        }
+    );
+    if !a.yes {
+        confirm(&dev_name)?;
+    }
+    let mut dev = DeviceFile::open(Path::new(&facts.resolved), facts.is_block)
+        .with_context(|| format!("opening {dev_name}"))?;
+    img.seek(std::io::SeekFrom::Start(0))
+        .with_context(|| format!("reading {img_name}"))?;
+    let bar = indicatif::ProgressBar::new(info.len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message("writing");
+    let mut verifying = false;
+    let r = usb::write_verified(
+        std::io::BufReader::new(img),
+        &info,
+        &mut dev,
+        &mut |p, n| {
+            if p == Phase::Verifying && !verifying {
+                verifying = true;
+                bar.set_message("verifying");
+            }
+            bar.set_position(n);
+        },
+    );
+    bar.finish_and_clear();
+    let v = r.with_context(|| format!("writing {dev_name}"))?;
+    println!("image  sha256 {}", v.image_sha256);
+    println!("device sha256 {}", v.device_sha256);
+    println!(
+        "wrote {} bytes to {dev_name}; read back and verified",
+        v.written
+    );
+    Ok(())
+}
+
+/// Ask on the terminal; anything but `yes` (including end of input) aborts before writing.
+fn confirm(dev: &str) -> Result<()> {
+    eprint!("everything on {dev} will be overwritten. Type yes to continue: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the answer")?;
+    if line.trim() != "yes" {
+        bail!("not confirmed; nothing was written (--yes skips the question)");
+    }
     Ok(())
 }

@@ -25,9 +25,16 @@ pub fn diff(old: &BTreeMap<String, Vec<u8>>, new: &Bundle, secrets: &[&str]) -> 
         match old.get(path) {
             None => d.added.push(path.clone()),
             Some(o) if *o != f.bytes => {
-                let a = mask(&String::from_utf8_lossy(o), secrets);
-                let b = mask(&String::from_utf8_lossy(&f.bytes), secrets);
-                d.changed.push((path.clone(), line_diff(&a, &b, 2)));
+                match (std::str::from_utf8(o), std::str::from_utf8(&f.bytes)) {
+                    (Ok(a), Ok(b)) => {
+                        let (a, b) = (mask(a, secrets), mask(b, secrets));
+                        d.changed.push((path.clone(), line_diff(&a, &b, 2)));
+                    }
+                    // Seed images: a line diff of a FAT volume is noise (and could show the token).
+                    _ => d
+                        .changed
+                        .push((path.clone(), vec!["binary file differs".into()])),
+                }
             }
             _ => {}
         }
@@ -110,6 +117,28 @@ mod tests {
         let d = line_diff("a\nb\nc\nd\ne\nf\n", "a\nb\nC\nd\ne\nf\n", 1);
         let want: Vec<String> = ["@@", " b", "-c", "+C", " d"].map(String::from).to_vec();
         assert_eq!(d, want);
+    }
+
+    #[test]
+    fn binary_files_are_not_line_diffed() {
+        let mut old = BTreeMap::new();
+        old.insert("usb/a.img".to_string(), vec![0xff, b't', b'o', b'k']);
+        let mut new = Bundle::default();
+        new.files.insert(
+            "usb/a.img".into(),
+            crate::render::BundleFile {
+                bytes: vec![0xff, b't', b'o', b'x'],
+                mode: 0o600,
+            },
+        );
+        let d = diff(&old, &new, &[]);
+        assert_eq!(
+            d.changed,
+            [(
+                "usb/a.img".to_string(),
+                vec!["binary file differs".to_string()]
+            )]
+        );
     }
 
     #[test]

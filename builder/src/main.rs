@@ -18,6 +18,7 @@ fn main() -> std::process::ExitCode {
             cli::ImagesCommand::Build(a) => golden_cmd::build(a),
             cli::ImagesCommand::Installer(a) => golden_cmd::installer(a),
         },
+        cli::Command::Usb(cli::UsbCommand::Write(a)) => commands::usb_write(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -64,6 +64,8 @@ pub enum RenderError {
     },
     #[error("{file}: {message}")]
     Invalid { file: String, message: String },
+    #[error("{file}: {message}")]
+    SeedImage { file: String, message: String },
     #[error("the secrets file has no {what}, which the inventory needs ({why})")]
     MissingSecret { what: String, why: String },
 }
@@ -76,11 +78,27 @@ pub struct AirgapHashes {
     pub install_script_sha256: String,
 }
 
+/// The filesystem of a node's seed image (`usb/<hostname>-cidata.img`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedImage {
+    /// FAT12 labelled `CIDATA`: a USB stick, or the golden image's seed partition.
+    Fat,
+    /// ISO9660 labelled `cidata` with Rock Ridge: a virtual CD-ROM (Proxmox, libvirt).
+    Iso,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RenderOptions {
     /// Nodes rendered in join form: a rebuilt server never gets `cluster-init` again.
     pub joined: BTreeSet<String>,
     pub airgap: Option<AirgapHashes>,
+    /// Also render one seed image per node under `usb/`.
+    pub seed_images: Option<SeedImage>,
+}
+
+/// Where a node's seed image goes in the bundle.
+pub fn seed_image_path(hostname: &str) -> String {
+    format!("usb/{hostname}-cidata.img")
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -397,6 +415,28 @@ fn render_node(
     parse_yaml(&format!("{dir}/meta-data"), &meta, false)?;
     let install_ipxe = render("ipxe/install.ipxe.j2", &mctx)?;
 
+    if let Some(kind) = opts.seed_images {
+        let path = seed_image_path(host);
+        let seed: [(&str, &[u8]); 3] = [
+            ("user-data", user_data.as_bytes()),
+            ("meta-data", meta.as_bytes()),
+            ("network-config", network_config.as_bytes()),
+        ];
+        debug_assert_eq!(seed.map(|s| s.0), images::cidata::SEED_FILES);
+        // Same node, same volume id, same bytes: re-renders leave SHA256SUMS unchanged.
+        let vid = images::cidata::volume_id_for(host);
+        let img = match kind {
+            SeedImage::Fat => images::cidata::build(&seed, vid, images::cidata::DEFAULT_SIZE)
+                .map_err(|e| e.to_string()),
+            SeedImage::Iso => images::cidata::build_iso(&seed, vid).map_err(|e| e.to_string()),
+        }
+        .map_err(|message| RenderError::SeedImage {
+            file: path.clone(),
+            message,
+        })?;
+        // Always 0600, even for the NFS host: a stick gets copied and lent; keep the habit.
+        bundle.add(path, img, 0o600);
+    }
     // user-data carries the token (and S3/age keys when set): owner-only.
     let ud_mode = if node.role.runs_k3s() { 0o600 } else { 0o644 };
     bundle.add(format!("{dir}/user-data"), user_data, ud_mode);

@@ -273,6 +273,9 @@ fn help_documents_every_flag_and_readme_mentions_them() {
         "diff",
         "images list",
         "images fetch",
+        "images build",
+        "images installer",
+        "usb write",
     ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");

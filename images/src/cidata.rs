@@ -51,6 +51,21 @@ pub fn build(files: &[(&str, &[u8])], volume_id: u32, size: usize) -> Result<Vec
     Ok(disk.into_inner())
 }
 
+/// The same seed as an ISO9660 volume labelled `cidata` (what `genisoimage -V cidata -J -R`
+/// makes, and what Proxmox and most cloud images expect on a CD-ROM). Rock Ridge keeps the names
+/// `user-data` etc.; the volume's dates come from `volume_id` (blkid turns them into the UUID), so
+/// nodes get distinct by-uuid links and the same node the same bytes.
+pub fn build_iso(
+    files: &[(&str, &[u8])],
+    volume_id: u32,
+) -> Result<Vec<u8>, crate::iso9660::IsoError> {
+    crate::iso9660::build(
+        files,
+        "cidata",
+        crate::iso9660::Stamp::epoch_plus(volume_id),
+    )
+}
+
 /// A stable volume id (FAT serial) for a node: the same node always gets the same id, so
 /// renders stay byte-deterministic, and nodes differ so udev's by-uuid links do not collide.
 pub fn volume_id_for(hostname: &str) -> u32 {
@@ -163,6 +178,74 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert_eq!(out.stdout, want, "{name}");
+        }
+    }
+
+    /// The ISO variant as isoinfo, xorriso and blkid see it: volume id `cidata`, Rock Ridge
+    /// names, byte-identical content. Skipped loudly where the tools are missing, never in CI.
+    #[test]
+    fn real_tools_accept_the_iso_variant() {
+        if let Some(t) = ["isoinfo", "xorriso", "blkid"].iter().find(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        }) {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{t} missing in CI (tests/packages.txt: genisoimage, xorriso)"
+            );
+            eprintln!("SKIP: {t} not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("cidata.iso");
+        let bytes = build_iso(&seed(), volume_id_for("k3s1")).unwrap();
+        assert!(bytes == build_iso(&seed(), volume_id_for("k3s1")).unwrap());
+        std::fs::write(&img, &bytes).unwrap();
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out
+        };
+        let d = run(Command::new("isoinfo").arg("-d").arg("-i").arg(&img));
+        let text = String::from_utf8_lossy(&d.stdout);
+        assert!(text.contains("Volume id: cidata\n"), "{text}");
+        assert!(
+            text.contains("Rock Ridge signatures version 1 found"),
+            "{text}"
+        );
+        let b = run(Command::new("blkid").arg("-p").arg(&img));
+        let text = String::from_utf8_lossy(&b.stdout);
+        assert!(
+            text.contains("LABEL=\"cidata\"") && text.contains("TYPE=\"iso9660\""),
+            "{text}"
+        );
+        let l = run(Command::new("isoinfo").args(["-R", "-l", "-i"]).arg(&img));
+        let text = String::from_utf8_lossy(&l.stdout);
+        let out = dir.path().join("x");
+        run(Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev"])
+            .arg(&img)
+            .args(["-extract", "/"])
+            .arg(&out));
+        for (name, want) in seed() {
+            assert!(text.contains(&format!(" {name}")), "{name} in {text}");
+            let x = run(Command::new("isoinfo")
+                .args(["-R", "-i"])
+                .arg(&img)
+                .args(["-x", &format!("/{name}")]));
+            assert_eq!(x.stdout, want, "isoinfo -x {name}");
+            assert_eq!(
+                std::fs::read(out.join(name)).unwrap(),
+                want,
+                "xorriso {name}"
+            );
         }
     }
 }

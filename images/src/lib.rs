@@ -11,6 +11,8 @@ pub mod gpt;
 pub mod http;
 pub mod initramfs;
 pub mod install;
+pub mod iso9660;
 pub mod plan;
 pub mod system;
+pub mod usb;
 pub mod write;

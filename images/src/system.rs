@@ -10,6 +10,8 @@ use std::process::Command;
 
 use crate::disk::{self, Disk};
 use crate::install::Machine;
+use crate::usb::{Device, DeviceFacts};
+use crate::write::Target;
 
 pub struct System;
 
@@ -140,6 +142,260 @@ pub fn sysfs_disks(sys: &Path, mountinfo: &str) -> Vec<Disk> {
     out
 }
 
+/// One line of /proc/self/mountinfo: the device number of the mounted filesystem (`0:N` for
+/// btrfs subvolumes, overlay, tmpfs), its mount point and its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub dev: (u64, u64),
+    pub mount_point: String,
+    pub source: String,
+}
+
+/// Undo mountinfo's octal escapes (`\040` is a space in a mount point).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parse /proc/self/mountinfo (proc(5)): `id parent major:minor root mountpoint opts
+/// [optional fields...] - fstype source superopts`. Lines that do not parse are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let (maj, min) = f.get(2)?.split_once(':')?;
+            let sep = f.iter().position(|x| *x == "-")?;
+            Some(Mount {
+                dev: (maj.parse().ok()?, min.parse().ok()?),
+                mount_point: unescape(f.get(4)?),
+                source: unescape(f.get(sep + 2)?),
+            })
+        })
+        .collect()
+}
+
+fn sys_read(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn parse_dev(s: &str) -> Option<(u64, u64)> {
+    let (a, b) = s.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The sysfs folder of a block device number (`/sys/dev/block/M:m`, resolved).
+fn sys_dir(dev: (u64, u64)) -> Option<std::path::PathBuf> {
+    std::fs::canonicalize(format!("/sys/dev/block/{}:{}", dev.0, dev.1)).ok()
+}
+
+/// The device number a mount sits on: its own, or (btrfs, `0:N`) its source's.
+fn mount_dev(m: &Mount) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    if m.dev.0 != 0 {
+        return Some(m.dev);
+    }
+    if !m.source.starts_with("/dev/") {
+        return None;
+    }
+    let rdev = std::fs::metadata(&m.source).ok()?.rdev();
+    Some((nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev)))
+}
+
+/// The whole disks under a block device: a partition's disk, a dm/md device's slaves (walked
+/// down to the disks), or the disk itself.
+fn base_disks(dev: (u64, u64), out: &mut Vec<(u64, u64)>, depth: usize) {
+    let Some(sys) = sys_dir(dev) else { return };
+    if depth > 8 {
+        return;
+    }
+    if let Ok(rd) = std::fs::read_dir(sys.join("slaves")) {
+        let slaves: Vec<_> = rd.flatten().collect();
+        if !slaves.is_empty() {
+            for s in slaves {
+                if let Some(d) = sys_read(&s.path().join("dev")).and_then(|d| parse_dev(&d)) {
+                    base_disks(d, out, depth + 1);
+                }
+            }
+            return;
+        }
+    }
+    if sys.join("partition").exists() {
+        if let Some(d) = sys
+            .parent()
+            .and_then(|p| sys_read(&p.join("dev")))
+            .and_then(|d| parse_dev(&d))
+        {
+            out.push(d);
+        }
+    } else {
+        out.push(dev);
+    }
+}
+
+/// Everything `usb::check` needs to know about a write target, from sysfs, mountinfo and lsblk.
+pub fn device_facts(path: &Path) -> io::Result<DeviceFacts> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let resolved = std::fs::canonicalize(path)?;
+    let meta = std::fs::metadata(&resolved)?;
+    let mut f = DeviceFacts {
+        path: path.display().to_string(),
+        resolved: resolved.display().to_string(),
+        ..Default::default()
+    };
+    if !meta.file_type().is_block_device() {
+        f.size = (!meta.is_file()).then_some(0);
+        return Ok(f);
+    }
+    f.is_block = true;
+    let dev = (
+        nix::sys::stat::major(meta.rdev()),
+        nix::sys::stat::minor(meta.rdev()),
+    );
+    let sys = sys_dir(dev)
+        .ok_or_else(|| io::Error::other(format!("no sysfs entry for {}", resolved.display())))?;
+    f.is_partition = sys.join("partition").exists();
+    let disk = if f.is_partition {
+        sys.parent().map(Path::to_path_buf).unwrap_or(sys.clone())
+    } else {
+        sys.clone()
+    };
+    // sysfs sizes are in 512-byte sectors whatever the device's block size.
+    f.size = sys_read(&sys.join("size"))
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|s| s * 512);
+    f.removable = sys_read(&disk.join("removable")).as_deref() == Some("1");
+    f.read_only = sys_read(&sys.join("ro")).as_deref() == Some("1");
+    // USB mass storage sits under .../usbN/N-P/...; the removable bit alone misses card
+    // readers and USB SSDs that report 0.
+    f.usb = disk.components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .is_some_and(|s| s.starts_with("usb") && s[3..].chars().all(|c| c.is_ascii_digit()))
+    });
+    f.vendor = sys_read(&disk.join("device/vendor"));
+    f.model = sys_read(&disk.join("device/model"));
+    // USB serials come from udev, not sysfs; lsblk asks udev.
+    f.serial = Command::new("lsblk")
+        .args(["-dno", "SERIAL"])
+        .arg(&resolved)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| Some(String::from_utf8(o.stdout).ok()?.trim().to_string()))
+        .filter(|s| !s.is_empty());
+
+    // The device and its partitions, by device number.
+    let mut devs = vec![dev];
+    let mut holders = Vec::new();
+    let mut scan = vec![sys.clone()];
+    if !f.is_partition {
+        for e in std::fs::read_dir(&disk)?.flatten() {
+            let p = e.path();
+            if p.join("partition").exists() {
+                if let Some(d) = sys_read(&p.join("dev")).and_then(|d| parse_dev(&d)) {
+                    devs.push(d);
+                }
+                scan.push(p);
+            }
+        }
+    }
+    for s in &scan {
+        if let Ok(rd) = std::fs::read_dir(s.join("holders")) {
+            holders.extend(
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+    }
+    f.holders = holders;
+    let mounts = parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo")?);
+    let mut system = Vec::new();
+    for m in &mounts {
+        let Some(d) = mount_dev(m) else { continue };
+        if devs.contains(&d) {
+            f.mounts.push(m.mount_point.clone());
+        }
+        if m.mount_point == "/" || m.mount_point == "/boot" || m.mount_point == "/boot/efi" {
+            base_disks(d, &mut system, 0);
+        }
+    }
+    let mut mine = Vec::new();
+    base_disks(dev, &mut mine, 0);
+    f.holds_system = mine.iter().any(|d| system.contains(d));
+    Ok(f)
+}
+
+/// The file a USB image is written to: the stick, or in tests a regular file.
+pub struct DeviceFile(pub File);
+
+impl DeviceFile {
+    /// Open for writing. A block device is opened `O_EXCL`: Linux refuses it while anything
+    /// (a mount, dm, md) holds it, closing the gap between the checks and the write.
+    pub fn open(path: &Path, is_block: bool) -> io::Result<DeviceFile> {
+        let mut o = File::options();
+        o.read(true).write(true);
+        if is_block {
+            o.custom_flags(nix::libc::O_EXCL);
+        }
+        o.open(path).map(DeviceFile)
+    }
+}
+
+impl io::Read for DeviceFile {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        self.0.read(b)
+    }
+}
+impl io::Write for DeviceFile {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+impl io::Seek for DeviceFile {
+    fn seek(&mut self, p: io::SeekFrom) -> io::Result<u64> {
+        self.0.seek(p)
+    }
+}
+impl Target for DeviceFile {
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+}
+impl Device for DeviceFile {
+    fn drop_cache(&mut self) -> io::Result<()> {
+        // Written pages are clean after the sync; DONTNEED evicts them so the read-back goes to
+        // the stick (a stick that silently drops writes is the case this catches).
+        self.0.sync_all()?;
+        nix::fcntl::posix_fadvise(
+            &self.0,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .map_err(io::Error::from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +440,54 @@ mod tests {
         assert_eq!(d[1].serial.as_deref(), Some("seed-disk"));
         assert!(d[1].removable && d[1].mounts.is_empty());
         assert_eq!(d[1].size, 1 << 20);
+    }
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes_and_optional_fields() {
+        let text = "27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    90 27 0:45 /@home /home rw master:2 unbindable - btrfs /dev/sda2 rw\n\
+                    91 27 8:17 / /media/my\\040stick rw - vfat /dev/sdb1 rw\n\
+                    garbage\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].dev, (254, 0));
+        assert_eq!(m[1].source, "/dev/sda2");
+        assert_eq!(m[1].dev, (0, 45));
+        assert_eq!(m[2].mount_point, "/media/my stick");
+    }
+
+    /// This machine's root disk, through the real system layer: mounted and holding the
+    /// system, so `usb write` refuses it even with --force.
+    #[test]
+    fn the_root_disk_of_this_machine_is_refused() {
+        let mounts = parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
+        let Some(root) = mounts
+            .iter()
+            .find(|m| m.mount_point == "/" && m.source.starts_with("/dev/"))
+        else {
+            eprintln!("SKIP: / is not on a /dev block device here");
+            return;
+        };
+        let Ok(f) = device_facts(Path::new(&root.source)) else {
+            eprintln!("SKIP: {} not present", root.source);
+            return;
+        };
+        assert!(f.is_block, "{f:?}");
+        assert!(f.holds_system, "{f:?}");
+        let force = crate::usb::Policy {
+            force: true,
+            allow_regular_file: false,
+        };
+        assert!(crate::usb::check(&f, 1, force).is_err());
+    }
+
+    #[test]
+    fn a_regular_file_is_not_a_block_device() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("stick.img");
+        std::fs::write(&p, b"").unwrap();
+        let f = device_facts(&p).unwrap();
+        assert!(!f.is_block && f.size.is_none() && !f.holds_system);
     }
 
     #[test]
