@@ -148,14 +148,44 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
         .collect();
     assert!(timeline.contains(&"installing"), "{timeline:?}");
 
-    // Disk = image everywhere but the cidata slot; the old system's bytes beyond the image stay
-    // (a real disk is larger than the image; root is grown on first boot).
+    // Disk = image everywhere but the cidata slot and the partition table, which now gives the
+    // root partition the whole disk (a real disk is larger than the image; cloud-init grows the
+    // filesystem on first boot). The image's own backup GPT header (its last sector) is zeroed
+    // so no tool takes it for the real one; the old system's bytes beyond the image stay,
+    // except the last 33 sectors: the new backup GPT.
     let got = std::fs::read(&disk).unwrap();
     let slot = (MIB as usize)..(2 * MIB as usize);
-    assert!(got[..slot.start] == img[..slot.start], "GPT and boot area");
+    let gpt_end = 34 * 512;
     assert!(
-        got[slot.end..img.len()] == img[slot.end..],
-        "root partition"
+        got[gpt_end..slot.start] == img[gpt_end..slot.start],
+        "boot area"
+    );
+    let end = img.len() - 512;
+    assert!(got[slot.end..end] == img[slot.end..end], "root partition");
+    assert!(
+        got[end..img.len()].iter().all(|b| *b == 0),
+        "stale backup header"
+    );
+    let parts = images::gpt::partitions(&mut io::Cursor::new(&got)).unwrap();
+    let root = parts.iter().find(|p| p.name == "root").unwrap();
+    assert_eq!(
+        root.first_byte + root.len,
+        got.len() as u64 - 33 * 512,
+        "root grown to the end of the disk: {parts:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("partition 2 grown")),
+        "{lines:?}"
+    );
+    let verify = Command::new("sfdisk")
+        .arg("--verify")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
     );
     // The seed in the slot is the node's, readable as FAT labelled CIDATA.
     let fs = fatfs::FileSystem::new(io::Cursor::new(got[slot].to_vec()), fatfs::FsOptions::new())

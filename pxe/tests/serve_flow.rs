@@ -124,8 +124,20 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
             "script-served",
             "installing",
             "installed",
-            "booted"
+            "booted",
+            "note"
         ]
+    );
+    // What phone_home said, and the address it came from, are in the timeline.
+    let last = s.node("k3s1")["timeline"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        last["detail"], "phone-home: hostname=k3s1 fqdn= address=127.0.0.1",
+        "{last}"
     );
 
     // Re-arm through the CLI: the next PXE boot installs again.
