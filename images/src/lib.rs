@@ -16,3 +16,24 @@ pub mod plan;
 pub mod system;
 pub mod usb;
 pub mod write;
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    /// Whether `tool` runs here. Missing: a loud skip, or a failure under `CI=true`, where
+    /// tests/packages.txt installs `package`.
+    pub fn have(tool: &str, package: &str) -> bool {
+        if std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok()
+        {
+            return true;
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{tool} (package {package}) is required under CI"
+        );
+        eprintln!("SKIPPED: {tool} (package {package}) is not installed");
+        false
+    }
+}

@@ -104,16 +104,10 @@ fn artifacts() -> PathBuf {
 }
 
 fn node(ns: &str, name: &str) -> Value {
-    let (st, body) = http(ns, "GET", "/api/v1/nodes", None);
-    assert_eq!(st, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
+    nodes(ns)
+        .into_iter()
         .find(|n| n["hostname"] == name)
-        .unwrap_or_else(|| panic!("{name} not in {body}"))
-        .clone()
+        .unwrap_or_else(|| panic!("{name} not in the API's node list"))
 }
 
 /// Poll the API until `name` is in `state` (the phone_home arrives a moment after the

@@ -11,7 +11,7 @@ use std::io;
 use std::path::PathBuf;
 use std::process::Command;
 
-use cpio::{Archive, Entry};
+use cpio::Archive;
 
 /// Drivers for the rack: qemu/Proxmox (virtio, e1000), OptiPlex (e1000e, ahci, nvme), Dell
 /// R630/R730 (igb, ixgbe, tg3, bnx2x NICs; PERC megaraid_sas; ahci). Their dependencies come
@@ -258,15 +258,7 @@ pub fn build_installer(
     ] {
         a.dir(d);
     }
-    // The kernel opens /dev/console for init's stdio before /init can mount devtmpfs.
-    a.add(
-        "dev/console",
-        Entry::CharDev {
-            mode: 0o600,
-            major: 5,
-            minor: 1,
-        },
-    );
+    a.console();
     a.file("init", 0o755, INIT.as_bytes().to_vec());
     a.file(
         "etc/udhcpc.script",

@@ -419,14 +419,17 @@ pub fn http(ns: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Str
     })
 }
 
-/// Every node's state from `GET /api/v1/nodes`.
-pub fn states(ns: &str) -> std::collections::BTreeMap<String, String> {
+/// Every node's record from `GET /api/v1/nodes`.
+pub fn nodes(ns: &str) -> Vec<Value> {
     let (st, body) = http(ns, "GET", "/api/v1/nodes", None);
     assert_eq!(st, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    v["nodes"]
-        .as_array()
-        .unwrap()
+    v["nodes"].as_array().unwrap().clone()
+}
+
+/// Every node's state from `GET /api/v1/nodes`.
+pub fn states(ns: &str) -> std::collections::BTreeMap<String, String> {
+    nodes(ns)
         .iter()
         .map(|n| {
             (
