@@ -87,7 +87,8 @@ ip -n "$RNS" addr add 10.88.0.254/24 dev rtr1
 ip -n "$RNS" addr add fd88::fe/64 dev rtr1 nodad
 ip -n "$RNS" link set rtr1 up
 
-bg() { "$@" & PIDS+=($!); }
+# A server in the background, its output in $W/<name>.log, its PID kept for cleanup.
+bg() { local name=$1; shift; "$@" >"$W/$name.log" 2>&1 & PIDS+=($!); }
 stop_all() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; PIDS=(); }
 
 # One VM: fresh blank disk, PXE first, disk second, serial to a file. Sets VM_INST and VM_TOTAL:
@@ -117,7 +118,7 @@ vm() { # $1=tag $2=install-done marker
 ref_round() {
   rm -f "$W/ref/logs/state.json"
   # The lab's services.sh with SPK_FAST (no ping check, option 175/176, RAs), on this bridge.
-  bg ip netns exec "$NS" dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=br0 \
+  bg ref-dnsmasq ip netns exec "$NS" dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=br0 \
     --bind-interfaces --except-interface=lo --dhcp-range=10.88.0.100,10.88.0.199,255.255.255.0,1h \
     --dhcp-authoritative --dhcp-leasefile="$W/ref/logs/leases" --dhcp-option=3 --dhcp-option=6 \
     --enable-tftp --tftp-root="$W/ref/tftp" --dhcp-userclass=set:ipxe,iPXE \
@@ -129,9 +130,9 @@ ref_round() {
     --user=root --log-facility="$W/ref/logs/dnsmasq.log"
   # The stand-in boot server, and the same script again on the appliance port as the sink for the
   # node's phone_home and first-boot reports (it records any POST), so first boot waits on nothing.
-  bg env LAB_DIR="$W/ref" SPK_LOCAL=sanboot SPK_STATE="$W/ref/logs/state.json" \
+  bg ref-httpd env LAB_DIR="$W/ref" SPK_LOCAL=sanboot SPK_STATE="$W/ref/logs/state.json" \
     ip netns exec "$NS" python3 -u "$LAB/httpd.py" 10.88.0.1 8080
-  bg env LAB_DIR="$W/ref" SPK_STATE="$W/ref/logs/sink.json" \
+  bg ref-sink env LAB_DIR="$W/ref" SPK_STATE="$W/ref/logs/sink.json" \
     ip netns exec "$NS" python3 -u "$LAB/httpd.py" 10.88.0.1 8088
   sleep 1.5
   vm "ref" "SPIKE-INSTALL-DONE"
@@ -140,7 +141,7 @@ ref_round() {
 
 iron_round() {
   rm -rf "$W/state"
-  bg ip netns exec "$RNS" dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=rtr1 \
+  bg router ip netns exec "$RNS" dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=rtr1 \
     --bind-interfaces --except-interface=lo --dhcp-range=10.88.0.100,10.88.0.199,255.255.255.0,1h \
     --dhcp-authoritative --no-ping --enable-ra --dhcp-range=fd88::,ra-only,64 --user=root \
     --dhcp-leasefile="$W/rtr.leases" --log-facility="$W/rtr.log"
