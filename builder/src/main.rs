@@ -1,5 +1,6 @@
 mod cli;
 mod commands;
+mod rebuild;
 
 use clap::Parser;
 
@@ -10,6 +11,8 @@ fn main() -> std::process::ExitCode {
         cli::Command::Validate(a) => commands::validate(a).map(|_| ()),
         cli::Command::Render(a) => commands::render(a),
         cli::Command::Diff(a) => commands::diff(a),
+        cli::Command::Rebuild(a) => rebuild::rebuild(a),
+        cli::Command::Recover(a) => rebuild::recover(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -31,7 +31,12 @@ pub enum EditError {
 /// The hostnames of an inventory text, in file order (for "known nodes" messages).
 pub fn hostnames(text: &str) -> Vec<String> {
     serde_saphyr::from_str::<RawInventory>(text)
-        .map(|r| r.nodes.iter().map(|n| n.value.hostname.value.clone()).collect())
+        .map(|r| {
+            r.nodes
+                .iter()
+                .map(|n| n.value.hostname.value.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -186,12 +191,16 @@ mod tests {
                 "mac: \"52:54:00:20:00:12\"   # swapped 2024",
             )
             .replace("mac: 52:54:00:20:00:13", "mac: '52:54:00:20:00:13'");
-        let out = set_mac("inv.yaml", &base, "k3s-master2", "52:54:00:aa:00:12").unwrap().text;
+        let out = set_mac("inv.yaml", &base, "k3s-master2", "52:54:00:aa:00:12")
+            .unwrap()
+            .text;
         assert_eq!(
             changed_lines(&base, &out)[0].1,
             "    mac: \"52:54:00:aa:00:12\"   # swapped 2024"
         );
-        let out = set_mac("inv.yaml", &base, "k3s-master3", "52:54:00:aa:00:13").unwrap().text;
+        let out = set_mac("inv.yaml", &base, "k3s-master3", "52:54:00:aa:00:13")
+            .unwrap()
+            .text;
         assert_eq!(
             changed_lines(&base, &out)[0].1,
             "    mac: '52:54:00:aa:00:13'"
@@ -200,7 +209,9 @@ mod tests {
             "mac: 52:54:00:20:00:11",
             "mac: 52:54:00:20:00:11 # the first",
         );
-        let out = set_mac("inv.yaml", &plain, "k3s-master1", "52:54:00:aa:00:11").unwrap().text;
+        let out = set_mac("inv.yaml", &plain, "k3s-master1", "52:54:00:aa:00:11")
+            .unwrap()
+            .text;
         assert_eq!(
             changed_lines(&plain, &out)[0].1,
             "    mac: 52:54:00:aa:00:11 # the first"
@@ -214,7 +225,9 @@ mod tests {
             "  - {hostname: k3s2, role: agent, profile: optiplex, mac: d8:9e:f3:20:00:22, ip: 10.0.20.22}\n",
         );
         assert_ne!(base, DEFAULT_INVENTORY);
-        let out = set_mac("inv.yaml", &base, "k3s2", "d8:9e:f3:20:00:99").unwrap().text;
+        let out = set_mac("inv.yaml", &base, "k3s2", "d8:9e:f3:20:00:99")
+            .unwrap()
+            .text;
         assert_eq!(
             changed_lines(&base, &out)[0].1,
             "  - {hostname: k3s2, role: agent, profile: optiplex, mac: d8:9e:f3:20:00:99, ip: 10.0.20.22}"
@@ -251,7 +264,9 @@ mod tests {
                 "    extra_macs: [*m]",
             );
         // k3s1 defines the anchor: its value is right there and can be edited.
-        let out = set_mac("inv.yaml", &base, "k3s1", "d8:9e:f3:20:00:77").unwrap().text;
+        let out = set_mac("inv.yaml", &base, "k3s1", "d8:9e:f3:20:00:77")
+            .unwrap()
+            .text;
         assert!(out.contains("mac: &m d8:9e:f3:20:00:77"));
         // A MAC that is only an alias has its text elsewhere: refused, not guessed.
         let aliased = base.replace("mac: d8:9e:f3:20:00:22", "mac: *m");
