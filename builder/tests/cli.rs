@@ -266,7 +266,7 @@ fn help_documents_every_flag_and_readme_mentions_them() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .unwrap();
     let d = tempfile::tempdir().unwrap();
-    for sub in ["init", "validate", "render", "diff"] {
+    for sub in ["init", "validate", "render", "diff", "rebuild", "recover"] {
         let o = builder(&[sub, "--help"], d.path());
         assert!(o.status.success());
         let help = stdout(&o);
