@@ -153,26 +153,35 @@ fn api(method: &str, url: &str) -> Result<(u16, Value)> {
     Ok((status, v))
 }
 
-/// Make pxe serve the new bundle, then arm the node.
+/// Make pxe serve the new bundle, then arm the node. Never arms a node while pxe serves
+/// anything but the bundle just rendered: an old bundle would install the old config (for the
+/// first server: cluster-init, a split cluster) or answer the old MAC.
 fn arm(server: &str, node: &str, bundle_id: &str) -> Result<()> {
     let (status, v) = api("POST", &format!("{server}/api/v1/reload"))?;
     match status {
         200 if v["bundle"].as_str() == Some(bundle_id) => {}
-        200 => eprintln!(
-            "warning: {server} serves another bundle folder than the one just rendered; the \
-             re-render is not live there (pxe serve --bundle must point at it)"
+        200 => bail!(
+            "{server} serves another bundle folder than the one just rendered (its bundle {}, \
+             this render {}); not arming {node}: render into the folder pxe serve --bundle \
+             points at, or point it here",
+            short(v["bundle"].as_str().unwrap_or("?")),
+            short(bundle_id)
         ),
-        404 => eprintln!(
-            "warning: {server} has no reload endpoint (older pxe): restart it \
-             (systemctl restart ironseed-pxe) so it serves the re-rendered bundle"
+        404 => bail!(
+            "{server} has no reload endpoint (an older pxe); not arming {node} on the old \
+             bundle: restart pxe (systemctl restart ironseed-pxe) so it serves the new one"
         ),
-        _ => bail!("{server}: reloading the bundle failed: HTTP {status}: {v}"),
+        _ => bail!("{server}: reloading the bundle failed, not arming {node}: HTTP {status}: {v}"),
     }
     let (status, v) = api("POST", &format!("{server}/api/v1/nodes/{node}/arm"))?;
     if status != 200 {
         bail!("{server}: arming {node} failed: HTTP {status}: {v}");
     }
     Ok(())
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
 }
 
 fn fmt_duration(d: Duration) -> String {

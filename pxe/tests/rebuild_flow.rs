@@ -219,6 +219,35 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
     let edited = std::fs::read_to_string(dir.join("lab.yaml")).unwrap();
     assert_eq!(edited, DEFAULT_INVENTORY.replacen(old, new, 1));
 
+    // pxe serving another folder than the one rendered into: nothing is armed, since the
+    // served bundle still has the old config and MACs.
+    install(&s, "k3s2", "d8:9e:f3:20:00:22");
+    let o = builder(
+        &bin,
+        dir,
+        &[
+            "rebuild",
+            "k3s2",
+            "-i",
+            "lab.yaml",
+            "-o",
+            "elsewhere",
+            "--server",
+            url,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("serves another bundle folder") && e.contains("not arming k3s2"),
+        "{e}"
+    );
+    assert!(
+        e.contains("pxe arm k3s2 --server http://127.0.0.1:18612"),
+        "{e}"
+    );
+    assert_eq!(s.state("k3s2"), "booted");
+
     // --watch: follow k3s-master1 through a whole install, driven like the real clients.
     let mut child = Command::new(&bin)
         .args([
