@@ -367,3 +367,44 @@ pub fn serve_reader(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_bundle(dir: &Path, files: &[(&str, &[u8])]) {
+        let mut sums = String::new();
+        for (rel, bytes) in files {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+            sums.push_str(&format!("{}  {rel}\n", hex(&Sha256::digest(bytes))));
+        }
+        std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+    }
+
+    #[test]
+    fn the_bundle_reader_sends_verified_files_or_one_error_line() {
+        let d = tempfile::tempdir().unwrap();
+        write_bundle(
+            d.path(),
+            &[("plan.json", b"{}\n"), ("nodes/a/user-data", b"x\ny\n")],
+        );
+        let mut out = Vec::new();
+        serve_reader(d.path(), &b"load\nload\nnope\n"[..], &mut out).unwrap();
+        // Sorted by path; the length frames the bytes, so newlines inside a file are harmless.
+        let one = "F 4 nodes/a/user-data\nx\ny\nF 3 plan.json\n{}\nEND\n";
+        let want = format!("{one}{one}ERR unknown request\n");
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+
+        std::fs::write(d.path().join("plan.json"), b"edited").unwrap();
+        let mut out = Vec::new();
+        serve_reader(d.path(), &b"load\n"[..], &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("ERR plan.json: checksum mismatch"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1);
+    }
+}

@@ -558,4 +558,19 @@ mod tests {
             "nodes gone from the bundle are dropped"
         );
     }
+
+    #[test]
+    fn reconcile_on_reload_keeps_states_and_persists_before_it_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(Some(dir.path()), "b1", &["a", "b"], true).unwrap();
+        s.apply("a", &served()).unwrap();
+        s.reconcile("b2", &["a", "c"], false).unwrap();
+        assert_eq!(s.state("a"), Some(Booting), "a reload re-arms nothing");
+        assert_eq!(s.state("b"), None);
+        assert_eq!(s.state("c"), Some(Disarmed));
+        drop(s);
+        let s = Store::open(Some(dir.path()), "b2", &["a", "c"], true).unwrap();
+        assert_eq!(s.state("a"), Some(Booting));
+        assert_eq!(s.state("c"), Some(Disarmed), "the reload was on disk");
+    }
 }
