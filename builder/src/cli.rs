@@ -36,6 +36,12 @@ pub enum Command {
     /// USB media for nodes.
     #[command(subcommand)]
     Usb(UsbCommand),
+    /// Replace a node's hardware: update its boot MAC, re-render it in join form, re-arm it in
+    /// the running pxe, and print the cluster-side runbook for its role.
+    Rebuild(RebuildArgs),
+    /// Disaster restore: render the cluster-reset config for one surviving server (and join
+    /// configs for the others) from an etcd snapshot, and print the restore runbook.
+    Recover(RecoverArgs),
 }
 
 /// `builder images ...`: one variant per subcommand, each with its own argument struct.
@@ -251,4 +257,45 @@ pub struct RenderArgs {
     /// `iso` (ISO9660 labelled cidata with Rock Ridge, for a VM's virtual CD-ROM).
     #[arg(long, value_enum, default_value_t = UsbFormat::Fat, requires = "usb")]
     pub usb_format: UsbFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The node to rebuild (hostname as in the inventory).
+    pub node: String,
+    /// Boot MAC of the replacement hardware. Edits that node's `mac:` in the --inventory file in
+    /// place (comments and layout kept) after validating the edited inventory; needs --inventory.
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+    /// The pxe server to re-arm the node on. Default: the inventory's appliance URL
+    /// (http://<appliance.ip>:<appliance.http_port>).
+    #[arg(long, value_name = "URL", env = "IRONSEED_PXE")]
+    pub server: Option<String>,
+    /// After arming, follow the node (installing, installed, booted) with a progress bar and
+    /// print the time from arming to booted; exit non-zero if the install fails.
+    #[arg(long)]
+    pub watch: bool,
+    /// Only print the runbook: no inventory edit, no render, no arming.
+    #[arg(long, conflicts_with_all = ["mac", "watch"])]
+    pub runbook_only: bool,
+    #[command(flatten)]
+    pub render: RenderArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The etcd snapshot to restore: a file name in /var/lib/rancher/k3s/server/db/snapshots/ on
+    /// the survivor, an absolute path there, or (with --s3) an object name in the inventory's
+    /// etcd_snapshots.s3 bucket.
+    #[arg(long, value_name = "NAME")]
+    pub from_snapshot: String,
+    /// Read the snapshot from S3 (cluster.etcd_snapshots.s3 and the S3 keys of the secrets file).
+    #[arg(long)]
+    pub s3: bool,
+    /// The server that restores the snapshot and carries the cluster on. Default: the first
+    /// server of the inventory.
+    #[arg(long, value_name = "SERVER")]
+    pub survivor: Option<String>,
+    #[command(flatten)]
+    pub render: RenderArgs,
 }

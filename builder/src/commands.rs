@@ -44,9 +44,9 @@ pub struct Loaded {
     pub path: Option<PathBuf>,
 }
 
-pub fn load(a: &SourceArgs) -> Result<Loaded> {
-    let templates = Templates::load(a.templates.as_deref()).context("loading templates")?;
-    let (name, text) = match &a.inventory {
+/// The inventory's display name and text (the embedded default without --inventory).
+pub fn inventory_text(a: &SourceArgs) -> Result<(String, String)> {
+    Ok(match &a.inventory {
         Some(p) => (
             p.display().to_string(),
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -55,7 +55,18 @@ pub fn load(a: &SourceArgs) -> Result<Loaded> {
             DEFAULT_INVENTORY_NAME.to_string(),
             DEFAULT_INVENTORY.to_string(),
         ),
-    };
+    })
+}
+
+pub fn load(a: &SourceArgs) -> Result<Loaded> {
+    let (name, text) = inventory_text(a)?;
+    load_text(a, name, text)
+}
+
+/// Validate `text` as the inventory of `a` (hardware folders, templates, relative paths as if
+/// it were the --inventory file). Every problem is printed with file:line:column.
+pub fn load_text(a: &SourceArgs, name: String, text: String) -> Result<Loaded> {
+    let templates = Templates::load(a.templates.as_deref()).context("loading templates")?;
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(p) = &a.inventory {
         let beside = p.parent().unwrap_or(Path::new(".")).join("hardware");
@@ -120,11 +131,28 @@ pub fn validate(a: &SourceArgs) -> Result<()> {
     Ok(())
 }
 
-fn secrets_for(a: &RenderArgs, l: &Loaded) -> Result<Secrets> {
-    let path = a
-        .secrets
+pub fn secrets_path(a: &RenderArgs, l: &Loaded) -> PathBuf {
+    a.secrets
         .clone()
-        .unwrap_or_else(|| secrets::default_path(l.path.as_deref()));
+        .unwrap_or_else(|| secrets::default_path(l.path.as_deref()))
+}
+
+/// The secrets of a cluster that already exists: a fresh token could never join it (nor
+/// decrypt a snapshot's bootstrap data), so a missing file is an error here, not a new token.
+pub fn existing_secrets(a: &RenderArgs, l: &Loaded) -> Result<Secrets> {
+    let path = secrets_path(a, l);
+    if !path.exists() {
+        bail!(
+            "{} does not exist: the cluster's token is needed to join it; restore the secrets \
+             file from your backup (or pass --secrets FILE)",
+            path.display()
+        );
+    }
+    secrets_for(a, l)
+}
+
+fn secrets_for(a: &RenderArgs, l: &Loaded) -> Result<Secrets> {
+    let path = secrets_path(a, l);
     let (s, created) = Secrets::load_or_create(&path).context("loading secrets")?;
     if created {
         eprintln!(
@@ -168,7 +196,7 @@ fn joined_from(out: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn options(l: &Loaded, out: &Path) -> Result<RenderOptions> {
+pub fn options(l: &Loaded, out: &Path) -> Result<RenderOptions> {
     let airgap = match &l.inventory.cluster.k3s.airgap {
         Some(a) => Some(AirgapHashes {
             binary_sha256: hash_file(&a.binary).context("air-gap k3s binary")?,
@@ -182,6 +210,7 @@ fn options(l: &Loaded, out: &Path) -> Result<RenderOptions> {
         joined: joined_from(out),
         airgap,
         seed_images: None,
+        reset: None,
     })
 }
 

@@ -8,5 +8,6 @@ pub mod fsutil;
 pub mod inventory;
 pub mod k3s_flags;
 pub mod render;
+pub mod runbook;
 pub mod secrets;
 pub mod templates;

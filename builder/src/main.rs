@@ -2,6 +2,7 @@ mod cli;
 mod commands;
 mod golden_cmd;
 mod images_cmd;
+mod rebuild;
 
 use clap::Parser;
 
@@ -19,6 +20,8 @@ fn main() -> std::process::ExitCode {
             cli::ImagesCommand::Installer(a) => golden_cmd::installer(a),
         },
         cli::Command::Usb(cli::UsbCommand::Write(a)) => commands::usb_write(a),
+        cli::Command::Rebuild(a) => rebuild::rebuild(a),
+        cli::Command::Recover(a) => rebuild::recover(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

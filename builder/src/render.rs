@@ -94,11 +94,26 @@ pub struct RenderOptions {
     pub airgap: Option<AirgapHashes>,
     /// Also render one seed image per node under `usb/`.
     pub seed_images: Option<SeedImage>,
+    /// `builder recover`: this server's k3s config is rendered in cluster-reset form.
+    pub reset: Option<ClusterReset>,
 }
 
 /// Where a node's seed image goes in the bundle.
 pub fn seed_image_path(hostname: &str) -> String {
     format!("usb/{hostname}-cidata.img")
+}
+
+/// A disaster restore (domain.md §3): one surviving server forgets its peers and restores an
+/// etcd snapshot. k3s refuses the reset while `server:` is set, so that node's config has no
+/// `server:` (and never `cluster-init`), but the cluster's old token.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterReset {
+    pub node: String,
+    /// `cluster-reset-restore-path`: a snapshot file on the survivor, or an S3 object name.
+    pub restore_path: String,
+    /// The snapshot is fetched from the inventory's S3 bucket; otherwise S3 is switched off for
+    /// the reset so k3s reads the local file.
+    pub s3: bool,
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -285,6 +300,7 @@ fn render_node(
         "os": inv.os,
         "nfs": inv.nfs,
         "join": opts.joined.contains(host),
+        "reset": opts.reset.as_ref().filter(|r| r.node == host),
         "token": secrets.k3s_token,
         "s3_access_key": secrets.etcd_s3_access_key,
         "s3_secret_key": secrets.etcd_s3_secret_key,

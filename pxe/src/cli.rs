@@ -30,6 +30,16 @@ pub enum Command {
     Arm(NodeArgs),
     /// Disarm a node: its next PXE boot goes to the local disk.
     Disarm(NodeArgs),
+    /// Internal: started by `pxe serve` as root before it drops privileges, so a reload can
+    /// still read the bundle's owner-only files. Reads "load" requests on stdin.
+    #[command(hide = true)]
+    BundleReader(ReaderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReaderArgs {
+    #[arg(long, value_name = "DIR")]
+    pub bundle: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

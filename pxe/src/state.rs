@@ -238,6 +238,17 @@ struct StateFile {
     nodes: BTreeMap<String, NodeRecord>,
 }
 
+fn reconcile_nodes(file: &mut StateFile, bundle_id: &str, hostnames: &[&str], arm_new: bool) {
+    let now = now_ms();
+    file.nodes.retain(|h, _| hostnames.contains(&h.as_str()));
+    for h in hostnames {
+        file.nodes
+            .entry(h.to_string())
+            .or_insert_with(|| NodeRecord::new(h, arm_new, now));
+    }
+    file.bundle_id = bundle_id.to_string();
+}
+
 pub struct Store {
     dir: Option<PathBuf>,
     inner: Mutex<StateFile>,
@@ -266,20 +277,32 @@ impl Store {
             },
             None => StateFile::default(),
         };
-        let now = now_ms();
-        file.nodes.retain(|h, _| hostnames.contains(&h.as_str()));
-        for h in hostnames {
-            file.nodes
-                .entry(h.to_string())
-                .or_insert_with(|| NodeRecord::new(h, arm_new, now));
-        }
-        file.bundle_id = bundle_id.to_string();
+        reconcile_nodes(&mut file, bundle_id, hostnames, arm_new);
         let store = Store {
             dir: dir.map(Path::to_path_buf),
             inner: Mutex::new(file),
         };
         store.persist(&store.inner.lock().unwrap())?;
         Ok(store)
+    }
+
+    /// A new bundle is being served: the same reconciliation as `open`, persisted before it is
+    /// visible. Nodes keep their state, so a reload never re-arms or disarms anything by itself.
+    pub fn reconcile(
+        &self,
+        bundle_id: &str,
+        hostnames: &[&str],
+        arm_new: bool,
+    ) -> std::io::Result<()> {
+        let mut g = self.inner.lock().unwrap();
+        let mut next = StateFile {
+            bundle_id: g.bundle_id.clone(),
+            nodes: g.nodes.clone(),
+        };
+        reconcile_nodes(&mut next, bundle_id, hostnames, arm_new);
+        self.persist(&next)?;
+        *g = next;
+        Ok(())
     }
 
     pub fn get(&self, hostname: &str) -> Option<NodeRecord> {
@@ -534,5 +557,20 @@ mod tests {
             s.get("a").is_none(),
             "nodes gone from the bundle are dropped"
         );
+    }
+
+    #[test]
+    fn reconcile_on_reload_keeps_states_and_persists_before_it_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(Some(dir.path()), "b1", &["a", "b"], true).unwrap();
+        s.apply("a", &served()).unwrap();
+        s.reconcile("b2", &["a", "c"], false).unwrap();
+        assert_eq!(s.state("a"), Some(Booting), "a reload re-arms nothing");
+        assert_eq!(s.state("b"), None);
+        assert_eq!(s.state("c"), Some(Disarmed));
+        drop(s);
+        let s = Store::open(Some(dir.path()), "b2", &["a", "c"], true).unwrap();
+        assert_eq!(s.state("a"), Some(Booting));
+        assert_eq!(s.state("c"), Some(Disarmed), "the reload was on disk");
     }
 }

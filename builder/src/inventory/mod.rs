@@ -1,6 +1,7 @@
 //! The inventory: one YAML file describing the rack. `load` parses it in two layers (raw serde
 //! with locations → validated model) and reports every problem at once.
 
+pub mod edit;
 pub mod model;
 pub mod profiles;
 pub mod raw;

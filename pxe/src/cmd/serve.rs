@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use pxe::boot_files::BootFiles;
-use pxe::bundle::Bundle;
+use pxe::bundle::{Bundle, LiveBundle};
 use pxe::dhcp_policy::{self, DhcpPolicyConfig, Firmware, NodeView, PoolRange};
 use pxe::leases::LeaseStore;
 use pxe::metrics::HttpCounters;
@@ -25,13 +25,14 @@ use crate::cli::{DhcpMode, ServeArgs};
 
 /// DHCP's view of the nodes: the plan's MACs with the live install state.
 struct PlanLookup {
-    bundle: Arc<Bundle>,
+    bundle: Arc<LiveBundle>,
     store: Arc<Store>,
 }
 
 impl NodeLookup for PlanLookup {
     fn node(&self, mac: &MacAddr) -> Option<NodeView> {
-        let n = self.bundle.node_by_mac(mac)?;
+        let bundle = self.bundle.get();
+        let n = bundle.node_by_mac(mac)?;
         Some(NodeView {
             hostname: n.hostname.clone(),
             inventory_ip: Some(n.ip),
@@ -73,9 +74,17 @@ fn tcp_listener(
 }
 
 pub async fn serve(a: &ServeArgs) -> Result<()> {
-    let bundle = Arc::new(Bundle::load(&a.bundle).context("loading bundle")?);
+    let bundle = Bundle::load(&a.bundle).context("loading bundle")?;
     let plan = &bundle.plan;
     let root = nix::unistd::geteuid().is_root();
+    // As root, start the bundle reader now: after the drop to --user this process cannot open
+    // the bundle's owner-only files, and `POST /api/v1/reload` still has to.
+    let live = Arc::new(if root {
+        let exe = std::env::current_exe().context("locating the pxe binary")?;
+        LiveBundle::with_reader(bundle.clone(), &exe).context("starting the bundle reader")?
+    } else {
+        LiveBundle::new(bundle.clone())
+    });
     let iface = a.interface.as_deref();
     let iface_ip = match iface {
         Some(i) => net::interface_ipv4(i)
@@ -175,7 +184,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
             });
         }
         let lookup = Arc::new(PlanLookup {
-            bundle: bundle.clone(),
+            bundle: live.clone(),
             store: store.clone(),
         });
         let mut ctx = DhcpContext::new(policy, lookup, leases);
@@ -199,7 +208,8 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     tracing::info!(artifacts = %artifacts.display(), "serving /artifacts/ from");
     let tftp_stats = Arc::new(TftpStats::default());
     let app = Arc::new(HttpApp {
-        bundle: bundle.clone(),
+        bundle: live.clone(),
+        arm_new: !a.no_arm,
         store: store.clone(),
         counters: Arc::new(HttpCounters::default()),
         tftp_stats: tftp_stats.clone(),

@@ -18,7 +18,7 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use crate::boot_policy::{self, Script};
-use crate::bundle::{Bundle, PlanNode};
+use crate::bundle::{Bundle, LiveBundle, PlanNode};
 use crate::metrics::{self, HttpCounters};
 use crate::serve::dhcp::DhcpContext;
 use crate::serve::tftp::TftpStats;
@@ -26,7 +26,9 @@ use crate::state::{Event, NodeRecord, Store, StoreError, TransitionError};
 use images::plan::{ImageRef, InstallPlan, SeedUrls};
 
 pub struct HttpApp {
-    pub bundle: Arc<Bundle>,
+    pub bundle: Arc<LiveBundle>,
+    /// Nodes first seen in a reloaded bundle start armed (`pxe serve` without `--no-arm`).
+    pub arm_new: bool,
     pub store: Arc<Store>,
     pub counters: Arc<HttpCounters>,
     pub tftp_stats: Arc<TftpStats>,
@@ -48,6 +50,7 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         .route("/seed/{host}/{token}/{file}", get(seed))
         .route("/artifacts/k3s/{name}", get(airgap))
         .route("/artifacts/{*path}", get(artifact))
+        .route("/api/v1/reload", post(reload))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{name}", get(node))
         .route("/api/v1/nodes/{name}/arm", post(arm))
@@ -117,7 +120,8 @@ async fn boot(
     let Some(mac) = boot_policy::parse_boot_file(&file) else {
         return text(StatusCode::NOT_FOUND, "expected /boot/<mac>.ipxe\n");
     };
-    let node = app.bundle.node_by_mac(&mac);
+    let bundle = app.bundle.get();
+    let node = bundle.node_by_mac(&mac);
     let state = node.and_then(|n| app.store.state(&n.hostname));
     let mut decision = boot_policy::choose(state);
     if decision == Script::Install {
@@ -137,10 +141,10 @@ async fn boot(
     tracing::info!(%mac, node = hostname, client = %peer.ip(), ?state, decision = decision.label(), "boot script");
     let rel = match decision {
         Script::Install => node.unwrap().install_script.clone(),
-        Script::Local => app.bundle.plan.local_boot_script.clone(),
-        Script::Unknown => app.bundle.plan.unknown_script.clone(),
+        Script::Local => bundle.plan.local_boot_script.clone(),
+        Script::Unknown => bundle.plan.unknown_script.clone(),
     };
-    match app.bundle.read(&rel) {
+    match bundle.read(&rel) {
         Ok(b) => ipxe(b),
         Err(e) => internal(&format!("reading {rel}"), e),
     }
@@ -181,9 +185,14 @@ impl IntoResponse for Refusal {
 
 /// The node behind an installer URL, only while it is armed for install and with its token.
 /// A wrong host or token is the same 404, so the URL space tells nothing to a guesser.
-fn armed_node<'a>(app: &'a HttpApp, host: &str, token: &str) -> Result<&'a PlanNode, Refusal> {
+fn armed_node<'a>(
+    app: &HttpApp,
+    bundle: &'a Bundle,
+    host: &str,
+    token: &str,
+) -> Result<&'a PlanNode, Refusal> {
     let not_found = || Refusal::NotFound;
-    let node = app.bundle.node(host).ok_or_else(not_found)?;
+    let node = bundle.node(host).ok_or_else(not_found)?;
     if !token_ok(&node.seed_token, token) {
         tracing::warn!(node = host, "seed or plan request with a wrong token");
         return Err(not_found());
@@ -198,13 +207,14 @@ fn armed_node<'a>(app: &'a HttpApp, host: &str, token: &str) -> Result<&'a PlanN
 }
 
 async fn plan(State(app): App, UrlPath((host, token)): UrlPath<(String, String)>) -> Response {
-    let node = match armed_node(&app, &host, &token) {
+    let bundle = app.bundle.get();
+    let node = match armed_node(&app, &bundle, &host, &token) {
         Ok(n) => n,
         Err(r) => return r.into_response(),
     };
-    let base = &app.bundle.plan.appliance.url;
+    let base = &bundle.plan.appliance.url;
     let seed = format!("{base}/seed/{host}/{token}");
-    let p = &app.bundle.plan;
+    let p = &bundle.plan;
     Json(InstallPlan {
         hostname: node.hostname.clone(),
         fqdn: node.fqdn.clone(),
@@ -250,7 +260,8 @@ async fn seed(
     State(app): App,
     UrlPath((host, token, file)): UrlPath<(String, String, String)>,
 ) -> Response {
-    let node = match armed_node(&app, &host, &token) {
+    let bundle = app.bundle.get();
+    let node = match armed_node(&app, &bundle, &host, &token) {
         Ok(n) => n,
         Err(r) => return r.into_response(),
     };
@@ -258,7 +269,7 @@ async fn seed(
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
     let rel = format!("{}/{file}", node.seed_dir);
-    match app.bundle.read(&rel) {
+    match bundle.read(&rel) {
         Ok(b) => (
             [
                 (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -272,7 +283,8 @@ async fn seed(
 }
 
 async fn airgap(State(app): App, UrlPath(name): UrlPath<String>, req: Request) -> Response {
-    let Some(a) = app.bundle.plan.airgap.as_ref().and_then(|m| m.get(&name)) else {
+    let bundle = app.bundle.get();
+    let Some(a) = bundle.plan.airgap.as_ref().and_then(|m| m.get(&name)) else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
     serve_file(&a.path, req).await
@@ -317,7 +329,8 @@ async fn artifact(State(app): App, UrlPath(path): UrlPath<String>, req: Request)
 }
 
 fn view(app: &HttpApp, r: &NodeRecord) -> serde_json::Value {
-    let n = app.bundle.node(&r.hostname);
+    let bundle = app.bundle.get();
+    let n = bundle.node(&r.hostname);
     json!({
         "hostname": r.hostname,
         "mac": n.map(|n| n.mac.to_string()),
@@ -335,8 +348,51 @@ fn view(app: &HttpApp, r: &NodeRecord) -> serde_json::Value {
 
 async fn nodes(State(app): App) -> Response {
     let list: Vec<_> = app.store.all().iter().map(|r| view(&app, r)).collect();
-    Json(json!({"cluster": app.bundle.plan.cluster, "bundle": app.bundle.id, "nodes": list}))
+    let bundle = app.bundle.get();
+    Json(json!({"cluster": bundle.plan.cluster, "bundle": bundle.id, "nodes": list}))
         .into_response()
+}
+
+/// Re-read and verify the bundle folder and serve it from now on (after `builder render` or
+/// `builder rebuild`). A bundle that fails verification is refused and the old one stays.
+/// Node states carry over; nodes new to this pxe start as at startup. DHCP settings taken from
+/// the network section at startup (pool, reserved addresses, server address) need a restart.
+async fn reload(State(app): App) -> Response {
+    let live = app.bundle.clone();
+    let loaded = match tokio::task::spawn_blocking(move || live.load_fresh()).await {
+        Ok(r) => r,
+        Err(e) => return internal("reloading the bundle", e),
+    };
+    let new = match loaded {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("reload refused, still serving the old bundle: {e}");
+            return text(
+                StatusCode::CONFLICT,
+                format!("reload refused, still serving the old bundle: {e}\n"),
+            );
+        }
+    };
+    let hosts: Vec<&str> = new.plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
+    if let Err(e) = app.store.reconcile(&new.id, &hosts, app.arm_new) {
+        return internal("saving node state", e);
+    }
+    let (id, nodes) = (new.id.clone(), hosts.len());
+    let old = app.bundle.replace(new);
+    let current = app.bundle.get();
+    let restart_needed = serde_json::to_value(&old.plan.network).ok()
+        != serde_json::to_value(&current.plan.network).ok()
+        || old.plan.api_vip != current.plan.api_vip;
+    if restart_needed {
+        tracing::warn!(
+            "the reloaded bundle changes the network section: restart pxe for DHCP to follow"
+        );
+    }
+    tracing::info!(bundle = %id, old = %old.id, nodes, "bundle reloaded");
+    Json(
+        json!({"bundle": id, "previous": old.id, "nodes": nodes, "restart_needed": restart_needed}),
+    )
+    .into_response()
 }
 
 async fn node(State(app): App, UrlPath(name): UrlPath<String>) -> Response {

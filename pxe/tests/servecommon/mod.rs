@@ -90,30 +90,36 @@ pub struct Server {
 impl Server {
     /// The `pxe serve` command line every test uses: loopback, DHCP off, free ports.
     pub fn command(lab: &Lab, extra: &[&str]) -> Command {
+        Self::command_on(lab, 0, 0, extra)
+    }
+
+    /// The same on fixed ports (tests that hand the URL to another program before starting).
+    pub fn command_on(lab: &Lab, http: u16, tftp: u16, extra: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pxe"));
-        c.args([
-            "serve",
-            "--listen",
-            "127.0.0.1",
-            "--dhcp",
-            "off",
-            "--http-port",
-            "0",
-            "--tftp-port",
-            "0",
-        ])
-        .arg("--bundle")
-        .arg(&lab.bundle)
-        .arg("--state")
-        .arg(&lab.state)
-        .arg("--ipxe-dir")
-        .arg(&lab.ipxe)
-        .args(extra);
+        c.args(["serve", "--listen", "127.0.0.1", "--dhcp", "off"])
+            .args(["--http-port", &http.to_string()])
+            .args(["--tftp-port", &tftp.to_string()])
+            .arg("--bundle")
+            .arg(&lab.bundle)
+            .arg("--state")
+            .arg(&lab.state)
+            .arg("--ipxe-dir")
+            .arg(&lab.ipxe)
+            .args(extra);
         c
     }
 
     pub fn start(lab: &Lab, extra: &[&str]) -> Server {
-        let mut child = Self::command(lab, extra)
+        Self::spawn(Self::command(lab, extra))
+    }
+
+    pub fn start_on(lab: &Lab, http: u16, tftp: u16, extra: &[&str]) -> Server {
+        Self::spawn(Self::command_on(lab, http, tftp, extra))
+    }
+
+    /// Start a `pxe serve` command line and wait for its READY line.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

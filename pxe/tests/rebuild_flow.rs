@@ -1,0 +1,374 @@
+//! Replacing a node's hardware against the real `pxe serve` on loopback: the bundle is
+//! re-rendered under a running server, `POST /api/v1/reload` makes it live (the new MAC gets
+//! the installer, the old one does not), and the real `builder rebuild` drives it all, with
+//! `--watch` following the node to booted. Loopback ports 18610–18619.
+
+#[path = "servecommon/mod.rs"]
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use builder::diag::Diagnostics;
+use builder::inventory::{self, DEFAULT_INVENTORY, ProfileSet};
+use builder::render::{self, RenderOptions};
+use builder::secrets::Secrets;
+use builder::templates::Templates;
+use common::{Lab, Server};
+use serde_json::Value;
+
+/// `builder`, built on demand: a `pxe` test gets no `CARGO_BIN_EXE_builder` (as in vm_pxe.rs).
+fn builder_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "builder"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let st = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "cargo build -p builder failed");
+    profile_dir.join("builder")
+}
+
+fn render_into(bundle: &Path, text: &str, secrets: &Secrets, opts: &RenderOptions) {
+    let templates = Templates::embedded();
+    let mut d = Diagnostics::default();
+    let profiles = ProfileSet::load(&[], &mut d);
+    let (inv, more) = inventory::load("lab.yaml", text, &profiles, &templates);
+    let inv = inv.unwrap_or_else(|| panic!("{}", more.render(&|_| None)));
+    let b = render::render(&inv, secrets, &templates, opts).unwrap();
+    builder::bundle::write(bundle, &b).unwrap();
+}
+
+/// A lab whose bundle is rendered by the library from `text`, with fixed secrets.
+fn lab_from(text: &str, secrets: &Secrets) -> Lab {
+    let lab = common::lab();
+    render_into(&lab.bundle, text, secrets, &RenderOptions::default());
+    let plan =
+        serde_json::from_slice(&std::fs::read(lab.bundle.join("plan.json")).unwrap()).unwrap();
+    Lab { plan, ..lab }
+}
+
+/// Drive a node from armed to booted as iPXE, the installer and cloud-init would.
+fn install(s: &Server, host: &str, mac: &str) {
+    assert!(s.boot_script(mac).contains("plan"), "{host} not armed");
+    assert_eq!(
+        s.event(
+            host,
+            r#"{"event":"installing","disk":"/dev/vda","total":100}"#
+        ),
+        200
+    );
+    assert_eq!(
+        s.event(host, r#"{"event":"progress","written":50,"total":100}"#),
+        200
+    );
+    assert_eq!(s.event(host, r#"{"event":"installed","sha256":"ab"}"#), 200);
+    assert_eq!(s.event(host, r#"{"event":"booted"}"#), 200);
+    assert_eq!(s.state(host), "booted");
+}
+
+#[test]
+fn reload_serves_the_new_mac_and_keeps_node_states() {
+    let secrets = Secrets::generate();
+    let lab = lab_from(DEFAULT_INVENTORY, &secrets);
+    let s = Server::start_on(&lab, 18610, 18611, &[]);
+    let old = "d8:9e:f3:20:00:21";
+    let new = "d8:9e:f3:20:00:99";
+    install(&s, "k3s1", old);
+    install(&s, "k3s2", "d8:9e:f3:20:00:22");
+    let install_script =
+        String::from_utf8(std::fs::read(lab.bundle.join("ipxe/k3s1.ipxe")).unwrap()).unwrap();
+
+    // Re-render with k3s1's new MAC while the server runs: nothing changes until a reload.
+    render_into(
+        &lab.bundle,
+        &DEFAULT_INVENTORY.replace(old, new),
+        &secrets,
+        &RenderOptions::default(),
+    );
+    assert!(s.boot_script(new).contains("not in the inventory"));
+    let (st, body) = s.post("/api/v1/reload", "");
+    assert_eq!(st, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(v["bundle"], v["previous"]);
+    assert_eq!(v["restart_needed"], false);
+    let (_, nodes) = s.get("/api/v1/nodes");
+    assert_eq!(
+        serde_json::from_str::<Value>(&nodes).unwrap()["bundle"],
+        v["bundle"]
+    );
+
+    // States carried over: nothing was re-armed by the reload itself.
+    assert_eq!(s.state("k3s1"), "booted");
+    assert_eq!(s.state("k3s2"), "booted");
+    assert_eq!(s.node("k3s1")["mac"], new);
+    assert!(s.boot_script(new).contains("booting from local disk"));
+    assert_eq!(s.post("/api/v1/nodes/k3s1/arm", "").0, 200);
+    assert_eq!(
+        s.boot_script(new),
+        install_script,
+        "the new MAC gets the installer"
+    );
+    let old_answer = s.boot_script(old);
+    assert!(
+        old_answer.contains("not in the inventory") && !old_answer.contains("plan"),
+        "the old MAC is no longer installed: {old_answer}"
+    );
+    // The new MAC reached the DHCP-facing lookup too: k3s2 is untouched and still local.
+    assert!(!s.boot_script("d8:9e:f3:20:00:22").contains("plan"));
+
+    // A broken bundle is refused and the last good one stays live.
+    std::fs::write(lab.bundle.join("ipxe/k3s2.ipxe"), "#!ipxe\ntampered\n").unwrap();
+    let (st, body) = s.post("/api/v1/reload", "");
+    assert_eq!(st, 409, "{body}");
+    assert!(body.contains("still serving the old bundle"), "{body}");
+    assert_eq!(s.node("k3s1")["mac"], new);
+    assert_eq!(s.state("k3s1"), "booting");
+}
+
+fn wait_for(s: &Server, host: &str, state: &str) {
+    let t = Instant::now();
+    while s.state(host) != state {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{host} never got to {state}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn builder(bin: &Path, dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("IRONSEED_INVENTORY")
+        .env_remove("IRONSEED_SECRETS")
+        .env_remove("IRONSEED_PXE")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
+    let bin = builder_bin();
+    let lab = common::lab();
+    let dir = lab.dir.path();
+    std::fs::write(dir.join("lab.yaml"), DEFAULT_INVENTORY).unwrap();
+    std::fs::remove_dir_all(&lab.bundle).unwrap();
+    let o = builder(&bin, dir, &["render", "-i", "lab.yaml", "-o", "bundle"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = Server::start_on(&lab, 18612, 18613, &[]);
+    let url = "http://127.0.0.1:18612";
+    let (old, new) = ("52:54:00:20:00:11", "52:54:00:20:00:99");
+    install(&s, "k3s-master1", old);
+
+    let o = builder(
+        &bin,
+        dir,
+        &[
+            "rebuild",
+            "k3s-master1",
+            "--mac",
+            new,
+            "-i",
+            "lab.yaml",
+            "-o",
+            "bundle",
+            "--server",
+            url,
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{out}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("k3s-master1: armed on http://127.0.0.1:18612"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sudo k3s kubectl delete node k3s-master1"),
+        "{out}"
+    );
+
+    // Armed, with the new MAC live in the running server: no restart.
+    assert_eq!(s.state("k3s-master1"), "armed");
+    assert_eq!(s.node("k3s-master1")["mac"], new);
+    let script = s.boot_script(new);
+    let want = std::fs::read_to_string(lab.bundle.join("ipxe/k3s-master1.ipxe")).unwrap();
+    assert_eq!(script, want, "the new MAC gets the install script");
+    assert!(
+        !s.boot_script(old).contains("plan"),
+        "the old MAC gets no installer"
+    );
+    // The seed it installs with is the join form.
+    let cfg =
+        std::fs::read_to_string(lab.bundle.join("nodes/k3s-master1/k3s/config.yaml")).unwrap();
+    assert!(cfg.contains("server: \"https://10.0.20.10:6443\"") && !cfg.contains("cluster-init"));
+    // Only the MAC changed in the operator's file.
+    let edited = std::fs::read_to_string(dir.join("lab.yaml")).unwrap();
+    assert_eq!(edited, DEFAULT_INVENTORY.replacen(old, new, 1));
+
+    // pxe serving another folder than the one rendered into: nothing is armed, since the
+    // served bundle still has the old config and MACs.
+    install(&s, "k3s2", "d8:9e:f3:20:00:22");
+    let o = builder(
+        &bin,
+        dir,
+        &[
+            "rebuild",
+            "k3s2",
+            "-i",
+            "lab.yaml",
+            "-o",
+            "elsewhere",
+            "--server",
+            url,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("serves another bundle folder") && e.contains("not arming k3s2"),
+        "{e}"
+    );
+    assert!(
+        e.contains("pxe arm k3s2 --server http://127.0.0.1:18612"),
+        "{e}"
+    );
+    assert_eq!(s.state("k3s2"), "booted");
+
+    // --watch: follow k3s-master1 through a whole install, driven like the real clients.
+    let mut child = Command::new(&bin)
+        .args([
+            "rebuild",
+            "k3s-master1",
+            "-i",
+            "lab.yaml",
+            "-o",
+            "bundle",
+            "--server",
+            url,
+            "--watch",
+        ])
+        .current_dir(dir)
+        .env_remove("IRONSEED_PXE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first install ended in `booted`; the rebuild re-arms it.
+    install_after_rearm(&s, "k3s-master1", new);
+    let st = child.wait().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(st.success(), "{err}\n{out}");
+    for state in ["installing after", "installed after", "booted after"] {
+        assert!(out.contains(state), "{state}: {out}");
+    }
+    assert!(
+        out.contains("k3s-master1: booted ") && out.contains(" after arming"),
+        "{out}"
+    );
+
+    // A failed install ends the watch with the reason and a non-zero exit.
+    let mut child = Command::new(&bin)
+        .args([
+            "rebuild",
+            "k3s-master1",
+            "-i",
+            "lab.yaml",
+            "-o",
+            "bundle",
+            "--server",
+            url,
+            "--watch",
+        ])
+        .current_dir(dir)
+        .env_remove("IRONSEED_PXE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_rearmed(&s, "k3s-master1");
+    assert!(s.boot_script(new).contains("plan"));
+    assert_eq!(
+        s.event(
+            "k3s-master1",
+            r#"{"event":"failed","reason":"no disk matches the install selector"}"#
+        ),
+        200
+    );
+    let st = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!st.success());
+    assert!(
+        err.contains("k3s-master1 failed: no disk matches the install selector"),
+        "{err}"
+    );
+}
+
+/// Wait until `builder rebuild` re-armed a booted node (its state leaves `booted`).
+fn wait_rearmed(s: &Server, host: &str) {
+    let t = Instant::now();
+    while s.state(host) == "booted" || s.state(host) == "failed" {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{host} was never re-armed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for(s, host, "armed");
+}
+
+fn install_after_rearm(s: &Server, host: &str, mac: &str) {
+    wait_rearmed(s, host);
+    // Give the watcher a poll or two in each state, as a real install would.
+    let pause = || std::thread::sleep(Duration::from_millis(700));
+    assert!(s.boot_script(mac).contains("plan"));
+    pause();
+    assert_eq!(
+        s.event(
+            host,
+            r#"{"event":"installing","disk":"/dev/vda","total":1000}"#
+        ),
+        200
+    );
+    pause();
+    assert_eq!(
+        s.event(host, r#"{"event":"progress","written":500,"total":1000}"#),
+        200
+    );
+    pause();
+    assert_eq!(s.event(host, r#"{"event":"installed","sha256":"cd"}"#), 200);
+    pause();
+    assert_eq!(s.event(host, r#"{"event":"booted"}"#), 200);
+}
