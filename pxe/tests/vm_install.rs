@@ -4,7 +4,7 @@
 //! debian-12`: debootstrap, cloud-init 22.4), on the lab segment of vmcommon (network
 //! namespaces, a bridge, qemu under TCG).
 //!
-//! - vm-bios2 (an agent of pxe/tests/fixtures/vmlab.yaml; SeaBIOS + the iPXE NIC ROM, a blank
+//! - vm-bios1 (the server of pxe/tests/fixtures/vmlab.yaml; SeaBIOS + the iPXE NIC ROM, a blank
 //!   4 GiB virtio disk): DHCP → iPXE → HTTP installer → image streamed, verified, seed placed,
 //!   root partition grown → `installed` → reboot → PXE again, told to boot locally → cloud-init
 //!   applies the seed → phone_home → `booted`. Asserted from the API (timeline: installed with
@@ -14,7 +14,13 @@
 //!   its disk again.
 //! - A VM whose MAC is not in the inventory, in parallel: never installed; its disk stays all
 //!   zeroes.
-//! - `IRONSEED_VM_UEFI=1`: the same install for vm-uefi1 under OVMF (EDK2 PXE → TFTP → iPXE).
+//! - In parallel, vm-uefi1 under OVMF (EDK2 PXE → TFTP → iPXE → installer → systemd-boot from
+//!   the image's ESP): the same assertions. `IRONSEED_VM_UEFI=0` leaves it out.
+//! - Rebuild after a hardware failure (issue 6): `builder rebuild vm-bios1 --mac NEW --watch`
+//!   edits the inventory copy, re-renders the server in join form, reloads and arms pxe; a
+//!   replacement VM with the new MAC is installed and boots with the join config (`server:` the
+//!   VIP, no `cluster-init`: its first-boot checksum matches the re-rendered config), `--watch`
+//!   prints the arm → booted time, and the old machine's MAC is no longer offered an install.
 //!
 //! The golden image and installer are built into a cache outside the clone
 //! (`IRONSEED_E2E_CACHE`, default /var/cache/ironseed-e2e): the image is rebuilt only when its
@@ -34,9 +40,11 @@ use serde_json::Value;
 use sha2::Digest;
 use vmcommon::*;
 
-const NODE: &str = "vm-bios2";
-const NODE_MAC: &str = "52:54:00:88:00:12";
-const NODE_IP: &str = "10.88.0.12";
+const NODE: &str = "vm-bios1";
+const NODE_MAC: &str = "52:54:00:88:00:11";
+const NODE_IP: &str = "10.88.0.11";
+/// The replacement hardware of the rebuild phase.
+const NEW_MAC: &str = "52:54:00:88:00:19";
 const UEFI_NODE: &str = "vm-uefi1";
 const UEFI_MAC: &str = "52:54:00:88:00:21";
 const UEFI_IP: &str = "10.88.0.21";
@@ -175,10 +183,11 @@ fn assert_installed_and_configured(ns: &str, vm: &Vm, host: &str, ip: &str, bund
         })
         .collect();
     let events: Vec<&str> = timeline.iter().map(|(e, _)| e.as_str()).collect();
+    // The last of each: after a rebuild the timeline holds the original install too.
     let pos = |e: &str| {
         events
             .iter()
-            .position(|x| *x == e)
+            .rposition(|x| *x == e)
             .unwrap_or_else(|| panic!("{host}: no {e} in {timeline:?}"))
     };
     assert!(
@@ -195,6 +204,7 @@ fn assert_installed_and_configured(ns: &str, vm: &Vm, host: &str, ip: &str, bund
     let note = |kind: &str| {
         timeline
             .iter()
+            .rev()
             .find(|(e, d)| e == "note" && d.starts_with(&format!("{kind}: ")))
             .map(|(_, d)| d.clone())
             .unwrap_or_else(|| panic!("{host}: no {kind} note in {timeline:?}"))
@@ -219,6 +229,21 @@ fn assert_installed_and_configured(ns: &str, vm: &Vm, host: &str, ip: &str, bund
         "{host}: static address applied: {s:?}"
     );
     assert_eq!(s["k3s-config-sha256"], want, "{host}: k3s config in place");
+}
+
+/// A writable copy of the VM inventory (with its hardware/ profiles and secrets): `builder
+/// rebuild --mac` edits the inventory file in place.
+fn inventory_copy(dir: &Path) -> PathBuf {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let inv = dir.join("inventory");
+    std::fs::create_dir_all(inv.join("hardware")).unwrap();
+    for f in ["vmlab.yaml", "vmlab.secrets.yaml"] {
+        std::fs::copy(fx.join(f), inv.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(fx.join("hardware")).unwrap().flatten() {
+        std::fs::copy(e.path(), inv.join("hardware").join(e.file_name())).unwrap();
+    }
+    inv
 }
 
 fn lab_dir(tmp: tempfile::TempDir) -> (PathBuf, Option<tempfile::TempDir>) {
@@ -250,7 +275,7 @@ fn a_blank_vm_is_installed_and_boots_as_its_node() {
         eprintln!("SKIP: {why}");
         return;
     }
-    let uefi = std::env::var("IRONSEED_VM_UEFI").is_ok_and(|v| v == "1");
+    let uefi = std::env::var("IRONSEED_VM_UEFI").map_or(true, |v| v != "0");
     let t0 = Instant::now();
     let (dir, _guard) = lab_dir(
         tempfile::Builder::new()
@@ -260,7 +285,25 @@ fn a_blank_vm_is_installed_and_boots_as_its_node() {
     );
     let artifacts = artifacts();
     let bundle = dir.join("bundle");
-    render_bundle(&bundle);
+    let inv = inventory_copy(&dir);
+    let source = |cmd: &mut Command| {
+        cmd.arg("-i")
+            .arg(inv.join("vmlab.yaml"))
+            .arg("--secrets")
+            .arg(inv.join("vmlab.secrets.yaml"))
+            .arg("-o")
+            .arg(&bundle);
+    };
+    let mut render = Command::new(builder_bin());
+    render.arg("render");
+    source(&mut render);
+    run(&mut render);
+    let first_cfg =
+        std::fs::read_to_string(bundle.join(format!("nodes/{NODE}/k3s/config.yaml"))).unwrap();
+    assert!(
+        first_cfg.contains("cluster-init: true"),
+        "the first server bootstraps: {first_cfg}"
+    );
 
     let lab = Lab::new(3);
     let ns = lab.pxe.0.clone();
@@ -352,6 +395,84 @@ fn a_blank_vm_is_installed_and_boots_as_its_node() {
     again.proc.stop();
     assert!(!again.serial_text().contains("ironseed: installing"));
     assert_eq!(node(&ns, NODE)["state"], "booted");
+    drop(again);
+
+    // The server's hardware dies; its replacement has another NIC. One command: edit the MAC,
+    // re-render in join form, reload and arm pxe, and follow the node to booted.
+    let p3 = Instant::now();
+    let mut rebuild = Command::new("ip");
+    rebuild
+        .args(["netns", "exec", &ns])
+        .arg(builder_bin())
+        .args(["rebuild", NODE, "--mac", NEW_MAC, "--watch", "--server"])
+        .arg(format!("http://{SERVER}:{HTTP_PORT}"));
+    source(&mut rebuild);
+    let watch = std::thread::spawn(move || rebuild.output().expect("builder rebuild"));
+    // `--watch` is running: the node is armed once the API says so.
+    let until = Instant::now() + Duration::from_secs(300);
+    while node(&ns, NODE)["state"] != "armed" {
+        assert!(
+            !watch.is_finished(),
+            "builder rebuild ended before arming the node"
+        );
+        assert!(Instant::now() < until, "{NODE} was never re-armed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let inv_text = std::fs::read_to_string(inv.join("vmlab.yaml")).unwrap();
+    assert!(
+        inv_text.contains(NEW_MAC) && !inv_text.contains(NODE_MAC),
+        "MAC edited in place"
+    );
+    let join_cfg =
+        std::fs::read_to_string(bundle.join(format!("nodes/{NODE}/k3s/config.yaml"))).unwrap();
+    assert!(
+        join_cfg.contains("server: https://10.88.0.10:6443") && !join_cfg.contains("cluster-init"),
+        "a rebuilt server joins through the VIP and never re-initialises: {join_cfg}"
+    );
+    let jobs: Vec<Box<dyn FnOnce() -> Vm + Send + '_>> = vec![
+        Box::new(install(
+            "replacement",
+            Firmware::Bios,
+            "vmttap0",
+            NEW_MAC,
+            NODE,
+        )),
+        Box::new(|| {
+            // The old machine (its disk still installed) PXE-boots: its MAC is no longer in the
+            // inventory, so it is sent on to its disk, never to the installer.
+            let mut o = VmOpts::new(Firmware::Bios, "vmttap1", NODE_MAC);
+            o.reuse_disk = true;
+            o.mem_mb = 1024;
+            let mut vm = Vm::start_with(labr, d, "old-hardware", &o);
+            vm.wait("is not in the inventory");
+            vm.wait("Linux version");
+            vm.proc.stop();
+            vm
+        }),
+    ];
+    let vms = parallel(jobs);
+    let out = watch.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "builder rebuild --watch: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let took = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{NODE}: booted ")) && l.ends_with("after arming"))
+        .unwrap_or_else(|| panic!("no arm → booted time in: {stdout}"));
+    eprintln!(
+        "timing: rebuild {:>6.1} s; builder rebuild --watch says: {took}",
+        p3.elapsed().as_secs_f64()
+    );
+    assert_installed_and_configured(&ns, &vms[0], NODE, NODE_IP, &bundle);
+    assert!(!vms[1].serial_text().contains("ironseed: installing"));
+    assert_eq!(
+        node(&ns, NODE)["installs"],
+        2,
+        "installed twice: original and replacement"
+    );
     assert!(pxe.alive(), "pxe serve died");
     pxe.stop();
     eprintln!("timing: total {:>6.1} s", t0.elapsed().as_secs_f64());
