@@ -198,6 +198,13 @@ pub fn read_files(dir: &Path) -> Result<BTreeMap<String, std::sync::Arc<[u8]>>, 
         if rel.starts_with("usb/") {
             continue;
         }
+        // The reader may run as root (`pxe bundle-reader`): a symlink in the bundle must not
+        // make it read a file outside it. builder writes only regular files.
+        if let (Ok(root), Ok(real)) = (dir.canonicalize(), dir.join(rel).canonicalize())
+            && !real.starts_with(&root)
+        {
+            return Err(BundleError::Escape(rel.into()));
+        }
         let bytes = std::fs::read(dir.join(rel)).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 BundleError::Missing(rel.into())
@@ -386,6 +393,21 @@ mod tests {
             sums.push_str(&format!("{}  {rel}\n", hex(&Sha256::digest(bytes))));
         }
         std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_bundle_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"{}").unwrap();
+        write_bundle(d.path(), &[("plan.json", b"{}")]);
+        std::fs::remove_file(d.path().join("plan.json")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), d.path().join("plan.json"))
+            .unwrap();
+        assert!(matches!(
+            read_files(d.path()),
+            Err(BundleError::Escape(p)) if p == "plan.json"
+        ));
     }
 
     #[test]
