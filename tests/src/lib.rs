@@ -43,11 +43,22 @@ pub fn render_fixture_with(name: &str, base_opts: &RenderOptions) -> Fixture {
             vec![fixtures().join("hardware")],
         ),
     };
+    render_text(name, &text, &hw, base_opts)
+}
+
+/// The seed homelab with `edit` applied to its text (with the homelab's secrets).
+pub fn render_homelab_edited(edit: impl FnOnce(&str) -> String) -> Fixture {
+    let text = edit(DEFAULT_INVENTORY);
+    assert_ne!(text, DEFAULT_INVENTORY, "the edit changed nothing");
+    render_text("homelab", &text, &[], &RenderOptions::default())
+}
+
+fn render_text(name: &str, text: &str, hw: &[PathBuf], base_opts: &RenderOptions) -> Fixture {
     let mut d = Diagnostics::default();
     let hw_refs: Vec<&Path> = hw.iter().map(PathBuf::as_path).collect();
     let profiles = ProfileSet::load(&hw_refs, &mut d);
     let templates = Templates::embedded();
-    let (inv, more) = inventory::load(&format!("{name}.yaml"), &text, &profiles, &templates);
+    let (inv, more) = inventory::load(&format!("{name}.yaml"), text, &profiles, &templates);
     d.extend(more);
     let inv = inv.unwrap_or_else(|| panic!("fixture {name} invalid:\n{}", d.render(&|_| None)));
     let secrets_text =

@@ -249,6 +249,24 @@ fn nfs_host_exports_the_pool_and_runs_no_k3s() {
 }
 
 #[test]
+fn nfs_replication_never_mirrors_an_empty_pool_over_the_secondary() {
+    let f = ironseed_tests::render_homelab_edited(|t| {
+        t.replace("  # secondary:\n", "  secondary:\n").replace(
+            "  #   target: backup@nas2.lab.home.arpa:/srv/media-replica\n",
+            "    target: backup@nas2.lab.home.arpa:/srv/media-replica\n",
+        )
+    });
+    let ud = text(&f, "nodes/nfs1/user-data");
+    let guard = ud
+        .find("ExecStartPre=/bin/sh -c \"find '/srv/media' -mindepth 1 -maxdepth 1 ! -name lost+found | grep -q . || {")
+        .unwrap_or_else(|| panic!("no empty-pool guard in:\n{ud}"));
+    let mirror = ud
+        .find("ExecStart=/usr/bin/rsync -aHAXR --delete --numeric-ids /srv/media backup@nas2")
+        .unwrap_or_else(|| panic!("no mirror in:\n{ud}"));
+    assert!(guard < mirror, "the guard runs before the mirror");
+}
+
+#[test]
 fn network_config_is_static_v2_matching_the_inventory() {
     for name in FIXTURES {
         let f = render_fixture(name);
