@@ -426,7 +426,8 @@ fn a_blank_vm_is_installed_and_boots_as_its_node() {
     let join_cfg =
         std::fs::read_to_string(bundle.join(format!("nodes/{NODE}/k3s/config.yaml"))).unwrap();
     assert!(
-        join_cfg.contains("server: https://10.88.0.10:6443") && !join_cfg.contains("cluster-init"),
+        join_cfg.contains("server: \"https://10.88.0.10:6443\"")
+            && !join_cfg.contains("cluster-init"),
         "a rebuilt server joins through the VIP and never re-initialises: {join_cfg}"
     );
     let jobs: Vec<Box<dyn FnOnce() -> Vm + Send + '_>> = vec![
