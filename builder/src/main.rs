@@ -2,6 +2,7 @@ mod cli;
 mod commands;
 mod golden_cmd;
 mod images_cmd;
+mod usb_image;
 
 use clap::Parser;
 
@@ -19,6 +20,7 @@ fn main() -> std::process::ExitCode {
             cli::ImagesCommand::Installer(a) => golden_cmd::installer(a),
         },
         cli::Command::Usb(cli::UsbCommand::Write(a)) => commands::usb_write(a),
+        cli::Command::Usb(cli::UsbCommand::Image(a)) => usb_image::image(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

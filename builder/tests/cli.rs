@@ -276,6 +276,7 @@ fn help_documents_every_flag_and_readme_mentions_them() {
         "images build",
         "images installer",
         "usb write",
+        "usb image",
     ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");
