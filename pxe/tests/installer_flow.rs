@@ -148,15 +148,19 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
         .collect();
     assert!(timeline.contains(&"installing"), "{timeline:?}");
 
-    // Disk = image everywhere but the cidata slot; the old system's bytes beyond the image stay
-    // (a real disk is larger than the image; root is grown on first boot).
+    // Disk = image everywhere but the cidata slot and the GPT, which the installer rewrote when
+    // it grew the root partition (last) to the end of the disk (images::gpt).
     let got = std::fs::read(&disk).unwrap();
     let slot = (MIB as usize)..(2 * MIB as usize);
-    assert!(got[..slot.start] == img[..slot.start], "GPT and boot area");
-    assert!(
-        got[slot.end..img.len()] == img[slot.end..],
-        "root partition"
-    );
+    assert!(got[..446] == img[..446], "boot code");
+    let parts = |b: &[u8]| images::gpt::partitions(&mut io::Cursor::new(b.to_vec())).unwrap();
+    let (before, after) = (parts(&img), parts(&got));
+    assert_eq!(after[0], before[0], "cidata slot where it was");
+    assert_eq!(after[1].first_byte, before[1].first_byte);
+    assert_eq!(after[1].len, 10 * MIB - before[1].first_byte - 33 * 512, "root grown");
+    // Up to the image's old backup GPT (zeroed by the grow).
+    let end = img.len() - 33 * 512;
+    assert!(got[slot.end..end] == img[slot.end..end], "root partition");
     // The seed in the slot is the node's, readable as FAT labelled CIDATA.
     let fs = fatfs::FileSystem::new(io::Cursor::new(got[slot].to_vec()), fatfs::FsOptions::new())
         .unwrap();
