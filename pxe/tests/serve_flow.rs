@@ -124,7 +124,9 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
             "script-served",
             "installing",
             "installed",
-            "booted"
+            "booted",
+            // phone_home's fields, kept as a note (vm_install.rs asserts its content)
+            "note"
         ]
     );
 
