@@ -462,7 +462,7 @@ mod tests {
         let l = layout(128 * MIB, 239_275_278);
         assert_eq!(l.esp_start, MIB);
         assert_eq!(l.image_start, 129 * MIB);
-        assert!(l.image_len >= 239_275_278 && l.image_len % MIB == 0);
+        assert!(l.image_len >= 239_275_278 && l.image_len.is_multiple_of(MIB));
         assert_eq!(l.total, l.image_start + l.image_len + MIB);
         let s = sfdisk_script(&l, &ids_for("k3s1"));
         assert!(s.contains("name=\"ironseed-esp\", attrs=\"LegacyBIOSBootable\""));

@@ -157,7 +157,11 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
     let (before, after) = (parts(&img), parts(&got));
     assert_eq!(after[0], before[0], "cidata slot where it was");
     assert_eq!(after[1].first_byte, before[1].first_byte);
-    assert_eq!(after[1].len, 10 * MIB - before[1].first_byte - 33 * 512, "root grown");
+    assert_eq!(
+        after[1].len,
+        10 * MIB - before[1].first_byte - 33 * 512,
+        "root grown"
+    );
     // Up to the image's old backup GPT (zeroed by the grow).
     let end = img.len() - 33 * 512;
     assert!(got[slot.end..end] == img[slot.end..end], "root partition");
