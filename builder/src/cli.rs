@@ -171,6 +171,15 @@ pub struct InstallerArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum UsbCommand {
+    /// Build NODE's offline installer image: a disk image (BIOS and UEFI bootable) holding the
+    /// installer, NODE's install plan and seed, and the golden image. Booted on the node (from a
+    /// stick written with `builder usb write`), it installs NODE with no network boot and no
+    /// appliance, with the same disk selection as the network installer; the stick itself is
+    /// never an install target.
+    ///
+    /// The bundle is rendered from the inventory (as `builder render` would), or read from an
+    /// existing bundle with --bundle. The image file is mode 0600: it carries the k3s token.
+    Image(UsbImageArgs),
     /// Write IMAGE to the USB stick DEVICE, then read the stick back and compare sha256.
     ///
     /// Refuses a device that is mounted (or any of its partitions), holds the running system
@@ -200,6 +209,32 @@ pub struct UsbWriteArgs {
     /// Test seam: let a regular file stand in for DEVICE (the test suite has no stick). Hidden.
     #[arg(long = "i-know-target-is-a-file", hide = true)]
     pub target_is_file: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UsbImageArgs {
+    /// Hostname of the node to install (as in the inventory).
+    pub node: String,
+    /// Where to write the image (replaced atomically; mode 0600).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub artifacts: ArtifactsArg,
+    /// Golden image to put on the stick, by catalog name: DIR/images/NAME.raw.zst with its
+    /// .sha256. Default: the inventory's os.image.
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
+    /// Read an already rendered bundle (the appliance's) instead of rendering the inventory:
+    /// its files are checked against its SHA256SUMS. Use it for a node that is rebuilt into a
+    /// running cluster (the bundle knows which nodes join).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["inventory", "secrets"])]
+    pub bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Secrets file, as for `render`. It must exist: a stick with a fresh k3s token could not
+    /// join the cluster.
+    #[arg(long, value_name = "FILE", env = "IRONSEED_SECRETS")]
+    pub secrets: Option<PathBuf>,
 }
 
 /// `--usb-format`.

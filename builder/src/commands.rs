@@ -196,7 +196,7 @@ fn joined_from(out: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-pub fn options(l: &Loaded, out: &Path) -> Result<RenderOptions> {
+pub(crate) fn options(l: &Loaded, out: &Path) -> Result<RenderOptions> {
     let airgap = match &l.inventory.cluster.k3s.airgap {
         Some(a) => Some(AirgapHashes {
             binary_sha256: hash_file(&a.binary).context("air-gap k3s binary")?,

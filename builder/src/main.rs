@@ -3,6 +3,7 @@ mod commands;
 mod golden_cmd;
 mod images_cmd;
 mod rebuild;
+mod usb_image;
 
 use clap::Parser;
 
@@ -22,6 +23,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Usb(cli::UsbCommand::Write(a)) => commands::usb_write(a),
         cli::Command::Rebuild(a) => rebuild::rebuild(a),
         cli::Command::Recover(a) => rebuild::recover(a),
+        cli::Command::Usb(cli::UsbCommand::Image(a)) => usb_image::image(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -278,6 +278,7 @@ fn help_documents_every_flag_and_readme_mentions_them() {
         "usb write",
         "rebuild",
         "recover",
+        "usb image",
     ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");

@@ -1,7 +1,8 @@
 #!/bin/sh
 # /init of ironseed's installer initramfs (busybox). Loads the NIC and disk drivers, takes an
 # address by DHCP on the NIC that PXE-booted (ironseed.mac= from iPXE's ${net0/mac}), and runs
-# the installer. Any failure ends at a shell on the console for debugging.
+# the installer. An installer stick boots with ironseed.offline=1: no network at all, the
+# installer reads everything from the stick. Any failure ends at a shell on the console.
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -20,6 +21,12 @@ while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /etc/modules.or
 
 arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}" ;; esac; done; }
 MAC=$(arg ironseed.mac)
+
+if [ "$(arg ironseed.offline)" = 1 ]; then
+    echo "ironseed-installer: offline install from the installer stick (no network)"
+    /bin/installer
+    rescue "the installer exited"
+fi
 
 # NICs appear asynchronously after their driver loads: wait up to 15 s for the one that booted.
 IF=""

@@ -13,6 +13,7 @@ pub mod initramfs;
 pub mod install;
 pub mod iso9660;
 pub mod plan;
+pub mod stick;
 pub mod system;
 pub mod usb;
 pub mod write;

@@ -1,5 +1,7 @@
-//! The install plan: what `pxe` tells the installer about one node (`GET /plan/<node>/<token>`).
-//! One type on both sides, so the server and the installer cannot drift apart.
+//! The install plan: what `pxe` tells the installer about one node (`GET /plan/<node>/<token>`),
+//! and what an offline installer stick carries in `/ironseed/plan.json`. One type on every side,
+//! and one function ([`BundlePlan::install_plan`]) that makes it from a rendered bundle's
+//! `plan.json`, so the server, the stick builder and the installer cannot drift apart.
 
 use std::net::Ipv4Addr;
 
@@ -26,6 +28,23 @@ pub struct ImageRef {
     pub url: String,
     /// sha256 of the file at `url`; `None` until the image catalog names it.
     pub sha256: Option<String>,
+    /// Length in bytes of the file at `url`. Required offline: the image partition of a stick is
+    /// rounded up to whole MiB, so the installer reads exactly this much of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// The GPT partition name of an offline stick's image partition: the compressed golden image,
+/// raw from the partition's first byte. The installer finds the stick by it.
+pub const IMAGE_PARTITION: &str = "ironseed-image";
+/// The GPT partition name of an offline stick's ESP (installer kernel, plan, seed).
+pub const ESP_PARTITION: &str = "ironseed-esp";
+/// Folder on the stick's ESP holding `plan.json` and the seed files.
+pub const STICK_DIR: &str = "ironseed";
+/// `ImageRef::url` of an image that sits on the stick: the partition, then the file name it
+/// was published under (its extension says how it is compressed).
+pub fn stick_image_url(file_name: &str) -> String {
+    format!("partition:{IMAGE_PARTITION}/{file_name}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,8 +76,81 @@ pub struct InstallPlan {
     pub kernel_args: Vec<String>,
     pub image: ImageRef,
     pub seed: SeedUrls,
-    /// Where to POST progress events (`installing`, `progress`, `installed`, `failed`).
+    /// Where to POST progress events (`installing`, `progress`, `installed`, `failed`). Empty
+    /// on an offline stick: there is no appliance, progress goes to the console only.
     pub report: String,
+}
+
+/// The parts of a rendered bundle's `plan.json` an install plan is made of. Lenient on purpose
+/// (unknown fields are ignored): `pxe` reads the whole plan with its own, strict types; this is
+/// the view that `pxe` and `builder usb image` share.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BundlePlan {
+    pub os_image: String,
+    pub network: BundleNetwork,
+    pub nodes: Vec<BundleNode>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BundleNetwork {
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BundleNode {
+    pub hostname: String,
+    pub fqdn: String,
+    pub role: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub boot_nic: String,
+    pub firmware: String,
+    pub install_disk: Selector,
+    pub data_disks: Vec<DataDisk>,
+    #[serde(default)]
+    pub kernel_args: Vec<String>,
+    /// The node's seed folder in the bundle (`nodes/<hostname>`).
+    pub seed_dir: String,
+}
+
+/// Where the installer gets the image and the seed, and where it reports: the appliance's URLs
+/// for a network install, the stick for an offline one.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub image: ImageRef,
+    pub seed: SeedUrls,
+    pub report: String,
+}
+
+impl BundlePlan {
+    pub fn node(&self, hostname: &str) -> Option<&BundleNode> {
+        self.nodes.iter().find(|n| n.hostname == hostname)
+    }
+
+    /// The install plan of `hostname`, or `None` if the bundle has no such node.
+    pub fn install_plan(&self, hostname: &str, sources: Sources) -> Option<InstallPlan> {
+        let n = self.node(hostname)?;
+        Some(InstallPlan {
+            hostname: n.hostname.clone(),
+            fqdn: n.fqdn.clone(),
+            role: n.role.clone(),
+            mac: n.mac.to_ascii_lowercase(),
+            ip: n.ip,
+            prefix_len: n.prefix_len,
+            gateway: self.network.gateway,
+            dns: self.network.dns.clone(),
+            boot_nic: n.boot_nic.clone(),
+            firmware: n.firmware.clone(),
+            install_disk: n.install_disk.clone(),
+            data_disks: n.data_disks.clone(),
+            kernel_args: n.kernel_args.clone(),
+            image: sources.image,
+            seed: sources.seed,
+            report: sources.report,
+        })
+    }
 }
 
 impl InstallPlan {
@@ -71,28 +163,39 @@ impl InstallPlan {
     }
 }
 
-/// The installer's parameters from the kernel command line: `ironseed.plan=URL` (required) and
-/// `ironseed.mac=MAC` (the NIC iPXE booted from, for logs and reports).
+/// Where the installer's plan comes from, by the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cmdline {
-    pub plan_url: String,
-    pub mac: Option<String>,
+pub enum Cmdline {
+    /// `ironseed.plan=URL` from iPXE's install script, with `ironseed.mac=MAC` (the NIC iPXE
+    /// booted from, for logs and reports).
+    Network {
+        plan_url: String,
+        mac: Option<String>,
+    },
+    /// `ironseed.offline=1` from an offline stick's boot loader: plan, seed and image are on the
+    /// stick, there is no network and no appliance.
+    Offline,
 }
 
 pub fn parse_cmdline(cmdline: &str) -> Option<Cmdline> {
     let mut plan_url = None;
     let mut mac = None;
+    let mut offline = false;
     for word in cmdline.split_whitespace() {
         if let Some(v) = word.strip_prefix("ironseed.plan=") {
             plan_url = Some(v.to_string());
         } else if let Some(v) = word.strip_prefix("ironseed.mac=") {
             mac = Some(v.to_string());
+        } else if word == "ironseed.offline=1" {
+            offline = true;
         }
     }
-    Some(Cmdline {
-        plan_url: plan_url?,
-        mac,
-    })
+    // A plan URL wins: a network boot never reads a stick that happens to be plugged in.
+    match (plan_url, offline) {
+        (Some(plan_url), _) => Some(Cmdline::Network { plan_url, mac }),
+        (None, true) => Some(Cmdline::Offline),
+        (None, false) => None,
+    }
 }
 
 #[cfg(test)]
@@ -105,8 +208,57 @@ mod tests {
             "initrd=initrd.img console=ttyS0,115200 ironseed.plan=http://10.0.20.5:8080/plan/k3s1/abc ironseed.mac=52:54:00:aa:bb:cc quiet",
         )
         .unwrap();
-        assert_eq!(c.plan_url, "http://10.0.20.5:8080/plan/k3s1/abc");
-        assert_eq!(c.mac.as_deref(), Some("52:54:00:aa:bb:cc"));
+        assert_eq!(
+            c,
+            Cmdline::Network {
+                plan_url: "http://10.0.20.5:8080/plan/k3s1/abc".into(),
+                mac: Some("52:54:00:aa:bb:cc".into())
+            }
+        );
         assert_eq!(parse_cmdline("console=ttyS0 quiet"), None);
+    }
+
+    #[test]
+    fn cmdline_as_an_offline_stick_writes_it() {
+        assert_eq!(
+            parse_cmdline("console=tty0 console=ttyS0,115200 ironseed.offline=1 quiet"),
+            Some(Cmdline::Offline)
+        );
+        assert_eq!(parse_cmdline("ironseed.offline=0"), None);
+    }
+
+    #[test]
+    fn a_bundle_plan_makes_the_install_plan_of_its_node() {
+        let plan: BundlePlan = serde_json::from_str(
+            r#"{"version":1,"os_image":"debian-12","extra":true,
+                "network":{"gateway":"10.0.20.1","dns":["10.0.20.1"],"subnet":"10.0.20.0/24"},
+                "nodes":[{"hostname":"k3s1","fqdn":"k3s1.lab","role":"server","mac":"52:54:00:AA:BB:CC",
+                  "ip":"10.0.20.11","prefix_len":24,"boot_nic":"eno1","firmware":"uefi",
+                  "install_disk":{"model":"X"},"data_disks":[],"seed_dir":"nodes/k3s1","seed_token":"t"}]}"#,
+        )
+        .unwrap();
+        let src = Sources {
+            image: ImageRef {
+                name: "debian-12".into(),
+                url: stick_image_url("debian-12.raw.zst"),
+                sha256: Some("ab".into()),
+                size: Some(7),
+            },
+            seed: SeedUrls {
+                user_data: "u".into(),
+                meta_data: "m".into(),
+                network_config: "n".into(),
+            },
+            report: String::new(),
+        };
+        assert!(plan.install_plan("k3s9", src.clone()).is_none());
+        let p = plan.install_plan("k3s1", src).unwrap();
+        assert_eq!(p.mac, "52:54:00:aa:bb:cc");
+        assert_eq!(p.gateway, Ipv4Addr::new(10, 0, 20, 1));
+        assert_eq!(p.image.url, "partition:ironseed-image/debian-12.raw.zst");
+        assert!(p.kernel_args.is_empty() && p.report.is_empty());
+        // The plan goes through JSON (the stick, HTTP) and back unchanged.
+        let back: InstallPlan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
     }
 }

@@ -120,6 +120,9 @@ pub struct Bundle {
     pub plan: Plan,
     /// sha256 of `plan.json`: identifies this render.
     pub id: String,
+    /// The same `plan.json` as the installer's plans are made from (`images::plan`, shared with
+    /// `builder usb image`).
+    pub install: images::plan::BundlePlan,
     files: BTreeMap<String, std::sync::Arc<[u8]>>,
 }
 
@@ -147,6 +150,10 @@ impl Bundle {
             path: plan_path.clone(),
             message: e.to_string(),
         })?;
+        let install = serde_json::from_slice(&bytes).map_err(|e| BundleError::Plan {
+            path: plan_path.clone(),
+            message: e.to_string(),
+        })?;
         if plan.version != 1 {
             return Err(BundleError::Plan {
                 path: plan_path,
@@ -157,6 +164,7 @@ impl Bundle {
             dir: dir.to_path_buf(),
             id: hex(&Sha256::digest(&bytes)),
             plan,
+            install,
             files,
         })
     }

@@ -627,7 +627,14 @@ fn real_ipxe_proxy_mode_next_to_a_router() {
         vm_mac,
         false,
         true,
-        Until::Serial(&format!("Filename: {url}")),
+        // The fetch line iPXE prints after "Filename: URL" (waiting for the filename alone let a
+        // loaded machine stop the VM before the fetch line was written).
+        Until::Serial("52%3A54%3A00%3A77%3A05%3A01.ipxe"),
+    );
+    assert!(
+        run.serial.contains(&format!("Filename: {url}")),
+        "{}",
+        run.serial
     );
     // iPXE took its address from the router and the script URL from us.
     let router_ack = run

@@ -1,24 +1,39 @@
-//! The installer that runs in the node's initramfs: reads `ironseed.plan=` from the kernel
-//! command line, installs (see images::install), then reboots into the installed disk. On
-//! failure it has already reported `failed` and left the disk unbootable; it then drops to a
-//! shell on the console for debugging.
+//! The installer that runs in the node's initramfs. With `ironseed.plan=` on the kernel command
+//! line (iPXE's install script) it fetches the plan from the appliance; with
+//! `ironseed.offline=1` (an installer stick's boot loader) it reads plan, seed and image from
+//! the stick. Either way it installs (see images::install), then reboots into the installed
+//! disk. On failure it has already reported `failed` (to the appliance, or on the console) and
+//! left the disk unbootable; it then drops to a shell on the console for debugging.
 
 use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use images::plan::Cmdline;
 
 fn main() -> ExitCode {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let Some(args) = images::plan::parse_cmdline(&cmdline) else {
-        eprintln!("ironseed installer: no ironseed.plan= on the kernel command line");
-        return shell();
+    let log = &mut |l: &str| eprintln!("{l}");
+    let r = match images::plan::parse_cmdline(&cmdline) {
+        None => {
+            eprintln!(
+                "ironseed installer: neither ironseed.plan= nor ironseed.offline=1 on the kernel command line"
+            );
+            return shell();
+        }
+        Some(Cmdline::Network { plan_url, mac }) => {
+            eprintln!(
+                "ironseed installer: plan {plan_url} (booted from {})",
+                mac.as_deref().unwrap_or("?")
+            );
+            images::install::run(&plan_url, &images::system::System, log)
+        }
+        Some(Cmdline::Offline) => {
+            eprintln!("ironseed installer: offline, looking for the installer stick");
+            // USB sticks appear a few seconds after their host controller's driver loaded.
+            images::install::run_offline(&images::system::System, Duration::from_secs(30), log)
+        }
     };
-    eprintln!(
-        "ironseed installer: plan {} (booted from {})",
-        args.plan_url,
-        args.mac.as_deref().unwrap_or("?")
-    );
-    match images::install::run(&args.plan_url, &images::system::System, &mut |l| {
-        eprintln!("{l}")
-    }) {
+    match r {
         Ok(_) => {
             eprintln!("ironseed installer: done, rebooting into the installed system");
             let _ = Command::new("sync").status();

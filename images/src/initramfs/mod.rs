@@ -14,7 +14,8 @@ use std::process::Command;
 use cpio::Archive;
 
 /// Drivers for the rack: qemu/Proxmox (virtio, e1000), OptiPlex (e1000e, ahci, nvme), Dell
-/// R630/R730 (igb, ixgbe, tg3, bnx2x NICs; PERC megaraid_sas; ahci). Their dependencies come
+/// R630/R730 (igb, ixgbe, tg3, bnx2x NICs; PERC megaraid_sas; ahci), and USB sticks for the
+/// offline installer (xhci/ehci host controllers, usb-storage and UAS). Their dependencies come
 /// from the kernel's modules.dep.
 pub const DRIVERS: &[&str] = &[
     "virtio_pci",
@@ -31,6 +32,10 @@ pub const DRIVERS: &[&str] = &[
     "ahci",
     "nvme",
     "megaraid_sas",
+    "xhci_pci",
+    "ehci_pci",
+    "usb_storage",
+    "uas",
 ];
 
 const INIT: &str = include_str!("../../initramfs/init.sh");

@@ -23,7 +23,7 @@ use crate::metrics::{self, HttpCounters};
 use crate::serve::dhcp::DhcpContext;
 use crate::serve::tftp::TftpStats;
 use crate::state::{Event, NodeRecord, Store, StoreError, TransitionError};
-use images::plan::{ImageRef, InstallPlan, SeedUrls};
+use images::plan::{ImageRef, SeedUrls, Sources};
 
 pub struct HttpApp {
     pub bundle: Arc<LiveBundle>,
@@ -214,25 +214,13 @@ async fn plan(State(app): App, UrlPath((host, token)): UrlPath<(String, String)>
     };
     let base = &bundle.plan.appliance.url;
     let seed = format!("{base}/seed/{host}/{token}");
-    let p = &bundle.plan;
-    Json(InstallPlan {
-        hostname: node.hostname.clone(),
-        fqdn: node.fqdn.clone(),
-        role: node.role.clone(),
-        mac: node.mac.to_string(),
-        ip: node.ip,
-        prefix_len: node.prefix_len,
-        gateway: p.network.gateway,
-        dns: p.network.dns.clone(),
-        boot_nic: node.boot_nic.clone(),
-        firmware: node.firmware.clone(),
-        install_disk: node.install_disk.clone(),
-        data_disks: node.data_disks.clone(),
-        kernel_args: node.kernel_args.clone(),
+    let image = &bundle.plan.os_image;
+    let sources = Sources {
         image: ImageRef {
-            name: p.os_image.clone(),
-            url: format!("{base}/artifacts/images/{}.raw.zst", p.os_image),
-            sha256: image_sha256(&app, &p.os_image),
+            name: image.clone(),
+            url: format!("{base}/artifacts/images/{image}.raw.zst"),
+            sha256: image_sha256(&app, image),
+            size: None,
         },
         seed: SeedUrls {
             user_data: format!("{seed}/user-data"),
@@ -240,8 +228,15 @@ async fn plan(State(app): App, UrlPath((host, token)): UrlPath<(String, String)>
             network_config: format!("{seed}/network-config"),
         },
         report: format!("{base}/api/v1/nodes/{host}/events"),
-    })
-    .into_response()
+    };
+    match bundle.install.install_plan(&node.hostname, sources) {
+        Some(plan) => Json(plan).into_response(),
+        None => {
+            // Both views come from the same plan.json: a node in one is in the other.
+            tracing::error!(node = host, "node missing from the bundle's install view");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
 }
 
 /// The image's published checksum, from `<artifacts>/images/<name>.raw.zst.sha256` (the first

@@ -669,3 +669,95 @@ pub fn parallel<T: Send>(jobs: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> Vec<T
     }
     ok
 }
+
+// ---- The golden image, the installer environment and the first-boot summary, shared by the
+// ---- install tests (vm_install.rs over the network, vm_offline.rs from an installer stick).
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("IRONSEED_E2E_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/ironseed-e2e"))
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// The static installer: release (sha256 and zstd under TCG are several times faster than a
+/// debug build) and statically linked for the initramfs, in this workspace's target folder.
+pub fn static_installer() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "--release",
+            "-p",
+            "images",
+            "--bin",
+            "installer",
+        ])
+        .args(["--target", "x86_64-unknown-linux-gnu"])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(env!("CARGO_MANIFEST_DIR")));
+    target.join("x86_64-unknown-linux-gnu/release/installer")
+}
+
+/// Golden image and installer environment in the cache; returns the artifacts folder.
+pub fn artifacts() -> PathBuf {
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).unwrap();
+    let t = Instant::now();
+    run(Command::new(builder_bin())
+        .args(["images", "build", "debian-12", "--artifacts"])
+        .arg(&cache)
+        .arg("--work")
+        .arg(cache.join("work")));
+    eprintln!("timing: golden image {:>6.1} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    run(Command::new(builder_bin())
+        .args(["images", "installer", "--artifacts"])
+        .arg(&cache)
+        .arg("--installer-bin")
+        .arg(static_installer())
+        .arg("--work")
+        .arg(cache.join("work-installer")));
+    eprintln!("timing: installer env {:>6.1} s", t.elapsed().as_secs_f64());
+    // pxe drops to `nobody`: everything it serves must be world-readable.
+    run(Command::new("chmod").args(["-R", "a+rX"]).arg(&cache));
+    cache
+}
+
+/// The first-boot summary line on the console: `key=value` fields.
+pub fn summary(serial: &str, node: &str) -> std::collections::BTreeMap<String, String> {
+    let line = serial
+        .lines()
+        .find(|l| l.contains(&format!("ironseed-firstboot: node={node} ")))
+        .unwrap_or_else(|| panic!("no first-boot summary for {node}"));
+    let from = line.find("node=").unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut key = String::new();
+    for w in line[from..].split(' ') {
+        match w.split_once('=') {
+            Some((k, v)) => {
+                key = k.to_string();
+                out.insert(key.clone(), v.to_string());
+            }
+            // addresses=a b: later words belong to the previous key
+            None => {
+                if let Some(v) = out.get_mut(&key) {
+                    v.push(' ');
+                    v.push_str(w);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,500 @@
+//! The offline installer stick (`builder usb image NODE --out FILE`): a hybrid GPT disk image
+//! that boots the installer environment in BIOS and UEFI mode and installs one node with no
+//! network and no appliance — the rebuild path for when the appliance itself is down.
+//!
+//! ```text
+//! LBA 0        protective MBR + syslinux gptmbr.bin (BIOS: chains the LegacyBIOSBootable ESP)
+//! 1 MiB  p1    ironseed-esp, FAT32 labelled IRONSEED: the installer's vmlinuz + initrd.img,
+//!              syslinux (BIOS), systemd-boot as EFI/BOOT/BOOTX64.EFI (UEFI), and
+//!              ironseed/{plan.json,user-data,meta-data,network-config}
+//!        p2    ironseed-image: the compressed golden image, raw from the partition's first byte
+//!              (its length and sha256 are in plan.json; the partition is rounded up to a MiB)
+//! ```
+//! Built like the golden image's ESP (docs/pxe-lab.md): no root, no loop devices, no mounts —
+//! `mkfs.vfat` on a file, `syslinux --install`, `mcopy`, `sfdisk` on the image file. Partition
+//! GUIDs and the FAT serial are derived from the node's name: the same node gets the same IDs,
+//! and two sticks never collide in `/dev/disk/by-partuuid`.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use crate::golden::layout::{self as glayout, MIB, SECTOR, TYPE_ESP, TYPE_LINUX_DATA};
+use crate::plan::{self, InstallPlan};
+
+/// The installer's kernel command line on the stick: both consoles (the last `console=` gets
+/// /dev/console, where the installer's progress goes), offline mode, then the profile's args.
+pub fn kernel_cmdline(profile_args: &[String]) -> String {
+    let mut v: Vec<String> = ["console=tty0", "console=ttyS0,115200", "ironseed.offline=1"]
+        .map(String::from)
+        .to_vec();
+    v.extend(profile_args.iter().cloned());
+    v.join(" ")
+}
+
+/// Identifiers of one node's stick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickIds {
+    pub disk_guid: String,
+    pub esp_uuid: String,
+    pub image_uuid: String,
+    /// FAT volume serial (8 hex digits, as mkfs.vfat -i takes it).
+    pub esp_serial: String,
+}
+
+/// Deterministic IDs for `hostname`'s stick (a UUID-v4-shaped slice of a sha256).
+pub fn ids_for(hostname: &str) -> StickIds {
+    let h = |what: &str| Sha256::digest(format!("ironseed-stick\0{hostname}\0{what}"));
+    let uuid = |what: &str| {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&h(what)[..16]);
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let x: String = b.iter().map(|v| format!("{v:02X}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &x[..8],
+            &x[8..12],
+            &x[12..16],
+            &x[16..20],
+            &x[20..]
+        )
+    };
+    StickIds {
+        disk_guid: uuid("disk"),
+        esp_uuid: uuid("esp"),
+        image_uuid: uuid("image"),
+        esp_serial: h("serial")[..4]
+            .iter()
+            .map(|v| format!("{v:02X}"))
+            .collect(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickLayout {
+    pub esp_start: u64,
+    pub esp_len: u64,
+    pub image_start: u64,
+    /// The partition (the image's length rounded up to a MiB).
+    pub image_len: u64,
+    /// Partitions plus room for the backup GPT, a whole number of MiB.
+    pub total: u64,
+}
+
+pub fn layout(esp_len: u64, image_len: u64) -> StickLayout {
+    let r = |n: u64| n.div_ceil(MIB) * MIB;
+    let esp_start = MIB;
+    let esp_len = r(esp_len);
+    let image_start = esp_start + esp_len;
+    let image_len = r(image_len.max(1));
+    StickLayout {
+        esp_start,
+        esp_len,
+        image_start,
+        image_len,
+        total: image_start + image_len + MIB,
+    }
+}
+
+/// `sfdisk` input. `LegacyBIOSBootable` on the ESP is what gptmbr.bin chains into.
+pub fn sfdisk_script(l: &StickLayout, ids: &StickIds) -> String {
+    let s = |b: u64| b / SECTOR;
+    format!(
+        "label: gpt\nlabel-id: {}\nfirst-lba: 2048\n\
+         start={}, size={}, type={TYPE_ESP}, uuid={}, name=\"{}\", attrs=\"LegacyBIOSBootable\"\n\
+         start={}, size={}, type={TYPE_LINUX_DATA}, uuid={}, name=\"{}\"\n",
+        ids.disk_guid,
+        s(l.esp_start),
+        s(l.esp_len),
+        ids.esp_uuid,
+        plan::ESP_PARTITION,
+        s(l.image_start),
+        s(l.image_len),
+        ids.image_uuid,
+        plan::IMAGE_PARTITION,
+    )
+}
+
+/// What goes on one stick.
+pub struct StickInputs<'a> {
+    /// The node's install plan; `image.size` and `image.sha256` must describe `image_file`.
+    pub plan: &'a InstallPlan,
+    /// `user-data`, `meta-data`, `network-config`.
+    pub seed: [(&'a str, &'a [u8]); 3],
+    /// The installer environment (`builder images installer`).
+    pub vmlinuz: &'a Path,
+    pub initrd: &'a Path,
+    /// The compressed golden image, as published (`<artifacts>/images/<name>.raw.zst`).
+    pub image_file: &'a Path,
+    /// Scratch folder (the ESP is built there as a file).
+    pub work: &'a Path,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StickError {
+    #[error("missing on this machine: {0} (apt-get install {1})")]
+    Missing(String, String),
+    #[error("{0} failed ({1}): {2}")]
+    Tool(String, String, String),
+    #[error("{0}: {1}")]
+    Io(String, io::Error),
+    #[error(
+        "{file}: sha256 is {actual}, the plan says {expected}; the image changed or is corrupt"
+    )]
+    Checksum {
+        file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("the plan names no sha256 or size for its image")]
+    Plan,
+}
+
+fn io_ctx(ctx: impl Into<String>) -> impl FnOnce(io::Error) -> StickError {
+    let ctx = ctx.into();
+    move |e| StickError::Io(ctx, e)
+}
+
+const SYSLINUX_MBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
+const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+const NEEDS: &[(&str, &str)] = &[
+    ("mkfs.vfat", "dosfstools"),
+    ("sfdisk", "fdisk"),
+    ("mcopy", "mtools"),
+    ("mmd", "mtools"),
+    ("syslinux", "syslinux"),
+];
+
+fn check_host() -> Result<(), StickError> {
+    let mut missing: Vec<(&str, &str)> = NEEDS
+        .iter()
+        .filter(|(t, _)| {
+            !["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .any(|d| Path::new(d).join(t).exists())
+        })
+        .copied()
+        .collect();
+    for (f, pkg) in [
+        (SYSLINUX_MBR, "syslinux-common"),
+        (SYSTEMD_BOOT, "systemd-boot-efi"),
+    ] {
+        if !Path::new(f).exists() {
+            missing.push((f, pkg));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    pkgs.dedup();
+    Err(StickError::Missing(
+        missing
+            .iter()
+            .map(|(t, _)| *t)
+            .collect::<Vec<_>>()
+            .join(", "),
+        pkgs.join(" "),
+    ))
+}
+
+fn run(cmd: &mut Command) -> Result<(), StickError> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_ctx(format!("starting {shown}")))?;
+    if !out.status.success() {
+        return Err(StickError::Tool(
+            shown,
+            out.status.to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Timestamps of what syslinux (through mtools), mmd and mcopy write: 1980-01-01, the FAT epoch
+/// (mtools honours SOURCE_DATE_EPOCH), so the same inputs give the same stick byte for byte.
+const EPOCH: &str = "315532800";
+
+#[derive(Debug, Clone)]
+pub struct StickBuilt {
+    pub layout: StickLayout,
+    pub ids: StickIds,
+    pub cmdline: String,
+}
+
+/// Build the stick image into `out` (written beside it, renamed into place, mode 0600: the
+/// seed carries the k3s token).
+pub fn build(
+    i: &StickInputs,
+    out: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<StickBuilt, StickError> {
+    check_host()?;
+    let (Some(sha), Some(image_len)) = (&i.plan.image.sha256, i.plan.image.size) else {
+        return Err(StickError::Plan);
+    };
+    let ids = ids_for(&i.plan.hostname);
+    let cmdline = kernel_cmdline(&i.plan.kernel_args);
+    let size = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(io_ctx(format!("reading {}", p.display())))
+    };
+    // Room for the kernel, initrd, boot loaders and plan, plus slack; FAT32 wants >= 65525
+    // clusters, which 128 MiB gives with mkfs.vfat's defaults.
+    let payload = size(i.vmlinuz)? + size(i.initrd)? + size(Path::new(SYSTEMD_BOOT))?;
+    let esp_len = (payload + 32 * MIB).max(128 * MIB);
+    let l = layout(esp_len, image_len);
+
+    // ESP as a file.
+    log("ESP: mkfs.vfat, syslinux, systemd-boot, installer, plan and seed");
+    let esp = i.work.join("esp.img");
+    let _ = fs::remove_file(&esp);
+    run(Command::new("mkfs.vfat")
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .args(["-F", "32", "-n", "IRONSEED", "-i", &ids.esp_serial])
+        // Fixed times for what mkfs writes (the volume label entry); -i still sets the serial.
+        .arg("--invariant")
+        // Hidden sectors = the partition's start: syslinux's VBR finds itself when gptmbr.bin
+        // chains into it.
+        .args(["-h", &(l.esp_start / SECTOR).to_string(), "-C"])
+        .arg(&esp)
+        .arg((l.esp_len / 1024).to_string()))?;
+    run(Command::new("syslinux")
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .arg("--install")
+        .arg(&esp))?;
+    let files = i.work.join("esp-files");
+    fs::create_dir_all(&files).map_err(io_ctx(format!("creating {}", files.display())))?;
+    let text = |n: &str, c: &[u8]| -> Result<PathBuf, StickError> {
+        let p = files.join(n);
+        fs::write(&p, c).map_err(io_ctx(format!("writing {}", p.display())))?;
+        Ok(p)
+    };
+    let title = format!("ironseed offline installer for {}", i.plan.hostname);
+    let mut put: Vec<(PathBuf, String)> = vec![
+        (i.vmlinuz.to_path_buf(), "vmlinuz".into()),
+        (i.initrd.to_path_buf(), "initrd.img".into()),
+        (
+            text("syslinux.cfg", glayout::syslinux_cfg(&cmdline).as_bytes())?,
+            "syslinux.cfg".into(),
+        ),
+        (PathBuf::from(SYSTEMD_BOOT), "EFI/BOOT/BOOTX64.EFI".into()),
+        (
+            text("loader.conf", glayout::loader_conf().as_bytes())?,
+            "loader/loader.conf".into(),
+        ),
+        (
+            text(
+                "ironseed.conf",
+                glayout::loader_entry(&title, &cmdline).as_bytes(),
+            )?,
+            "loader/entries/ironseed.conf".into(),
+        ),
+    ];
+    let mut plan_json = serde_json::to_vec_pretty(i.plan).expect("a plan serialises");
+    plan_json.push(b'\n');
+    put.push((
+        text("plan.json", &plan_json)?,
+        format!("{}/plan.json", plan::STICK_DIR),
+    ));
+    for (name, bytes) in i.seed {
+        put.push((text(name, bytes)?, format!("{}/{name}", plan::STICK_DIR)));
+    }
+    run(Command::new("mmd")
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .arg("-i")
+        .arg(&esp)
+        .args(["::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"])
+        .arg(format!("::/{}", plan::STICK_DIR)))?;
+    for (src, dst) in &put {
+        run(Command::new("mcopy")
+            .env("SOURCE_DATE_EPOCH", EPOCH)
+            .args(["-o", "-i"])
+            .arg(&esp)
+            .arg(src)
+            .arg(format!("::/{dst}")))?;
+    }
+
+    // The disk image: GPT, ESP, image, boot code.
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "stick.img".into());
+    let tmp = out.with_file_name(format!(".{name}.partial"));
+    let result = (|| {
+        {
+            let f = File::create(&tmp).map_err(io_ctx(format!("creating {}", tmp.display())))?;
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(io_ctx(format!("chmod {}", tmp.display())))?;
+            f.set_len(l.total)
+                .map_err(io_ctx(format!("sizing {}", tmp.display())))?;
+        }
+        log("partition table (sfdisk)");
+        let mut sf = Command::new("sfdisk")
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(&tmp)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_ctx("starting sfdisk"))?;
+        sf.stdin
+            .take()
+            .expect("piped")
+            .write_all(sfdisk_script(&l, &ids).as_bytes())
+            .map_err(io_ctx("feeding sfdisk"))?;
+        let o = sf
+            .wait_with_output()
+            .map_err(io_ctx("waiting for sfdisk"))?;
+        if !o.status.success() {
+            return Err(StickError::Tool(
+                "sfdisk".into(),
+                o.status.to_string(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            ));
+        }
+        let mut img = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(io_ctx(format!("opening {}", tmp.display())))?;
+        copy_into(
+            &mut File::open(&esp).map_err(io_ctx("opening the ESP"))?,
+            &mut img,
+            l.esp_start,
+        )
+        .map_err(io_ctx("writing the ESP"))?;
+        log("golden image into the ironseed-image partition (sha256 checked)");
+        let src = File::open(i.image_file)
+            .map_err(io_ctx(format!("opening {}", i.image_file.display())))?;
+        let mut hashing = HashingReader {
+            inner: src,
+            hash: Sha256::new(),
+        };
+        let n = copy_into(&mut hashing, &mut img, l.image_start)
+            .map_err(io_ctx(format!("copying {}", i.image_file.display())))?;
+        let actual: String = hashing
+            .hash
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if actual != sha.to_ascii_lowercase() || n != image_len {
+            return Err(StickError::Checksum {
+                file: i.image_file.display().to_string(),
+                expected: format!("{sha} ({image_len} bytes)"),
+                actual: format!("{actual} ({n} bytes)"),
+            });
+        }
+        // BIOS: gptmbr.bin in the MBR's code area (the partition table starts at byte 446).
+        let mbr = fs::read(SYSLINUX_MBR).map_err(io_ctx(format!("reading {SYSLINUX_MBR}")))?;
+        img.seek(SeekFrom::Start(0))
+            .and_then(|_| img.write_all(&mbr[..mbr.len().min(440)]))
+            .and_then(|_| img.sync_all())
+            .map_err(io_ctx("writing the boot code"))?;
+        fs::rename(&tmp, out).map_err(io_ctx(format!("moving the image to {}", out.display())))
+    })();
+    let _ = fs::remove_file(&esp);
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    Ok(StickBuilt {
+        layout: l,
+        ids,
+        cmdline,
+    })
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Copy all of `src` into `dst` at `offset`, leaving all-zero MiBs as holes (the file stays
+/// sparse: the ESP is mostly empty). Returns the bytes copied.
+fn copy_into(src: &mut dyn Read, dst: &mut File, offset: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; MIB as usize];
+    let mut done = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match src.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            return Ok(done);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            dst.seek(SeekFrom::Start(offset + done))?;
+            dst.write_all(&buf[..n])?;
+        }
+        done += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_is_mib_aligned_and_the_image_partition_holds_the_image() {
+        let l = layout(128 * MIB, 239_275_278);
+        assert_eq!(l.esp_start, MIB);
+        assert_eq!(l.image_start, 129 * MIB);
+        assert!(l.image_len >= 239_275_278 && l.image_len.is_multiple_of(MIB));
+        assert_eq!(l.total, l.image_start + l.image_len + MIB);
+        let s = sfdisk_script(&l, &ids_for("k3s1"));
+        assert!(s.contains("name=\"ironseed-esp\", attrs=\"LegacyBIOSBootable\""));
+        assert!(s.contains(&format!(
+            "start={}, size={}, type={TYPE_LINUX_DATA}",
+            129 * 2048,
+            l.image_len / 512
+        )));
+        assert!(s.contains("name=\"ironseed-image\""));
+    }
+
+    #[test]
+    fn ids_are_per_node_stable_and_uuid_shaped() {
+        let (a, b) = (ids_for("k3s1"), ids_for("k3s2"));
+        assert_eq!(a, ids_for("k3s1"));
+        assert_ne!(a.disk_guid, b.disk_guid);
+        assert_ne!(a.esp_uuid, a.image_uuid);
+        assert_eq!(a.disk_guid.len(), 36);
+        assert_eq!(&a.disk_guid[14..15], "4");
+        assert_eq!(a.esp_serial.len(), 8);
+    }
+
+    #[test]
+    fn the_installer_boots_offline_with_the_profiles_args() {
+        let c = kernel_cmdline(&["nomodeset".into()]);
+        assert_eq!(
+            c,
+            "console=tty0 console=ttyS0,115200 ironseed.offline=1 nomodeset"
+        );
+        assert_eq!(
+            crate::plan::parse_cmdline(&c),
+            Some(crate::plan::Cmdline::Offline)
+        );
+    }
+}
