@@ -85,3 +85,78 @@ fn render_text(name: &str, text: &str, hw: &[PathBuf], base_opts: &RenderOptions
 pub fn yaml(bytes: &[u8]) -> serde_json::Value {
     serde_saphyr::from_str(std::str::from_utf8(bytes).unwrap()).unwrap()
 }
+
+/// A rendered file as text; panics with its path when it was not rendered.
+pub fn text(f: &Fixture, path: &str) -> String {
+    String::from_utf8(
+        f.bundle
+            .files
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} not rendered"))
+            .bytes
+            .clone(),
+    )
+    .unwrap()
+}
+
+/// A node's rendered k3s config.
+pub fn k3s(f: &Fixture, host: &str) -> serde_json::Value {
+    yaml(text(f, &format!("nodes/{host}/k3s/config.yaml")).as_bytes())
+}
+
+/// The k3s config as delivered inside user-data (what the node actually gets), 0600.
+pub fn k3s_from_user_data(f: &Fixture, host: &str) -> serde_json::Value {
+    let ud = yaml(text(f, &format!("nodes/{host}/user-data")).as_bytes());
+    let file = ud["write_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["path"] == "/etc/rancher/k3s/config.yaml")
+        .expect("k3s config in write_files");
+    assert_eq!(file["permissions"], "0600");
+    yaml(file["content"].as_str().unwrap().as_bytes())
+}
+
+/// Flags that must match on every server: a joining server compares them with the cluster's
+/// ("critical configuration value mismatch", domain.md §3).
+pub const CRITICAL: &[&str] = &[
+    "agent-token",
+    "cluster-cidr",
+    "cluster-dns",
+    "cluster-domain",
+    "service-cidr",
+    "disable-cloud-controller",
+    "disable-helm-controller",
+    "disable-network-policy",
+    "disable-kube-proxy",
+    "disable",
+    "egress-selector-mode",
+    "embedded-registry",
+    "flannel-backend",
+    "flannel-external-ip",
+    "flannel-ipv6-masq",
+    "secrets-encryption",
+    "secrets-encryption-provider",
+    "token",
+    "etcd-snapshot-schedule-cron",
+    "kube-apiserver-arg",
+];
+
+/// Every CRITICAL flag identical on every server of `f`.
+pub fn assert_critical_identical(f: &Fixture, what: &str) {
+    let servers: Vec<(String, serde_json::Value)> = f
+        .inventory
+        .servers()
+        .map(|s| (s.hostname.to_string(), k3s(f, s.hostname.as_str())))
+        .collect();
+    for key in CRITICAL {
+        for (h, c) in &servers {
+            assert_eq!(
+                c.get(*key),
+                servers[0].1.get(*key),
+                "{what}: `{key}` on {h} differs from {}",
+                servers[0].0
+            );
+        }
+    }
+}

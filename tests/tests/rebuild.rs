@@ -2,25 +2,11 @@
 //! cluster-reset form), parsed back: the k3s HA pitfalls of domain.md §3 must not be possible.
 
 use builder::render::{ClusterReset, RenderOptions};
-use ironseed_tests::{FIXTURES, Fixture, render_fixture, render_fixture_with, yaml};
+use ironseed_tests::{
+    CRITICAL, FIXTURES, Fixture, assert_critical_identical, k3s, k3s_from_user_data,
+    render_fixture, render_fixture_with,
+};
 use serde_json::Value;
-
-fn k3s(f: &Fixture, host: &str) -> Value {
-    yaml(&f.bundle.files[&format!("nodes/{host}/k3s/config.yaml")].bytes)
-}
-
-/// The k3s config inside user-data: what the installed node really gets.
-fn k3s_in_user_data(f: &Fixture, host: &str) -> Value {
-    let ud = yaml(&f.bundle.files[&format!("nodes/{host}/user-data")].bytes);
-    let file = ud["write_files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["path"] == "/etc/rancher/k3s/config.yaml")
-        .unwrap()
-        .clone();
-    yaml(file["content"].as_str().unwrap().as_bytes())
-}
 
 fn joined(hosts: &[&str]) -> RenderOptions {
     let mut o = RenderOptions::default();
@@ -38,55 +24,13 @@ fn first_server(name: &str) -> String {
         .to_string()
 }
 
-/// Same list as tests/render.rs: flags a join compares ("critical configuration value mismatch").
-const CRITICAL: &[&str] = &[
-    "agent-token",
-    "cluster-cidr",
-    "cluster-dns",
-    "cluster-domain",
-    "service-cidr",
-    "disable-cloud-controller",
-    "disable-helm-controller",
-    "disable-network-policy",
-    "disable-kube-proxy",
-    "disable",
-    "egress-selector-mode",
-    "embedded-registry",
-    "flannel-backend",
-    "flannel-external-ip",
-    "flannel-ipv6-masq",
-    "secrets-encryption",
-    "secrets-encryption-provider",
-    "token",
-    "etcd-snapshot-schedule-cron",
-    "kube-apiserver-arg",
-];
-
-fn assert_critical_identical(f: &Fixture, what: &str) {
-    let servers: Vec<(String, Value)> = f
-        .inventory
-        .servers()
-        .map(|s| (s.hostname.to_string(), k3s(f, s.hostname.as_str())))
-        .collect();
-    for key in CRITICAL {
-        for (h, c) in &servers {
-            assert_eq!(
-                c.get(*key),
-                servers[0].1.get(*key),
-                "{what}: `{key}` on {h} differs from {}",
-                servers[0].0
-            );
-        }
-    }
-}
-
 #[test]
 fn rebuilt_first_server_joins_through_the_vip_and_never_inits() {
     for name in FIXTURES {
         let first = first_server(name);
         let f = render_fixture_with(name, &joined(&[&first]));
         let vip = format!("https://{}:6443", f.inventory.cluster.api.vip);
-        for c in [k3s(&f, &first), k3s_in_user_data(&f, &first)] {
+        for c in [k3s(&f, &first), k3s_from_user_data(&f, &first)] {
             assert_eq!(c["server"], vip.as_str(), "{name}/{first}");
             assert!(c.get("cluster-init").is_none(), "{name}/{first}: {c}");
             assert!(c.get("cluster-reset").is_none());
@@ -186,7 +130,10 @@ fn recover_renders_the_survivor_in_reset_form_and_the_others_joining() {
     let path = "/var/lib/rancher/k3s/server/db/snapshots/etcd-snapshot-k3s-master2-1732000000";
     let f = recover("homelab", "k3s-master2", path, false);
     let token = &f.secrets.k3s_token;
-    for c in [k3s(&f, "k3s-master2"), k3s_in_user_data(&f, "k3s-master2")] {
+    for c in [
+        k3s(&f, "k3s-master2"),
+        k3s_from_user_data(&f, "k3s-master2"),
+    ] {
         // k3s refuses a reset while `server:` is set; cluster-init would be wrong too.
         assert!(c.get("server").is_none(), "{c}");
         assert!(c.get("cluster-init").is_none(), "{c}");

@@ -4,61 +4,11 @@
 use std::collections::BTreeSet;
 
 use builder::render::RenderOptions;
-use ironseed_tests::{FIXTURES, render_fixture, render_fixture_with, yaml};
+use ironseed_tests::{
+    FIXTURES, assert_critical_identical, k3s, k3s_from_user_data, render_fixture,
+    render_fixture_with, text, yaml,
+};
 use serde_json::Value;
-
-fn text(f: &ironseed_tests::Fixture, path: &str) -> String {
-    String::from_utf8(
-        f.bundle
-            .files
-            .get(path)
-            .unwrap_or_else(|| panic!("{path} not rendered"))
-            .bytes
-            .clone(),
-    )
-    .unwrap()
-}
-
-fn k3s(f: &ironseed_tests::Fixture, host: &str) -> Value {
-    yaml(text(f, &format!("nodes/{host}/k3s/config.yaml")).as_bytes())
-}
-
-/// The k3s config as delivered inside user-data (what the node actually gets).
-fn k3s_from_user_data(f: &ironseed_tests::Fixture, host: &str) -> Value {
-    let ud = yaml(text(f, &format!("nodes/{host}/user-data")).as_bytes());
-    let file = ud["write_files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["path"] == "/etc/rancher/k3s/config.yaml")
-        .expect("k3s config in write_files");
-    assert_eq!(file["permissions"], "0600");
-    yaml(file["content"].as_str().unwrap().as_bytes())
-}
-
-/// Flags that must match on every server (k3s "critical configuration value mismatch").
-const CRITICAL: &[&str] = &[
-    "agent-token",
-    "cluster-cidr",
-    "cluster-dns",
-    "cluster-domain",
-    "service-cidr",
-    "disable-cloud-controller",
-    "disable-helm-controller",
-    "disable-network-policy",
-    "disable-kube-proxy",
-    "disable",
-    "egress-selector-mode",
-    "embedded-registry",
-    "flannel-backend",
-    "flannel-external-ip",
-    "flannel-ipv6-masq",
-    "secrets-encryption",
-    "secrets-encryption-provider",
-    "token",
-    "etcd-snapshot-schedule-cron",
-    "kube-apiserver-arg",
-];
 
 #[test]
 fn ha_topology_one_bootstrap_server_the_rest_join_through_the_vip() {
@@ -106,12 +56,7 @@ fn critical_flags_are_identical_on_every_server() {
             .map(|s| k3s(&f, s.hostname.as_str()))
             .collect();
         assert!(servers.len() >= 3);
-        for key in CRITICAL {
-            let first = servers[0].get(*key);
-            for (i, s) in servers.iter().enumerate() {
-                assert_eq!(s.get(*key), first, "{name}: `{key}` differs on server {i}");
-            }
-        }
+        assert_critical_identical(&f, name);
         let s = &servers[0];
         assert_eq!(s["flannel-backend"], "none");
         assert_eq!(s["disable-network-policy"], true);
