@@ -8,14 +8,15 @@
 #
 # Prints MB/s (MB = 10^6 bytes; median of ROUNDS, min-max), the ratio ironseed/nginx, and
 # ironseed's peak resident memory (VmHWM) while serving CONC clients. Loopback only:
-# 127.0.0.1:46950 (ironseed) and :46951 (nginx).
+# 127.0.0.1:46950 (ironseed) and :46951 (nginx); PORT_BASE moves them.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
 SIZE_MB=${SIZE_MB:-512}
 CONC=${CONC:-50}
-P_IRON=46950
-P_NGINX=46951
+# PORT_BASE lets several people benchmark on one machine without colliding.
+P_IRON=${PORT_BASE:-46950}
+P_NGINX=$((P_IRON + 1))
 here=$(cd "$(dirname "$0")/../.." && pwd)
 
 command -v nginx >/dev/null || { apt-get install -y -qq nginx-light >/dev/null; }

@@ -11,8 +11,8 @@
 # time, each server's CPU time (clients and servers share the 2 cores, so CPU
 # per transfer is the steadier figure) and ironseed's peak resident memory.
 #
-# Ports: 127.0.0.1:46960-46962 on the host; dnsmasq 2.90 has no --tftp-port, so
-# it runs on port 69 inside the namespace "tftbench" (only lo, 127.0.0.1) and its
+# Ports: 127.0.0.1:46960-46963 on the host (PORT_BASE moves them); dnsmasq 2.90 has no --tftp-port, so
+# it runs on port 69 inside the namespace "tftbench" (NS renames it) (only lo, 127.0.0.1) and its
 # clients run there too. Traffic never leaves loopback.
 set -euo pipefail
 
@@ -21,11 +21,13 @@ SIZE_MB=${SIZE_MB:-64}
 CONC=${CONC:-50}
 CONC_MB=${CONC_MB:-30}
 CONC_ROUNDS=${CONC_ROUNDS:-2}
-P_IRON=46960
-P_IRON16=46963
-P_HPA=46961
-P_ATFTPD=46962
-NS=tftbench
+# PORT_BASE and NS let several people benchmark on one machine without colliding.
+PORT_BASE=${PORT_BASE:-46960}
+P_IRON=$PORT_BASE
+P_HPA=$((PORT_BASE + 1))
+P_ATFTPD=$((PORT_BASE + 2))
+P_IRON16=$((PORT_BASE + 3))
+NS=${NS:-tftbench}
 
 here=$(cd "$(dirname "$0")/../.." && pwd)
 for bin in tftp curl atftp in.tftpd dnsmasq ip; do
