@@ -32,14 +32,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building (release)" >&2
-(cd "$here" && cargo build --release -q -p pxe -p builder)
-"$here/target/release/builder" render -o "$work/bundle" --secrets "$work/s.yaml" >/dev/null 2>&1
+# PXE_BIN / BUILDER_BIN: benchmark prebuilt binaries (e.g. a baseline) instead of building.
+pxe_bin=${PXE_BIN:-$here/target/release/pxe}
+builder_bin=${BUILDER_BIN:-$here/target/release/builder}
+if [[ -z ${PXE_BIN:-} || -z ${BUILDER_BIN:-} ]]; then
+    echo "== building (release)" >&2
+    (cd "$here" && cargo build --release -q -p pxe -p builder)
+fi
+"$builder_bin" render -o "$work/bundle" --secrets "$work/s.yaml" >/dev/null 2>&1
 mkdir -p "$work/artifacts/images" "$work/ipxe" "$work/state"
 head -c $((SIZE_MB << 20)) /dev/urandom > "$work/artifacts/images/bench.img"
 chmod -R a+rX "$work"
 
-"$here/target/release/pxe" serve --bundle "$work/bundle" --listen 127.0.0.1 --dhcp off \
+"$pxe_bin" serve --bundle "$work/bundle" --listen 127.0.0.1 --dhcp off \
     --http-port $P_IRON --tftp-port 0 --state "$work/state" --ipxe-dir "$work/ipxe" \
     --artifacts "$work/artifacts" > "$work/pxe.out" 2> "$work/pxe.err" &
 pids+=($!)

@@ -44,9 +44,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building ironseed (release)" >&2
-(cd "$here" && cargo build --release -q -p pxe --example tftp_serve)
-iron_bin="$here/target/release/examples/tftp_serve"
+# IRON_BIN: benchmark a prebuilt tftp_serve (e.g. a baseline) instead of building.
+iron_bin=${IRON_BIN:-$here/target/release/examples/tftp_serve}
+if [[ -z ${IRON_BIN:-} ]]; then
+    echo "== building ironseed (release)" >&2
+    (cd "$here" && cargo build --release -q -p pxe --example tftp_serve)
+fi
 
 # atftpd conflicts with tftpd-hpa as a package: unpack it instead (peers.md).
 atftpd_bin="$here/target/bench-peers/usr/sbin/atftpd"
