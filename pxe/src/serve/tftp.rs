@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg, sendmsg};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg, sendmsg,
+};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UdpSocket;
@@ -517,10 +520,7 @@ struct Transfer {
     buf: Vec<u8>,
     /// The socket's current SO_RCVTIMEO, so it is only set when it changes.
     rcv_timeout: Option<Duration>,
-    /// sendmmsg headers, allocated once per transfer (not `Send`: built on the
-    /// transfer's own thread).
-    mmsg: MultiHeaders<SockaddrStorage>,
-    addrs: Vec<Option<SockaddrStorage>>,
+    sender: Sender,
 }
 
 /// What arrived while waiting for an acknowledgement.
@@ -537,14 +537,13 @@ impl Transfer {
         stop: watch::Receiver<bool>,
     ) -> Self {
         Transfer {
-            sock,
             peer,
             cfg,
             stop,
             buf: vec![0u8; 2048],
             rcv_timeout: None,
-            mmsg: MultiHeaders::preallocate(MAX_BATCH, None),
-            addrs: vec![Some(SockaddrStorage::from(peer)); MAX_BATCH],
+            sender: Sender::new(&sock, peer),
+            sock,
         }
     }
 
@@ -617,15 +616,7 @@ impl Transfer {
                     }
                 };
                 let count = (last - first + 1) as usize;
-                send_blocks(
-                    &self.sock,
-                    &mut self.mmsg,
-                    &self.addrs,
-                    first,
-                    count,
-                    data,
-                    blksize,
-                )?;
+                self.sender.send(first, count, data, blksize)?;
                 self.cfg
                     .stats
                     .bytes_sent
@@ -718,54 +709,133 @@ impl Transfer {
     }
 }
 
-/// Sends blocks `first..first + count` whose payloads are consecutive
-/// `blksize` slices of `data` (the last may be shorter or empty). Each DATA
-/// packet is two iovecs, header and a slice of the read buffer, so payload is
-/// never copied in user space, and a window goes out in one `sendmmsg` call
-/// instead of one syscall per block.
-fn send_blocks(
-    sock: &std::net::UdpSocket,
-    mmsg: &mut MultiHeaders<SockaddrStorage>,
-    addrs: &[Option<SockaddrStorage>],
-    first: u64,
-    count: usize,
-    data: &[u8],
-    blksize: usize,
-) -> io::Result<()> {
-    let fd = sock.as_raw_fd();
-    let mut headers = [[0u8; DATA_HEADER_LEN]; MAX_BATCH];
-    let mut done = 0;
-    while done < count {
-        let n = (count - done).min(MAX_BATCH);
+/// Largest UDP payload handed to the kernel in one GSO send (IPv4 allows 65507).
+const GSO_MAX_BYTES: usize = 65_000;
+/// Segments per GSO send (the kernel's UDP_MAX_SEGMENTS is 64 on older kernels).
+const GSO_MAX_SEGS: usize = 64;
+
+/// Sends DATA packets for one transfer. Each packet is two iovecs, header and a
+/// slice of the read buffer, so payload is never copied in user space. A window
+/// goes out as UDP GSO (`UDP_SEGMENT`: one sendmsg, one pass through the stack,
+/// the kernel cuts it into `4 + blksize` datagrams, which works because every
+/// block but a file's last is full) or, where GSO is refused, one `sendmmsg`
+/// instead of one syscall per block. Built on the transfer's own thread
+/// (`MultiHeaders` is not `Send`).
+struct Sender {
+    fd: std::os::fd::RawFd,
+    peer: SockaddrStorage,
+    mmsg: MultiHeaders<SockaddrStorage>,
+    addrs: Vec<Option<SockaddrStorage>>,
+    gso: bool,
+}
+
+impl Sender {
+    fn new(sock: &std::net::UdpSocket, peer: SocketAddr) -> Self {
+        let peer = SockaddrStorage::from(peer);
+        Sender {
+            fd: sock.as_raw_fd(),
+            peer,
+            mmsg: MultiHeaders::preallocate(MAX_BATCH, None),
+            addrs: vec![Some(peer); MAX_BATCH],
+            gso: true,
+        }
+    }
+
+    /// Sends blocks `first..first + count`, whose payloads are consecutive
+    /// `blksize` slices of `data` (the last may be shorter or empty).
+    fn send(&mut self, first: u64, count: usize, data: &[u8], blksize: usize) -> io::Result<()> {
+        let seg = DATA_HEADER_LEN + blksize;
+        let mut done = 0;
+        while done < count {
+            let rest = &data[(done * blksize).min(data.len())..];
+            let seq = first + done as u64;
+            let left = count - done;
+            let gso_segs = left.min(GSO_MAX_SEGS).min(GSO_MAX_BYTES / seg);
+            let sent = if left == 1 {
+                self.send_gso_or_one(seq, 1, rest, blksize)
+            } else if self.gso && gso_segs >= 2 {
+                match self.send_gso_or_one(seq, gso_segs, rest, blksize) {
+                    // Kernels or routes without UDP GSO: sendmmsg from now on.
+                    Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
+                        debug!("tftp: UDP GSO refused, sending windows with sendmmsg");
+                        self.gso = false;
+                        continue;
+                    }
+                    r => r,
+                }
+            } else {
+                self.send_mmsg(seq, left.min(MAX_BATCH), rest, blksize)
+            };
+            match sent {
+                // A blocking send only returns early if interrupted; resume.
+                Ok(n) => done += n.max(1),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `n` blocks in one sendmsg: with `n > 1` as GSO segments.
+    fn send_gso_or_one(
+        &mut self,
+        first: u64,
+        n: usize,
+        data: &[u8],
+        blksize: usize,
+    ) -> nix::Result<usize> {
+        let mut headers = [[0u8; DATA_HEADER_LEN]; GSO_MAX_SEGS];
+        let mut iovs = [IoSlice::new(&[]); 2 * GSO_MAX_SEGS];
+        for i in 0..n {
+            write_data_header(&mut headers[i], block_number(first + i as u64));
+        }
+        for i in 0..n {
+            let from = (i * blksize).min(data.len());
+            let to = (from + blksize).min(data.len());
+            iovs[2 * i] = IoSlice::new(&headers[i]);
+            iovs[2 * i + 1] = IoSlice::new(&data[from..to]);
+        }
+        let seg = (DATA_HEADER_LEN + blksize) as u16;
+        let gso = [ControlMessage::UdpGsoSegments(&seg)];
+        let cmsgs: &[ControlMessage] = if n > 1 { &gso } else { &[] };
+        sendmsg(
+            self.fd,
+            &iovs[..2 * n],
+            cmsgs,
+            MsgFlags::empty(),
+            Some(&self.peer),
+        )?;
+        Ok(n)
+    }
+
+    /// Up to [`MAX_BATCH`] blocks in one sendmmsg; returns how many were sent.
+    fn send_mmsg(
+        &mut self,
+        first: u64,
+        n: usize,
+        data: &[u8],
+        blksize: usize,
+    ) -> nix::Result<usize> {
+        let mut headers = [[0u8; DATA_HEADER_LEN]; MAX_BATCH];
         for (i, h) in headers[..n].iter_mut().enumerate() {
-            write_data_header(h, block_number(first + (done + i) as u64));
+            write_data_header(h, block_number(first + i as u64));
         }
         let mut iovs = [[IoSlice::new(&[]); 2]; MAX_BATCH];
         for (i, iov) in iovs[..n].iter_mut().enumerate() {
-            let from = ((done + i) * blksize).min(data.len());
+            let from = (i * blksize).min(data.len());
             let to = (from + blksize).min(data.len());
             *iov = [IoSlice::new(&headers[i]), IoSlice::new(&data[from..to])];
         }
-        let sent = if n == 1 {
-            // Lock-step: plain sendmsg, no mmsghdr bookkeeping.
-            sendmsg::<SockaddrStorage>(fd, &iovs[0], &[], MsgFlags::empty(), addrs[0].as_ref())
-                .map(|_| 1)
-        } else {
-            sendmmsg(
-                fd,
-                mmsg,
-                iovs[..n].iter(),
-                &addrs[..n],
-                [],
-                MsgFlags::empty(),
-            )
-            .map(|r| r.count())
-        }
-        .map_err(io::Error::from)?;
-        // A blocking sendmmsg sends all of them unless interrupted; resume if not.
-        done += sent.max(1).min(n);
+        let r = sendmmsg(
+            self.fd,
+            &mut self.mmsg,
+            iovs[..n].iter(),
+            &self.addrs[..n],
+            [],
+            MsgFlags::empty(),
+        )?;
+        Ok(r.count())
     }
-    Ok(())
 }
 
 /// Wait before the `retries`-th retransmission of the same packet: the timeout,
@@ -1057,6 +1127,34 @@ mod tests {
         assert_eq!(w.on_ack(block_number(65_536)), AckOutcome::Advanced);
         assert_eq!(w.acked, 65_536);
         assert_eq!(w.to_send(), 65_537..=65_544);
+    }
+
+    /// Both send paths (GSO and its sendmmsg fallback) put the same datagrams on
+    /// the wire: full blocks, a short last one, numbers across the rollover.
+    #[test]
+    fn sender_gso_and_sendmmsg_send_the_same_datagrams() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let data: Vec<u8> = (0..(100 * 70 + 33)).map(|i| (i % 253) as u8).collect();
+        let count = 71; // 70 full blocks of 100 and one of 33: more than one batch
+        for gso in [true, false] {
+            let mut sender = Sender::new(&tx, rx.local_addr().unwrap());
+            sender.gso = gso;
+            sender.send(65_500, count, &data, 100).unwrap();
+            let mut buf = [0u8; 256];
+            for i in 0..count {
+                let n = rx.recv(&mut buf).unwrap();
+                let seq = 65_500 + i as u64;
+                let from = i * 100;
+                let to = (from + 100).min(data.len());
+                let want = encode(&Packet::Data {
+                    block: block_number(seq),
+                    data: data[from..to].to_vec(),
+                });
+                assert_eq!(&buf[..n], &want[..], "gso={gso} block {seq}");
+            }
+        }
     }
 
     fn neg(blksize: u16, windowsize: u16) -> Negotiated {
