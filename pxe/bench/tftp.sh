@@ -76,7 +76,9 @@ iron_pid=$!; pids+=("$iron_pid")
 # The same server with 16 runtime threads instead of one per core. Here the 50
 # clients share the 2 cores with the server, and the peers get one scheduler
 # share per transfer (a process per transfer in tftpd-hpa, a thread in atftpd):
-# this instance shows how much of the concurrent wall time is that share.
+# this instance showed how much of the concurrent wall time was that share.
+# Transfers now run on a blocking-pool thread each, so both instances should
+# match; a gap between them would point at the runtime again.
 TFTP_THREADS=16 RUST_LOG=warn "$iron_bin" "$root" 127.0.0.1:$P_IRON16 128 >"$work/iron16.log" 2>&1 &
 iron16_pid=$!; pids+=("$iron16_pid")
 in.tftpd -L -s "$root" -a 127.0.0.1:$P_HPA >"$work/hpa.log" 2>&1 &

@@ -2,10 +2,13 @@
 //!
 //! [`run`] listens on one socket for requests; each accepted read request gets its
 //! own task and its own ephemeral UDP socket on the same local IP (RFC 1350's
-//! transfer identifier). Content comes from a [`Provider`], so files can be served
-//! from disk ([`FsProvider`]) or generated per client. Protocol decisions (option
-//! negotiation, block numbering, which ACK moves the window) are pure functions in
-//! [`crate::proto::tftp`] and [`Window`]; this module only does I/O around them.
+//! transfer identifier). The task opens the content and negotiates options, then
+//! exchanges packets on a blocking-pool thread (blocking socket, windows sent as
+//! UDP GSO; `start_transfer` says why). Content comes from a [`Provider`], so
+//! files can be served from disk ([`FsProvider`]) or generated per client.
+//! Protocol decisions (option negotiation, block numbering, which ACK moves the
+//! window) are pure functions in [`crate::proto::tftp`] and [`Window`]; this
+//! module only does I/O around them.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -218,7 +221,9 @@ impl TftpStats {
 
 #[derive(Debug, Clone)]
 pub struct TftpConfig {
-    /// Concurrent transfers; further requests get ERROR 0 "server busy".
+    /// Concurrent transfers; further requests get ERROR 0 "server busy". Each
+    /// running transfer holds a thread of tokio's blocking pool (512 by default),
+    /// so keep this well below the runtime's `max_blocking_threads`.
     pub max_transfers: usize,
     /// Retransmission timeout unless the client negotiates `timeout`.
     pub timeout: Duration,
