@@ -791,14 +791,14 @@ impl Sender {
     ) -> nix::Result<usize> {
         let mut headers = [[0u8; DATA_HEADER_LEN]; GSO_MAX_SEGS];
         let mut iovs = [IoSlice::new(&[]); 2 * GSO_MAX_SEGS];
-        for i in 0..n {
-            write_data_header(&mut headers[i], block_number(first + i as u64));
+        for (i, h) in headers[..n].iter_mut().enumerate() {
+            write_data_header(h, block_number(first + i as u64));
         }
-        for i in 0..n {
+        for (i, (iov, h)) in iovs.chunks_exact_mut(2).zip(&headers[..n]).enumerate() {
             let from = (i * blksize).min(data.len());
             let to = (from + blksize).min(data.len());
-            iovs[2 * i] = IoSlice::new(&headers[i]);
-            iovs[2 * i + 1] = IoSlice::new(&data[from..to]);
+            iov[0] = IoSlice::new(h);
+            iov[1] = IoSlice::new(&data[from..to]);
         }
         let seg = (DATA_HEADER_LEN + blksize) as u16;
         let gso = [ControlMessage::UdpGsoSegments(&seg)];
