@@ -8,14 +8,15 @@
 #
 # Prints MB/s (MB = 10^6 bytes; median of ROUNDS, min-max), the ratio ironseed/nginx, and
 # ironseed's peak resident memory (VmHWM) while serving CONC clients. Loopback only:
-# 127.0.0.1:46950 (ironseed) and :46951 (nginx).
+# 127.0.0.1:46950 (ironseed) and :46951 (nginx); PORT_BASE moves them.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
 SIZE_MB=${SIZE_MB:-512}
 CONC=${CONC:-50}
-P_IRON=46950
-P_NGINX=46951
+# PORT_BASE lets several people benchmark on one machine without colliding.
+P_IRON=${PORT_BASE:-46950}
+P_NGINX=$((P_IRON + 1))
 here=$(cd "$(dirname "$0")/../.." && pwd)
 
 command -v nginx >/dev/null || { apt-get install -y -qq nginx-light >/dev/null; }
@@ -31,14 +32,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building (release)" >&2
-(cd "$here" && cargo build --release -q -p pxe -p builder)
-"$here/target/release/builder" render -o "$work/bundle" --secrets "$work/s.yaml" >/dev/null 2>&1
+# PXE_BIN / BUILDER_BIN: benchmark prebuilt binaries (e.g. a baseline) instead of building.
+pxe_bin=${PXE_BIN:-$here/target/release/pxe}
+builder_bin=${BUILDER_BIN:-$here/target/release/builder}
+if [[ -z ${PXE_BIN:-} || -z ${BUILDER_BIN:-} ]]; then
+    echo "== building (release)" >&2
+    (cd "$here" && cargo build --release -q -p pxe -p builder)
+fi
+"$builder_bin" render -o "$work/bundle" --secrets "$work/s.yaml" >/dev/null 2>&1
 mkdir -p "$work/artifacts/images" "$work/ipxe" "$work/state"
 head -c $((SIZE_MB << 20)) /dev/urandom > "$work/artifacts/images/bench.img"
 chmod -R a+rX "$work"
 
-"$here/target/release/pxe" serve --bundle "$work/bundle" --listen 127.0.0.1 --dhcp off \
+"$pxe_bin" serve --bundle "$work/bundle" --listen 127.0.0.1 --dhcp off \
     --http-port $P_IRON --tftp-port 0 --state "$work/state" --ipxe-dir "$work/ipxe" \
     --artifacts "$work/artifacts" > "$work/pxe.out" 2> "$work/pxe.err" &
 pids+=($!)

@@ -11,8 +11,8 @@
 # time, each server's CPU time (clients and servers share the 2 cores, so CPU
 # per transfer is the steadier figure) and ironseed's peak resident memory.
 #
-# Ports: 127.0.0.1:46960-46962 on the host; dnsmasq 2.90 has no --tftp-port, so
-# it runs on port 69 inside the namespace "tftbench" (only lo, 127.0.0.1) and its
+# Ports: 127.0.0.1:46960-46963 on the host (PORT_BASE moves them); dnsmasq 2.90 has no --tftp-port, so
+# it runs on port 69 inside the namespace "tftbench" (NS renames it) (only lo, 127.0.0.1) and its
 # clients run there too. Traffic never leaves loopback.
 set -euo pipefail
 
@@ -21,11 +21,13 @@ SIZE_MB=${SIZE_MB:-64}
 CONC=${CONC:-50}
 CONC_MB=${CONC_MB:-30}
 CONC_ROUNDS=${CONC_ROUNDS:-2}
-P_IRON=46960
-P_IRON16=46963
-P_HPA=46961
-P_ATFTPD=46962
-NS=tftbench
+# PORT_BASE and NS let several people benchmark on one machine without colliding.
+PORT_BASE=${PORT_BASE:-46960}
+P_IRON=$PORT_BASE
+P_HPA=$((PORT_BASE + 1))
+P_ATFTPD=$((PORT_BASE + 2))
+P_IRON16=$((PORT_BASE + 3))
+NS=${NS:-tftbench}
 
 here=$(cd "$(dirname "$0")/../.." && pwd)
 for bin in tftp curl atftp in.tftpd dnsmasq ip; do
@@ -42,9 +44,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building ironseed (release)" >&2
-(cd "$here" && cargo build --release -q -p pxe --example tftp_serve)
-iron_bin="$here/target/release/examples/tftp_serve"
+# IRON_BIN: benchmark a prebuilt tftp_serve (e.g. a baseline) instead of building.
+iron_bin=${IRON_BIN:-$here/target/release/examples/tftp_serve}
+if [[ -z ${IRON_BIN:-} ]]; then
+    echo "== building ironseed (release)" >&2
+    (cd "$here" && cargo build --release -q -p pxe --example tftp_serve)
+fi
 
 # atftpd conflicts with tftpd-hpa as a package: unpack it instead (peers.md).
 atftpd_bin="$here/target/bench-peers/usr/sbin/atftpd"
@@ -71,7 +76,9 @@ iron_pid=$!; pids+=("$iron_pid")
 # The same server with 16 runtime threads instead of one per core. Here the 50
 # clients share the 2 cores with the server, and the peers get one scheduler
 # share per transfer (a process per transfer in tftpd-hpa, a thread in atftpd):
-# this instance shows how much of the concurrent wall time is that share.
+# this instance showed how much of the concurrent wall time was that share.
+# Transfers now run on a blocking-pool thread each, so both instances should
+# match; a gap between them would point at the runtime again.
 TFTP_THREADS=16 RUST_LOG=warn "$iron_bin" "$root" 127.0.0.1:$P_IRON16 128 >"$work/iron16.log" 2>&1 &
 iron16_pid=$!; pids+=("$iron16_pid")
 in.tftpd -L -s "$root" -a 127.0.0.1:$P_HPA >"$work/hpa.log" 2>&1 &

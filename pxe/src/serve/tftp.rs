@@ -2,19 +2,29 @@
 //!
 //! [`run`] listens on one socket for requests; each accepted read request gets its
 //! own task and its own ephemeral UDP socket on the same local IP (RFC 1350's
-//! transfer identifier). Content comes from a [`Provider`], so files can be served
-//! from disk ([`FsProvider`]) or generated per client. Protocol decisions (option
-//! negotiation, block numbering, which ACK moves the window) are pure functions in
-//! [`crate::proto::tftp`] and [`Window`]; this module only does I/O around them.
+//! transfer identifier). The task opens the content and negotiates options, then
+//! exchanges packets on a blocking-pool thread (blocking socket, windows sent as
+//! UDP GSO; `start_transfer` says why). Content comes from a [`Provider`], so
+//! files can be served from disk ([`FsProvider`]) or generated per client.
+//! Protocol decisions (option negotiation, block numbering, which ACK moves the
+//! window) are pure functions in [`crate::proto::tftp`] and [`Window`]; this
+//! module only does I/O around them.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg, sendmsg,
+};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UdpSocket;
@@ -34,6 +44,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum Body {
     /// Content already in memory (generated scripts, small files).
     Bytes(Arc<[u8]>),
+    /// A regular file, read with pread(2) a window or more at a time.
+    File(std::fs::File),
     /// Content streamed from a reader; read in large chunks, not per block.
     Reader(Box<dyn AsyncRead + Send + Unpin>),
 }
@@ -51,6 +63,14 @@ impl Content {
         Content {
             size: bytes.len() as u64,
             body: Body::Bytes(bytes),
+        }
+    }
+
+    /// `file` must hold at least `size` bytes; only `size` bytes are sent.
+    pub fn from_file(size: u64, file: std::fs::File) -> Self {
+        Content {
+            size,
+            body: Body::File(file),
         }
     }
 
@@ -128,7 +148,7 @@ impl FsProvider {
         if !meta.is_file() {
             return Err(ProviderError::AccessViolation("not a regular file"));
         }
-        Ok(Content::from_reader(meta.len(), file))
+        Ok(Content::from_file(meta.len(), file.into_std().await))
     }
 }
 
@@ -201,7 +221,9 @@ impl TftpStats {
 
 #[derive(Debug, Clone)]
 pub struct TftpConfig {
-    /// Concurrent transfers; further requests get ERROR 0 "server busy".
+    /// Concurrent transfers; further requests get ERROR 0 "server busy". Each
+    /// running transfer holds a thread of tokio's blocking pool (512 by default),
+    /// so keep this well below the runtime's `max_blocking_threads`.
     pub max_transfers: usize,
     /// Retransmission timeout unless the client negotiates `timeout`.
     pub timeout: Duration,
@@ -209,10 +231,10 @@ pub struct TftpConfig {
     /// (each waits twice as long as the one before, see [`backoff`]).
     pub max_retries: u32,
     pub limits: Limits,
-    /// Bytes read from a [`Body::Reader`] at a time, at least 8 blocks (plus one
-    /// window kept for retransmission). Per-transfer memory is about twice this:
-    /// `tokio::fs::File` keeps its own buffer of the same size. 64 KiB kept 50
-    /// transfers at 12-16 MB resident; 256 KiB cost 36-47 MB for no speed gain.
+    /// Bytes read from a [`Body::File`] or [`Body::Reader`] at a time, at least
+    /// 8 blocks (plus one window kept for retransmission). 64 KiB kept 50
+    /// transfers at 12-16 MB resident; 256 KiB cost 36-47 MB for no speed gain
+    /// (measured when a `tokio::fs::File` doubled every buffer).
     pub read_chunk: usize,
     pub stats: Arc<TftpStats>,
 }
@@ -368,19 +390,7 @@ async fn transfer(
 ) {
     let started = Instant::now();
     let stats = cfg.stats.clone();
-    let result = match UdpSocket::bind((local_ip, 0)).await {
-        Ok(sock) => {
-            let mut t = Transfer {
-                sock,
-                peer,
-                cfg: &cfg,
-                stop,
-                buf: vec![0u8; 2048],
-            };
-            t.run(&req, provider.as_ref()).await
-        }
-        Err(e) => Err(TransferError::Io(e)),
-    };
+    let result = start_transfer(&req, peer, local_ip, provider.as_ref(), cfg, stop).await;
     // Free the slot before publishing the outcome, so whoever sees the counter
     // move can also start a new transfer.
     drop(permit);
@@ -409,13 +419,113 @@ async fn transfer(
     }
 }
 
-/// The I/O half of one transfer: socket, peer, and a receive buffer.
-struct Transfer<'a> {
-    sock: UdpSocket,
+/// The per-transfer socket: a new ephemeral port on the listener's address (the
+/// transfer ID), in blocking mode for [`Transfer`]. Not connected to the peer:
+/// packets from other ports must still reach us to be answered with ERROR 5.
+fn transfer_socket(local_ip: IpAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(
+        Domain::for_address(SocketAddr::new(local_ip, 0)),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    sock.bind(&SocketAddr::new(local_ip, 0).into())?;
+    Ok(sock.into())
+}
+
+/// The async half of a transfer: open the content (providers are async), then
+/// hand the socket to a blocking-pool thread for the packet exchange.
+///
+/// Why a thread per transfer rather than a task: every block is a send plus a
+/// wait for one small ACK. On a tokio socket the wait is recvfrom (EAGAIN), a
+/// trip through the reactor's epoll_wait and often a cross-worker wake-up, then
+/// recvfrom again; a blocking recvfrom is one syscall that sleeps on the
+/// socket. Lock-step transfers are bound by exactly that per-block latency, and
+/// with 50 transfers each gets its own scheduler share, as in the C servers
+/// (pxe/bench/tftp.sh measures both).
+async fn start_transfer(
+    req: &Request,
     peer: SocketAddr,
-    cfg: &'a TftpConfig,
+    local_ip: IpAddr,
+    provider: &dyn Provider,
+    cfg: Arc<TftpConfig>,
+    stop: watch::Receiver<bool>,
+) -> Result<u64, TransferError> {
+    let sock = transfer_socket(local_ip)?;
+    // Refusals below are one small datagram on an idle socket: a blocking send
+    // does not wait here.
+    if req.mode != Mode::Octet {
+        // Firmware always asks for octet. netascii would need CR/LF
+        // translation (and a different tsize); refuse it like dnsmasq does.
+        let msg = format!("unsupported mode {}; use octet", req.mode);
+        send_error_sync(&sock, peer, ErrorCode::IllegalOperation, &msg);
+        return Err(TransferError::Refused(msg));
+    }
+    let content = match provider.open(peer, &req.filename).await {
+        Ok(c) => c,
+        Err(e) => {
+            let (code, msg) = match &e {
+                ProviderError::NotFound => (ErrorCode::FileNotFound, "file not found"),
+                ProviderError::AccessViolation(_) => {
+                    (ErrorCode::AccessViolation, "access violation")
+                }
+                ProviderError::Io(_) => (ErrorCode::NotDefined, "I/O error"),
+            };
+            send_error_sync(&sock, peer, code, msg);
+            return Err(TransferError::Refused(e.to_string()));
+        }
+    };
+    let neg = negotiate(&req.options, &cfg.limits, content.size);
+    info!(
+        %peer,
+        file = %req.filename,
+        size = content.size,
+        blksize = neg.blksize,
+        windowsize = neg.windowsize,
+        options = ?req.options,
+        "tftp: transfer start"
+    );
+    let source = Source::new(
+        content,
+        &neg,
+        cfg.read_chunk,
+        tokio::runtime::Handle::current(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut t = Transfer::new(sock, peer, cfg, stop);
+        t.run(source, &neg)
+    })
+    .await
+    .map_err(|e| TransferError::Io(io::Error::other(e)))?
+}
+
+fn send_error_sync(sock: &std::net::UdpSocket, peer: SocketAddr, code: ErrorCode, msg: &str) {
+    let bytes = encode(&Packet::Error {
+        code,
+        msg: msg.to_owned(),
+    });
+    if let Err(e) = sock.send_to(&bytes, peer) {
+        debug!(%peer, error = %e, "tftp: could not send ERROR");
+    }
+}
+
+/// How often a transfer waiting for an ACK looks at the shutdown signal.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// Most DATA packets handed to the kernel in one `sendmmsg` call.
+const MAX_BATCH: usize = 64;
+
+/// The I/O half of one transfer, run on a blocking thread: socket, peer, and
+/// the buffers for receiving ACKs and sending windows.
+struct Transfer {
+    sock: std::net::UdpSocket,
+    peer: SocketAddr,
+    cfg: Arc<TftpConfig>,
     stop: watch::Receiver<bool>,
     buf: Vec<u8>,
+    /// The socket's current SO_RCVTIMEO, so it is only set when it changes.
+    rcv_timeout: Option<Duration>,
+    sender: Sender,
 }
 
 /// What arrived while waiting for an acknowledgement.
@@ -424,70 +534,51 @@ enum Incoming {
     TimedOut,
 }
 
-impl Transfer<'_> {
-    async fn fail(&self, code: ErrorCode, msg: &str) {
-        send_error(&self.sock, self.peer, code, msg).await;
+impl Transfer {
+    fn new(
+        sock: std::net::UdpSocket,
+        peer: SocketAddr,
+        cfg: Arc<TftpConfig>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Transfer {
+            peer,
+            cfg,
+            stop,
+            buf: vec![0u8; 2048],
+            rcv_timeout: None,
+            sender: Sender::new(&sock, peer),
+            sock,
+        }
+    }
+
+    fn fail(&self, code: ErrorCode, msg: &str) {
+        send_error_sync(&self.sock, self.peer, code, msg);
     }
 
     /// Returns the number of payload bytes of the file (not counting resends).
-    async fn run(&mut self, req: &Request, provider: &dyn Provider) -> Result<u64, TransferError> {
-        if req.mode != Mode::Octet {
-            // Firmware always asks for octet. netascii would need CR/LF
-            // translation (and a different tsize); refuse it like dnsmasq does.
-            let msg = format!("unsupported mode {}; use octet", req.mode);
-            self.fail(ErrorCode::IllegalOperation, &msg).await;
-            return Err(TransferError::Refused(msg));
-        }
-        let content = match provider.open(self.peer, &req.filename).await {
-            Ok(c) => c,
-            Err(e) => {
-                let (code, msg) = match &e {
-                    ProviderError::NotFound => (ErrorCode::FileNotFound, "file not found"),
-                    ProviderError::AccessViolation(_) => {
-                        (ErrorCode::AccessViolation, "access violation")
-                    }
-                    ProviderError::Io(_) => (ErrorCode::NotDefined, "I/O error"),
-                };
-                self.fail(code, msg).await;
-                return Err(TransferError::Refused(e.to_string()));
-            }
-        };
-        let neg = negotiate(&req.options, &self.cfg.limits, content.size);
-        info!(
-            peer = %self.peer,
-            file = %req.filename,
-            size = content.size,
-            blksize = neg.blksize,
-            windowsize = neg.windowsize,
-            options = ?req.options,
-            "tftp: transfer start"
-        );
+    fn run(&mut self, mut source: Source, neg: &Negotiated) -> Result<u64, TransferError> {
         let timeout = neg
             .timeout_secs
             .map_or(self.cfg.timeout, |s| Duration::from_secs(s.into()));
         if !neg.oack.is_empty() {
-            self.send_oack(&neg, timeout).await?;
+            self.send_oack(neg, timeout)?;
         }
-        let mut source = Source::new(content, &neg, self.cfg.read_chunk);
-        self.send_data(&mut source, &neg, timeout).await
+        self.send_data(&mut source, neg, timeout)
     }
 
     /// RFC 2347: send the OACK and wait for ACK 0. A client may answer with an
     /// ERROR instead (EDK2 does, after reading tsize): that ends the transfer.
-    async fn send_oack(
-        &mut self,
-        neg: &Negotiated,
-        timeout: Duration,
-    ) -> Result<(), TransferError> {
+    fn send_oack(&mut self, neg: &Negotiated, timeout: Duration) -> Result<(), TransferError> {
         let oack = encode(&Packet::Oack {
             options: neg.oack.clone(),
         });
         let mut retries = 0;
         loop {
-            self.sock.send_to(&oack, self.peer).await?;
-            let deadline = tokio::time::Instant::now() + backoff(timeout, retries);
+            self.sock.send_to(&oack, self.peer)?;
+            let deadline = Instant::now() + backoff(timeout, retries);
             loop {
-                match self.recv(deadline).await? {
+                match self.recv(deadline)? {
                     Incoming::Ack(0) => return Ok(()),
                     Incoming::Ack(_) => continue,
                     Incoming::TimedOut => break,
@@ -495,14 +586,14 @@ impl Transfer<'_> {
             }
             retries += 1;
             if retries > self.cfg.max_retries {
-                self.fail(ErrorCode::NotDefined, "timeout").await;
+                self.fail(ErrorCode::NotDefined, "timeout");
                 return Err(TransferError::Timeout(self.cfg.max_retries));
             }
             TftpStats::inc(&self.cfg.stats.retransmits);
         }
     }
 
-    async fn send_data(
+    fn send_data(
         &mut self,
         source: &mut Source,
         neg: &Negotiated,
@@ -511,38 +602,37 @@ impl Transfer<'_> {
         let blksize = neg.blksize as usize;
         let size = source.size;
         let mut window = Window::new(block_count(size, neg.blksize), neg.windowsize);
-        let mut packet = vec![0u8; DATA_HEADER_LEN + blksize];
         let mut retries = 0;
         loop {
             // Send every block the window allows (after an ACK: the next ones;
             // after a timeout or mid-window ACK: again from the first unacked).
-            let keep_from = window.acked * blksize as u64;
-            for seq in window.to_send() {
-                let offset = (seq - 1) * blksize as u64;
-                let len = (size - offset).min(blksize as u64) as usize;
-                let data = match source.block(offset, len, keep_from).await {
+            let blocks = window.to_send();
+            if !blocks.is_empty() {
+                let (first, last) = (*blocks.start(), *blocks.end());
+                let offset = (first - 1) * blksize as u64;
+                let end = (last * blksize as u64).min(size);
+                let keep_from = window.acked * blksize as u64;
+                // One read for the whole run of blocks: the window is contiguous.
+                let data = match source.range(offset, (end - offset) as usize, keep_from) {
                     Ok(d) => d,
                     Err(e) => {
-                        self.fail(ErrorCode::NotDefined, "read error").await;
+                        self.fail(ErrorCode::NotDefined, "read error");
                         return Err(TransferError::Io(e));
                     }
                 };
-                write_data_header(&mut packet, block_number(seq));
-                packet[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(data);
-                self.sock
-                    .send_to(&packet[..DATA_HEADER_LEN + len], self.peer)
-                    .await?;
+                let count = (last - first + 1) as usize;
+                self.sender.send(first, count, data, blksize)?;
                 self.cfg
                     .stats
                     .bytes_sent
-                    .fetch_add(len as u64, Ordering::Relaxed);
-                window.sent = seq;
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                window.sent = last;
             }
             // The deadline is not moved by ignored packets: a stream of duplicate
             // ACKs must not postpone the retransmission.
-            let deadline = tokio::time::Instant::now() + backoff(timeout, retries);
+            let deadline = Instant::now() + backoff(timeout, retries);
             loop {
-                match self.recv(deadline).await? {
+                match self.recv(deadline)? {
                     Incoming::Ack(block) => match window.on_ack(block) {
                         AckOutcome::Done => return Ok(size),
                         AckOutcome::Advanced => {
@@ -554,7 +644,7 @@ impl Transfer<'_> {
                     Incoming::TimedOut => {
                         retries += 1;
                         if retries > self.cfg.max_retries {
-                            self.fail(ErrorCode::NotDefined, "timeout").await;
+                            self.fail(ErrorCode::NotDefined, "timeout");
                             return Err(TransferError::Timeout(self.cfg.max_retries));
                         }
                         TftpStats::inc(&self.cfg.stats.retransmits);
@@ -568,30 +658,48 @@ impl Transfer<'_> {
 
     /// Waits for an ACK from the peer until `deadline`. Packets from other
     /// addresses get ERROR 5 (RFC 1350 section 4) and do not disturb the transfer;
-    /// a client ERROR ends it; anything else from the peer is ignored.
-    async fn recv(&mut self, deadline: tokio::time::Instant) -> Result<Incoming, TransferError> {
+    /// a client ERROR ends it; anything else from the peer is ignored. The wait is
+    /// cut into [`STOP_POLL`] slices so a shutdown is noticed.
+    fn recv(&mut self, deadline: Instant) -> Result<Incoming, TransferError> {
         loop {
-            let received = tokio::select! {
-                r = tokio::time::timeout_at(deadline, self.sock.recv_from(&mut self.buf)) => r,
-                _ = self.stop.changed() => {
-                    self.fail(ErrorCode::NotDefined, "server shutting down").await;
-                    return Err(TransferError::Shutdown);
+            if !matches!(self.stop.has_changed(), Ok(false)) {
+                self.fail(ErrorCode::NotDefined, "server shutting down");
+                return Err(TransferError::Shutdown);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Incoming::TimedOut);
+            }
+            // Whole milliseconds (rounded up, so never zero): the timeout only
+            // changes near a deadline, not on every packet.
+            let left_ms = (deadline - now).as_micros().div_ceil(1000) as u64;
+            let wait = Duration::from_millis(left_ms).min(STOP_POLL);
+            if self.rcv_timeout != Some(wait) {
+                self.sock.set_read_timeout(Some(wait))?;
+                self.rcv_timeout = Some(wait);
+            }
+            let (len, from) = match self.sock.recv_from(&mut self.buf) {
+                Ok(v) => v,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
                 }
-            };
-            let (len, from) = match received {
-                Err(_elapsed) => return Ok(Incoming::TimedOut),
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(TransferError::Io(e)),
+                Err(e) => return Err(TransferError::Io(e)),
             };
             if from != self.peer {
                 debug!(%from, peer = %self.peer, "tftp: packet from unknown TID");
-                send_error(
+                send_error_sync(
                     &self.sock,
                     from,
                     ErrorCode::UnknownTid,
                     "unknown transfer ID",
-                )
-                .await;
+                );
                 continue;
             }
             match decode(&self.buf[..len]) {
@@ -603,6 +711,135 @@ impl Transfer<'_> {
                 Err(e) => debug!(error = %e, "tftp: undecodable packet ignored"),
             }
         }
+    }
+}
+
+/// Largest UDP payload handed to the kernel in one GSO send (IPv4 allows 65507).
+const GSO_MAX_BYTES: usize = 65_000;
+/// Segments per GSO send (the kernel's UDP_MAX_SEGMENTS is 64 on older kernels).
+const GSO_MAX_SEGS: usize = 64;
+
+/// Sends DATA packets for one transfer. Each packet is two iovecs, header and a
+/// slice of the read buffer, so payload is never copied in user space. A window
+/// goes out as UDP GSO (`UDP_SEGMENT`: one sendmsg, one pass through the stack,
+/// the kernel cuts it into `4 + blksize` datagrams, which works because every
+/// block but a file's last is full) or, where GSO is refused, one `sendmmsg`
+/// instead of one syscall per block. Built on the transfer's own thread
+/// (`MultiHeaders` is not `Send`).
+struct Sender {
+    fd: std::os::fd::RawFd,
+    peer: SockaddrStorage,
+    mmsg: MultiHeaders<SockaddrStorage>,
+    addrs: Vec<Option<SockaddrStorage>>,
+    gso: bool,
+}
+
+impl Sender {
+    fn new(sock: &std::net::UdpSocket, peer: SocketAddr) -> Self {
+        let peer = SockaddrStorage::from(peer);
+        Sender {
+            fd: sock.as_raw_fd(),
+            peer,
+            mmsg: MultiHeaders::preallocate(MAX_BATCH, None),
+            addrs: vec![Some(peer); MAX_BATCH],
+            gso: true,
+        }
+    }
+
+    /// Sends blocks `first..first + count`, whose payloads are consecutive
+    /// `blksize` slices of `data` (the last may be shorter or empty).
+    fn send(&mut self, first: u64, count: usize, data: &[u8], blksize: usize) -> io::Result<()> {
+        let seg = DATA_HEADER_LEN + blksize;
+        let mut done = 0;
+        while done < count {
+            let rest = &data[(done * blksize).min(data.len())..];
+            let seq = first + done as u64;
+            let left = count - done;
+            let gso_segs = left.min(GSO_MAX_SEGS).min(GSO_MAX_BYTES / seg);
+            let sent = if left == 1 {
+                self.send_gso_or_one(seq, 1, rest, blksize)
+            } else if self.gso && gso_segs >= 2 {
+                match self.send_gso_or_one(seq, gso_segs, rest, blksize) {
+                    // Kernels or routes without UDP GSO: sendmmsg from now on.
+                    Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
+                        debug!("tftp: UDP GSO refused, sending windows with sendmmsg");
+                        self.gso = false;
+                        continue;
+                    }
+                    r => r,
+                }
+            } else {
+                self.send_mmsg(seq, left.min(MAX_BATCH), rest, blksize)
+            };
+            match sent {
+                // A blocking send only returns early if interrupted; resume.
+                Ok(n) => done += n.max(1),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `n` blocks in one sendmsg: with `n > 1` as GSO segments.
+    fn send_gso_or_one(
+        &mut self,
+        first: u64,
+        n: usize,
+        data: &[u8],
+        blksize: usize,
+    ) -> nix::Result<usize> {
+        let mut headers = [[0u8; DATA_HEADER_LEN]; GSO_MAX_SEGS];
+        let mut iovs = [IoSlice::new(&[]); 2 * GSO_MAX_SEGS];
+        for (i, h) in headers[..n].iter_mut().enumerate() {
+            write_data_header(h, block_number(first + i as u64));
+        }
+        for (i, (iov, h)) in iovs.chunks_exact_mut(2).zip(&headers[..n]).enumerate() {
+            let from = (i * blksize).min(data.len());
+            let to = (from + blksize).min(data.len());
+            iov[0] = IoSlice::new(h);
+            iov[1] = IoSlice::new(&data[from..to]);
+        }
+        let seg = (DATA_HEADER_LEN + blksize) as u16;
+        let gso = [ControlMessage::UdpGsoSegments(&seg)];
+        let cmsgs: &[ControlMessage] = if n > 1 { &gso } else { &[] };
+        sendmsg(
+            self.fd,
+            &iovs[..2 * n],
+            cmsgs,
+            MsgFlags::empty(),
+            Some(&self.peer),
+        )?;
+        Ok(n)
+    }
+
+    /// Up to [`MAX_BATCH`] blocks in one sendmmsg; returns how many were sent.
+    fn send_mmsg(
+        &mut self,
+        first: u64,
+        n: usize,
+        data: &[u8],
+        blksize: usize,
+    ) -> nix::Result<usize> {
+        let mut headers = [[0u8; DATA_HEADER_LEN]; MAX_BATCH];
+        for (i, h) in headers[..n].iter_mut().enumerate() {
+            write_data_header(h, block_number(first + i as u64));
+        }
+        let mut iovs = [[IoSlice::new(&[]); 2]; MAX_BATCH];
+        for (i, iov) in iovs[..n].iter_mut().enumerate() {
+            let from = (i * blksize).min(data.len());
+            let to = (from + blksize).min(data.len());
+            *iov = [IoSlice::new(&headers[i]), IoSlice::new(&data[from..to])];
+        }
+        let r = sendmmsg(
+            self.fd,
+            &mut self.mmsg,
+            iovs[..n].iter(),
+            &self.addrs[..n],
+            [],
+            MsgFlags::empty(),
+        )?;
+        Ok(r.count())
     }
 }
 
@@ -681,9 +918,9 @@ impl Window {
     }
 }
 
-/// File bytes for the data path. A reader is consumed in `read_chunk`-sized reads
+/// File bytes for the data path. Content is read in `read_chunk`-sized reads
 /// into one buffer that also keeps the unacknowledged window for resends, so
-/// there is no allocation or read call per block.
+/// there is no allocation or read call per block, and a window is one slice.
 struct Source {
     size: u64,
     kind: SourceKind,
@@ -691,8 +928,8 @@ struct Source {
 
 enum SourceKind {
     Bytes(Arc<[u8]>),
-    Reader {
-        reader: Box<dyn AsyncRead + Send + Unpin>,
+    Buffered {
+        input: Input,
         buf: Vec<u8>,
         /// File offset of `buf[0]`.
         start: u64,
@@ -701,43 +938,77 @@ enum SourceKind {
     },
 }
 
-impl Source {
-    fn new(content: Content, neg: &Negotiated, read_chunk: usize) -> Self {
-        let kind = match content.body {
-            Body::Bytes(b) => SourceKind::Bytes(b),
-            Body::Reader(reader) => {
-                let window_bytes = neg.blksize as usize * neg.windowsize as usize;
-                // At least 8 blocks per read: with 64 KiB blocks a 256 KiB chunk
-                // would mean a blocking-pool round trip every 4 packets.
-                let read_chunk = read_chunk.max(8 * neg.blksize as usize);
-                // Never more than the file needs (+1 so EOF-sized buffers stay
-                // non-empty): small files cost small buffers.
-                let cap = (read_chunk + window_bytes).min(content.size as usize + 1);
-                SourceKind::Reader {
-                    reader,
-                    buf: vec![0u8; cap.max(1)],
-                    start: 0,
-                    filled: 0,
+/// Where a buffered source reads from, on the transfer's blocking thread.
+enum Input {
+    /// pread(2) straight into the window buffer.
+    File(std::fs::File),
+    /// A provider's async reader, driven from the blocking thread.
+    Reader(Box<dyn AsyncRead + Send + Unpin>, tokio::runtime::Handle),
+}
+
+impl Input {
+    fn read(&mut self, offset: u64, dst: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Input::File(f) => loop {
+                match f.read_at(dst, offset) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    r => return r,
                 }
+            },
+            // Sequential: offsets only grow, and the buffer logic asks for the
+            // bytes right after the ones it has.
+            Input::Reader(r, handle) => handle.block_on(r.read(dst)),
+        }
+    }
+}
+
+impl Source {
+    fn new(
+        content: Content,
+        neg: &Negotiated,
+        read_chunk: usize,
+        handle: tokio::runtime::Handle,
+    ) -> Self {
+        let input = match content.body {
+            Body::Bytes(b) => {
+                return Source {
+                    size: content.size,
+                    kind: SourceKind::Bytes(b),
+                };
             }
+            Body::File(f) => Input::File(f),
+            Body::Reader(r) => Input::Reader(r, handle),
         };
+        let window_bytes = neg.blksize as usize * neg.windowsize as usize;
+        // At least 8 blocks per read: with 64 KiB blocks a 256 KiB chunk
+        // would mean a read call every 4 packets.
+        let read_chunk = read_chunk.max(8 * neg.blksize as usize);
+        // Never more than the file needs (+1 so EOF-sized buffers stay
+        // non-empty): small files cost small buffers.
+        let cap = (read_chunk + window_bytes).min(content.size as usize + 1);
         Source {
             size: content.size,
-            kind,
+            kind: SourceKind::Buffered {
+                input,
+                buf: vec![0u8; cap.max(1)],
+                start: 0,
+                filled: 0,
+            },
         }
     }
 
-    /// Bytes `offset..offset + len`. `keep_from` (≤ offset) is the start of the
-    /// unacknowledged window: bytes before it may be discarded.
-    async fn block(&mut self, offset: u64, len: usize, keep_from: u64) -> io::Result<&[u8]> {
+    /// Bytes `offset..offset + len` (at most one window). `keep_from` (≤ offset)
+    /// is the start of the unacknowledged window: bytes before it may be
+    /// discarded.
+    fn range(&mut self, offset: u64, len: usize, keep_from: u64) -> io::Result<&[u8]> {
         match &mut self.kind {
             SourceKind::Bytes(b) => {
                 let start = offset as usize;
                 b.get(start..start + len)
                     .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "short content"))
             }
-            SourceKind::Reader {
-                reader,
+            SourceKind::Buffered {
+                input,
                 buf,
                 start,
                 filled,
@@ -754,8 +1025,15 @@ impl Source {
                     *filled -= drop;
                     *start += drop as u64;
                     let need = (end - *start) as usize;
+                    if need > buf.len() {
+                        return Err(io::Error::other("range larger than the window buffer"));
+                    }
+                    // Never read past the announced size: a growing file must
+                    // not push bytes of the next block into this one's tail.
+                    let want = (buf.len() as u64).min(self.size - *start) as usize;
                     while *filled < need {
-                        let n = reader.read(&mut buf[*filled..]).await?;
+                        let at = *start + *filled as u64;
+                        let n = input.read(at, &mut buf[*filled..want])?;
                         if n == 0 {
                             return Err(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
@@ -856,35 +1134,60 @@ mod tests {
         assert_eq!(w.to_send(), 65_537..=65_544);
     }
 
-    fn reader_source(data: Vec<u8>, blksize: u16, windowsize: u16, chunk: usize) -> Source {
-        let neg = Negotiated {
+    /// Both send paths (GSO and its sendmmsg fallback) put the same datagrams on
+    /// the wire: full blocks, a short last one, numbers across the rollover.
+    #[test]
+    fn sender_gso_and_sendmmsg_send_the_same_datagrams() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let data: Vec<u8> = (0..(100 * 70 + 33)).map(|i| (i % 253) as u8).collect();
+        let count = 71; // 70 full blocks of 100 and one of 33: more than one batch
+        for gso in [true, false] {
+            let mut sender = Sender::new(&tx, rx.local_addr().unwrap());
+            sender.gso = gso;
+            sender.send(65_500, count, &data, 100).unwrap();
+            let mut buf = [0u8; 256];
+            for i in 0..count {
+                let n = rx.recv(&mut buf).unwrap();
+                let seq = 65_500 + i as u64;
+                let from = i * 100;
+                let to = (from + 100).min(data.len());
+                let want = encode(&Packet::Data {
+                    block: block_number(seq),
+                    data: data[from..to].to_vec(),
+                });
+                assert_eq!(&buf[..n], &want[..], "gso={gso} block {seq}");
+            }
+        }
+    }
+
+    fn neg(blksize: u16, windowsize: u16) -> Negotiated {
+        Negotiated {
             blksize,
             windowsize,
             timeout_secs: None,
             oack: vec![],
-        };
-        let size = data.len() as u64;
-        Source::new(
-            Content::from_reader(size, std::io::Cursor::new(data)),
-            &neg,
-            chunk,
-        )
+        }
     }
 
-    #[tokio::test]
-    async fn source_reads_sequentially_and_resends_window() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        // Tiny chunk so the buffer is refilled and compacted many times.
-        let mut src = reader_source(data.clone(), 100, 4, 150);
+    /// Reads blocks as the send loop does, re-reading the start of the
+    /// unacknowledged window as a resend would, and a whole window at once.
+    fn check_source(mut src: Source, data: &[u8]) {
+        let size = data.len() as u64;
         let mut acked = 0u64;
         let mut offset = 0u64;
-        while offset < 10_000 {
-            let len = (10_000 - offset).min(100) as usize;
-            let got = src.block(offset, len, acked).await.unwrap().to_vec();
+        while offset < size {
+            let len = (size - offset).min(100) as usize;
+            let got = src.range(offset, len, acked).unwrap().to_vec();
             assert_eq!(got, data[offset as usize..offset as usize + len]);
-            // Re-read the start of the unacked window, as a resend would.
-            let again = src.block(acked, 100, acked).await.unwrap().to_vec();
+            let again = src.range(acked, 100, acked).unwrap().to_vec();
             assert_eq!(again, data[acked as usize..acked as usize + 100]);
+            let window = src.range(acked, 400.min((size - acked) as usize), acked);
+            assert_eq!(
+                window.unwrap(),
+                &data[acked as usize..(acked + 400).min(size) as usize]
+            );
             offset += 100;
             if offset.is_multiple_of(400) {
                 acked = offset - 100;
@@ -892,18 +1195,41 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn source_reports_short_reader() {
-        let neg = Negotiated {
-            blksize: 512,
-            windowsize: 1,
-            timeout_secs: None,
-            oack: vec![],
-        };
+    #[test]
+    fn source_reads_sequentially_and_resends_window() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        // Tiny chunk so the buffer is refilled and compacted many times.
+        let reader = Content::from_reader(10_000, std::io::Cursor::new(data.clone()));
+        check_source(
+            Source::new(reader, &neg(100, 4), 150, rt.handle().clone()),
+            &data,
+        );
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &data).unwrap();
+        // A file longer than announced: only the announced bytes are read.
+        std::io::Write::write_all(&mut file, b"tail").unwrap();
+        let file = Content::from_file(10_000, file);
+        check_source(
+            Source::new(file, &neg(100, 4), 150, rt.handle().clone()),
+            &data,
+        );
+    }
+
+    #[test]
+    fn source_reports_short_content() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
         let content = Content::from_reader(1000, std::io::Cursor::new(vec![1u8; 600]));
-        let mut src = Source::new(content, &neg, 4096);
-        assert!(src.block(0, 512, 0).await.is_ok());
-        let err = src.block(512, 488, 0).await.unwrap_err();
+        let mut src = Source::new(content, &neg(512, 1), 4096, rt.handle().clone());
+        assert!(src.range(0, 512, 0).is_ok());
+        let err = src.range(512, 488, 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &[1u8; 600]).unwrap();
+        let content = Content::from_file(1000, file);
+        let mut src = Source::new(content, &neg(512, 1), 4096, rt.handle().clone());
+        assert!(src.range(0, 512, 0).is_ok());
+        let err = src.range(512, 488, 0).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
