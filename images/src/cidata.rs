@@ -126,19 +126,12 @@ mod tests {
     /// fsck.fat and mtools. Skipped loudly where they are missing, never in CI.
     #[test]
     fn real_tools_accept_the_volume() {
-        let tools = ["blkid", "fsck.fat", "mcopy"];
-        if let Some(t) = tools.iter().find(|t| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .map(|o| !o.status.success())
-                .unwrap_or(true)
-        }) {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{t} missing in CI (tests/packages.txt: dosfstools, mtools)"
-            );
-            eprintln!("SKIP: {t} not installed");
+        let tools = [
+            ("blkid", "util-linux"),
+            ("fsck.fat", "dosfstools"),
+            ("mcopy", "mtools"),
+        ];
+        if !tools.iter().all(|(t, p)| crate::testutil::have(t, p)) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -185,18 +178,12 @@ mod tests {
     /// names, byte-identical content. Skipped loudly where the tools are missing, never in CI.
     #[test]
     fn real_tools_accept_the_iso_variant() {
-        if let Some(t) = ["isoinfo", "xorriso", "blkid"].iter().find(|t| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .map(|o| !o.status.success())
-                .unwrap_or(true)
-        }) {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{t} missing in CI (tests/packages.txt: genisoimage, xorriso)"
-            );
-            eprintln!("SKIP: {t} not installed");
+        let tools = [
+            ("isoinfo", "genisoimage"),
+            ("xorriso", "xorriso"),
+            ("blkid", "util-linux"),
+        ];
+        if !tools.iter().all(|(t, p)| crate::testutil::have(t, p)) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

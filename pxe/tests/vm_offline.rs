@@ -190,29 +190,12 @@ fn start_vm(dir: &Path, n: &Node, stick: &Path, install: bool) -> (Proc, PathBuf
     let serial = dir.join(format!("{}-{phase}.serial", n.host));
     let (disk_idx, stick_idx) = if install { (2, 1) } else { (1, 2) };
     let mut cmd = Command::new("qemu-system-x86_64");
-    // TCG: /dev/kvm on this kind of machine is a broken nested layer (pxe-lab.md).
-    match n.fw {
-        Firmware::Bios => {
-            cmd.args(["-machine", "pc,accel=tcg"]);
-        }
-        Firmware::Uefi => {
-            // One NVRAM across both runs, as one machine has.
-            let vars = dir.join(format!("{}.vars.fd", n.host));
-            if install {
-                std::fs::copy(OVMF_VARS, &vars).unwrap();
-            }
-            cmd.args(["-machine", "q35,accel=tcg"])
-                .arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-                ))
-                .arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,unit=1,file={}",
-                    vars.display()
-                ));
-        }
+    // One NVRAM across both runs, as one machine has.
+    let vars = dir.join(format!("{}.vars.fd", n.host));
+    if n.fw == Firmware::Uefi && install {
+        std::fs::copy(OVMF_VARS, &vars).unwrap();
     }
+    machine_args(&mut cmd, n.fw, &vars);
     if install {
         cmd.arg("-no-reboot");
     }

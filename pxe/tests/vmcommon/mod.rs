@@ -465,6 +465,29 @@ pub enum Firmware {
     Uefi,
 }
 
+/// The qemu machine for `fw`, always TCG (/dev/kvm on this kind of machine is a broken nested
+/// layer: SeaBIOS 15× slower, OVMF dies with "KVM internal error"; pxe-lab.md). UEFI: OVMF's
+/// code read-only and `vars`, the machine's own NVRAM copy.
+pub fn machine_args(cmd: &mut Command, fw: Firmware, vars: &Path) {
+    match fw {
+        Firmware::Bios => {
+            cmd.args(["-machine", "pc,accel=tcg"]);
+        }
+        Firmware::Uefi => {
+            cmd.args(["-machine", "q35,accel=tcg"])
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
+        }
+    }
+}
+
 /// One VM: fresh blank disk, NIC first (bootindex 1), disk second, serial to a file.
 pub struct Vm {
     pub name: String,
@@ -533,29 +556,16 @@ impl Vm {
         let serial = dir.join(format!("{name}.serial"));
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &lab.pxe.0, "qemu-system-x86_64"]);
-        // TCG: /dev/kvm on this kind of machine is a broken nested layer (SeaBIOS 15× slower,
-        // OVMF dies with "KVM internal error"), see pxe-lab.md.
         let mut nic = format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1");
         match fw {
-            Firmware::Bios => {
-                cmd.args(["-machine", "pc,accel=tcg"]);
-            }
+            Firmware::Bios => machine_args(&mut cmd, fw, Path::new("")),
             Firmware::Uefi => {
                 let vars = dir.join(format!("{name}.vars.fd"));
                 std::fs::copy(OVMF_VARS, &vars).unwrap();
-                cmd.args(["-machine", "q35,accel=tcg"])
-                    .arg("-drive")
-                    .arg(format!(
-                        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-                    ))
-                    .arg("-drive")
-                    .arg(format!(
-                        "if=pflash,format=raw,unit=1,file={}",
-                        vars.display()
-                    ))
-                    // No IPv6 PXE/HTTP boot entries: each would wait for a DHCPv6 server
-                    // that this LAN does not have.
-                    .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
+                machine_args(&mut cmd, fw, &vars);
+                // No IPv6 PXE/HTTP boot entries: each would wait for a DHCPv6 server
+                // that this LAN does not have.
+                cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
                     .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"]);
                 // No option ROM: OVMF's own EDK2 PXE client boots instead of iPXE, so the
                 // firmware sends arch 7 without user class iPXE and fetches the EFI boot file
