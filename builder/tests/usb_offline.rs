@@ -251,16 +251,10 @@ fn the_stick_installs_its_node_offline_and_is_never_a_target() {
     let parts = images::gpt::partitions(&mut f).unwrap();
     assert_eq!(parts[0].name, "cidata");
     assert_eq!(parts[1].len, (12 * MIB - 4096 * 512 - 33 * 512) as u64);
-    let fs = fatfs::FileSystem::new(io::Cursor::new(got[slot].to_vec()), fatfs::FsOptions::new())
-        .unwrap();
-    assert_eq!(fs.volume_label(), "CIDATA");
-    for name in ["user-data", "meta-data", "network-config"] {
-        let mut b = Vec::new();
-        fs.root_dir()
-            .open_file(name)
-            .unwrap()
-            .read_to_end(&mut b)
-            .unwrap();
+    let (label, files) = images::cidata::read(&got[slot]).unwrap();
+    assert_eq!(label, "CIDATA");
+    assert_eq!(files.len(), 3, "user-data, meta-data, network-config");
+    for (name, b) in files {
         let want = std::fs::read(s.bundle.join(format!("nodes/{NODE}/{name}"))).unwrap();
         assert!(b == want, "{name} is the bundle's");
     }

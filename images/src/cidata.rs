@@ -4,7 +4,7 @@
 //! delivers. Built in memory without mounting (this kernel cannot mount vfat), byte-identical for
 //! the same files: the volume id comes from the caller, the timestamps are the FAT epoch.
 
-use std::io::{Cursor, Write};
+use std::io::{Cursor, Read, Write};
 
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
 
@@ -51,6 +51,26 @@ pub fn build(files: &[(&str, &[u8])], volume_id: u32, size: usize) -> Result<Vec
     Ok(disk.into_inner())
 }
 
+/// A seed file read back: its name and content.
+pub type SeedFile = (String, Vec<u8>);
+
+/// A FAT seed volume read back: its label and the seed files (of [`SEED_FILES`]) at its root,
+/// in that order. What a node's cloud-init will find, for checking a written disk or stick.
+pub fn read(volume: &[u8]) -> Result<(String, Vec<SeedFile>), CidataError> {
+    // fatfs wants a writable device even to read: work on a copy (1 MiB).
+    let fs = FileSystem::new(Cursor::new(volume.to_vec()), FsOptions::new())?;
+    let mut files = Vec::new();
+    for name in SEED_FILES {
+        let Ok(mut f) = fs.root_dir().open_file(name) else {
+            continue;
+        };
+        let mut b = Vec::new();
+        f.read_to_end(&mut b)?;
+        files.push((name.to_string(), b));
+    }
+    Ok((fs.volume_label(), files))
+}
+
 /// The same seed as an ISO9660 volume labelled `cidata` (what `genisoimage -V cidata -J -R`
 /// makes, and what Proxmox and most cloud images expect on a CD-ROM). Rock Ridge keeps the names
 /// `user-data` etc.; the volume's dates come from `volume_id` (blkid turns them into the UUID), so
@@ -81,7 +101,6 @@ pub fn volume_id_for(hostname: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
     use std::process::Command;
 
     fn seed() -> Vec<(&'static str, &'static [u8])> {
@@ -99,18 +118,15 @@ mod tests {
         assert!(a == b, "same input, same bytes");
         let c = build(&seed(), volume_id_for("k3s2"), DEFAULT_SIZE).unwrap();
         assert!(a != c, "volume id differs per node");
-        let fs = FileSystem::new(Cursor::new(a), FsOptions::new()).unwrap();
-        assert_eq!(fs.volume_label(), "CIDATA");
+        let fs = FileSystem::new(Cursor::new(a.clone()), FsOptions::new()).unwrap();
         assert_eq!(fs.fat_type(), FatType::Fat12);
-        for (name, want) in seed() {
-            let mut got = Vec::new();
-            fs.root_dir()
-                .open_file(name)
-                .unwrap()
-                .read_to_end(&mut got)
-                .unwrap();
-            assert_eq!(got, want, "{name}");
-        }
+        let (label, files) = read(&a).unwrap();
+        assert_eq!(label, "CIDATA");
+        let want: Vec<(String, Vec<u8>)> = seed()
+            .iter()
+            .map(|(n, b)| (n.to_string(), b.to_vec()))
+            .collect();
+        assert_eq!(files, want);
     }
 
     #[test]

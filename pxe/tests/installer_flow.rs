@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -188,19 +188,13 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
         String::from_utf8_lossy(&verify.stdout)
     );
     // The seed in the slot is the node's, readable as FAT labelled CIDATA.
-    let fs = fatfs::FileSystem::new(io::Cursor::new(got[slot].to_vec()), fatfs::FsOptions::new())
-        .unwrap();
-    assert_eq!(fs.volume_label(), "CIDATA");
-    for f in ["user-data", "meta-data", "network-config"] {
-        let mut b = Vec::new();
-        fs.root_dir()
-            .open_file(f)
-            .unwrap()
-            .read_to_end(&mut b)
-            .unwrap();
+    let (label, files) = images::cidata::read(&got[slot]).unwrap();
+    assert_eq!(label, "CIDATA");
+    assert_eq!(files.len(), 3, "user-data, meta-data, network-config");
+    for (f, b) in files {
         assert_eq!(
             b,
-            std::fs::read(lab.bundle.join("nodes/k3s1").join(f)).unwrap(),
+            std::fs::read(lab.bundle.join("nodes/k3s1").join(&f)).unwrap(),
             "{f}"
         );
     }

@@ -162,15 +162,10 @@ fn assert_seed_on_disk(disk: &Path, bundle: &Path, host: &str) {
     use std::io::{Seek, SeekFrom};
     f.seek(SeekFrom::Start(slot.first_byte)).unwrap();
     f.read_exact(&mut vol).unwrap();
-    let fs = fatfs::FileSystem::new(std::io::Cursor::new(vol), fatfs::FsOptions::new()).unwrap();
-    assert_eq!(fs.volume_label(), "CIDATA");
-    for name in ["user-data", "meta-data", "network-config"] {
-        let mut b = Vec::new();
-        fs.root_dir()
-            .open_file(name)
-            .unwrap()
-            .read_to_end(&mut b)
-            .unwrap();
+    let (label, files) = images::cidata::read(&vol).unwrap();
+    assert_eq!(label, "CIDATA");
+    assert_eq!(files.len(), 3, "user-data, meta-data, network-config");
+    for (name, b) in files {
         let want = std::fs::read(bundle.join(format!("nodes/{host}/{name}"))).unwrap();
         assert!(b == want, "{host}: {name} on the disk is the bundle's");
     }
