@@ -6,7 +6,6 @@
 #[path = "servecommon/mod.rs"]
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -249,42 +248,15 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
     assert_eq!(s.state("k3s2"), "booted");
 
     // --watch: follow k3s-master1 through a whole install, driven like the real clients.
-    let mut child = Command::new(&bin)
-        .args([
-            "rebuild",
-            "k3s-master1",
-            "-i",
-            "lab.yaml",
-            "-o",
-            "bundle",
-            "--server",
-            url,
-            "--watch",
-        ])
-        .current_dir(dir)
-        .env_remove("IRONSEED_PXE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = watch_rebuild(&bin, dir, url, "k3s-master1");
     // The first install ended in `booted`; the rebuild re-arms it.
     install_after_rearm(&s, "k3s-master1", new);
-    let st = child.wait().unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(st.success(), "{err}\n{out}");
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}\n{out}");
     for state in ["installing after", "installed after", "booted after"] {
         assert!(out.contains(state), "{state}: {out}");
     }
@@ -294,24 +266,7 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
     );
 
     // A failed install ends the watch with the reason and a non-zero exit.
-    let mut child = Command::new(&bin)
-        .args([
-            "rebuild",
-            "k3s-master1",
-            "-i",
-            "lab.yaml",
-            "-o",
-            "bundle",
-            "--server",
-            url,
-            "--watch",
-        ])
-        .current_dir(dir)
-        .env_remove("IRONSEED_PXE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = watch_rebuild(&bin, dir, url, "k3s-master1");
     wait_rearmed(&s, "k3s-master1");
     assert!(s.boot_script(new).contains("plan"));
     assert_eq!(
@@ -321,19 +276,27 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
         ),
         200
     );
-    let st = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!st.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
     assert!(
         err.contains("k3s-master1 failed: no disk matches the install selector"),
         "{err}"
     );
+}
+
+/// `builder rebuild NODE --watch` against the pxe at `url`, in the background, output piped.
+fn watch_rebuild(bin: &Path, dir: &Path, url: &str, node: &str) -> std::process::Child {
+    Command::new(bin)
+        .args([
+            "rebuild", node, "-i", "lab.yaml", "-o", "bundle", "--server", url, "--watch",
+        ])
+        .current_dir(dir)
+        .env_remove("IRONSEED_PXE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// Wait until `builder rebuild` re-armed a booted node (its state leaves `booted`).
