@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -451,26 +451,10 @@ impl Catalog {
     }
 }
 
-/// Write `bytes` to `path` so that readers see the old file or the new one, never a mix: a temp
-/// file in the same folder, fsync, rename, fsync the folder.
+/// A catalog file or checksum, replaced atomically. 0644: pxe drops root and must still read
+/// what a root fetch wrote.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".ironseed-")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    // tempfile creates 0600; pxe drops root and must still read what a root fetch wrote.
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::fsutil::write_atomic(path, bytes, 0o644)
 }
 
 /// The artifacts folder's local catalog: what was built or fetched here.

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod cidata;
 pub mod disk;
 pub mod fetch;
+pub mod fsutil;
 pub mod golden;
 pub mod gpt;
 pub mod http;

@@ -679,9 +679,7 @@ fn build_in(
     fs::rename(&tmp, &out).map_err(io_ctx(format!("moving the image to {}", out.display())))?;
     let sidecar = |ext: &str, body: String| -> Result<(), GoldenError> {
         let p = images.join(format!("{file}.{ext}"));
-        let t = partial.join(format!("{file}.{ext}"));
-        fs::write(&t, body)
-            .and_then(|_| fs::rename(&t, &p))
+        crate::fsutil::write_atomic(&p, body.as_bytes(), 0o644)
             .map_err(io_ctx(format!("writing {}", p.display())))
     };
     sidecar("sha256", format!("{sha}  {file}\n"))?;

@@ -309,10 +309,7 @@ pub fn build_installer(
     fs::create_dir_all(&dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
     let put = |name: &str, data: &[u8]| -> Result<PathBuf, InitramfsError> {
         let p = dir.join(name);
-        let t = dir.join(format!(".{name}.tmp"));
-        fs::write(&t, data)
-            .and_then(|_| fs::File::open(&t)?.sync_all())
-            .and_then(|_| fs::rename(&t, &p))
+        crate::fsutil::write_atomic(&p, data, 0o644)
             .map_err(io_ctx(format!("writing {}", p.display())))?;
         Ok(p)
     };
