@@ -3,8 +3,8 @@
 #
 #   pxe/fuzz/run.sh [SECONDS] [TARGET...]
 #
-# SECONDS per target (default 600); TARGETs default to all four:
-# dhcp_request, tftp_packet, http_path (pxe/fuzz) and inventory (builder/fuzz).
+# SECONDS per target (default 600); TARGETs default to all five:
+# dhcp_request, tftp_packet, http_path, http_request (pxe/fuzz) and inventory (builder/fuzz).
 # One fuzzer process at a time, niced: the build machine is shared.
 # Needs `cargo +nightly` and cargo-fuzz (`cargo install cargo-fuzz`).
 #
@@ -17,14 +17,14 @@
 set -eu
 secs=${1:-600}
 [ $# -gt 0 ] && shift
-targets=${*:-dhcp_request tftp_packet http_path inventory}
+targets=${*:-dhcp_request tftp_packet http_path http_request inventory}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
 for t in $targets; do
   case $t in
     inventory) crate=$root/builder ;;
-    dhcp_request | tftp_packet | http_path) crate=$root/pxe ;;
+    dhcp_request | tftp_packet | http_path | http_request) crate=$root/pxe ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac
   corpus=$crate/fuzz/corpus/$t

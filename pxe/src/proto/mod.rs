@@ -2,4 +2,5 @@
 //! every rule can be unit-tested without the network.
 
 pub mod dhcp;
+pub mod http;
 pub mod tftp;

@@ -2,7 +2,6 @@
 //! nodes only, boot artifacts with HEAD/Range, the node API and metrics. Handlers only do I/O;
 //! the decisions are `boot_policy` and `state::apply`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,6 +23,8 @@ use crate::serve::dhcp::DhcpContext;
 use crate::serve::tftp::TftpStats;
 use crate::state::{Event, NodeRecord, Store, StoreError, TransitionError};
 use images::plan::{ImageRef, SeedUrls, Sources};
+
+mod files;
 
 pub struct HttpApp {
     pub bundle: Arc<LiveBundle>,
@@ -48,7 +49,6 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         .route("/boot/{file}", get(boot))
         .route("/plan/{host}/{token}", get(plan))
         .route("/seed/{host}/{token}/{file}", get(seed))
-        .route("/artifacts/k3s/{name}", get(airgap))
         .route("/artifacts/{*path}", get(artifact))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/nodes", get(nodes))
@@ -114,7 +114,7 @@ async fn boot_entry() -> Response {
 
 async fn boot(
     State(app): App,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(files::Peer(peer)): ConnectInfo<files::Peer>,
     UrlPath(file): UrlPath<String>,
 ) -> Response {
     let Some(mac) = boot_policy::parse_boot_file(&file) else {
@@ -277,17 +277,10 @@ async fn seed(
     }
 }
 
-async fn airgap(State(app): App, UrlPath(name): UrlPath<String>, req: Request) -> Response {
-    let bundle = app.bundle.get();
-    let Some(a) = bundle.plan.airgap.as_ref().and_then(|m| m.get(&name)) else {
-        return text(StatusCode::NOT_FOUND, "not found\n");
-    };
-    serve_file(&a.path, req).await
-}
-
 async fn serve_file(path: &Path, req: Request) -> Response {
     // 256 KiB reads: the default 64 KiB costs a blocking-pool round trip per chunk, which
-    // shows at image sizes; larger ones cost memory per client (pxe/bench/http.sh).
+    // shows at image sizes; larger ones cost memory per client (pxe/bench/http.sh). Most
+    // artifact requests never get here: `files` answers plain GET/HEAD with sendfile(2).
     match ServeFile::new(path)
         .with_buf_chunk_size(256 << 10)
         .oneshot(req)
@@ -298,29 +291,60 @@ async fn serve_file(path: &Path, req: Request) -> Response {
     }
 }
 
-/// `/artifacts/...` from the artifacts folder, HEAD and Range included (tower-http). Paths are
-/// confined to the folder with symlinks resolved: tower-http follows a symlink out of the root.
+/// Why `/artifacts/<path>` has no file to serve.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NoArtifact {
+    NoFolder,
+    NotFound,
+    /// `..`, or a symlink that resolves outside the folder.
+    Outside,
+}
+
+/// The file behind `/artifacts/<path>` (`path` decoded): an air-gap file of the bundle's plan
+/// at `/artifacts/k3s/<name>`, else a regular file inside the artifacts folder with symlinks
+/// resolved (tower-http would follow a symlink out of the root). One function for both
+/// the router and the sendfile fast path, so they can never disagree on what is served.
+pub(crate) fn artifact_file(app: &HttpApp, path: &str) -> Result<PathBuf, NoArtifact> {
+    if let Some(name) = path.strip_prefix("k3s/").filter(|n| !n.contains('/')) {
+        let bundle = app.bundle.get();
+        let found = bundle.plan.airgap.as_ref().and_then(|m| m.get(name));
+        return found.map(|a| a.path.clone()).ok_or(NoArtifact::NotFound);
+    }
+    let root = app.artifacts.as_ref().ok_or(NoArtifact::NoFolder)?;
+    let rel = crate::serve::tftp::relative_path(path).map_err(|e| match e {
+        crate::serve::tftp::ProviderError::AccessViolation(_) => NoArtifact::Outside,
+        _ => NoArtifact::NotFound,
+    })?;
+    let (Ok(root_c), Ok(full)) = (root.canonicalize(), root.join(&rel).canonicalize()) else {
+        return Err(NoArtifact::NotFound);
+    };
+    if !full.starts_with(&root_c) {
+        return Err(NoArtifact::Outside);
+    }
+    if !full.is_file() {
+        return Err(NoArtifact::NotFound);
+    }
+    Ok(full)
+}
+
+/// `/artifacts/...` (and `/artifacts/k3s/<name>`) when the fast path passed the request on:
+/// percent-encoded or odd requests, and every error answer. HEAD and Range by tower-http.
 async fn artifact(State(app): App, UrlPath(path): UrlPath<String>, req: Request) -> Response {
-    let Some(root) = &app.artifacts else {
-        return text(
+    match artifact_file(&app, &path) {
+        Ok(file) => serve_file(&file, req).await,
+        Err(NoArtifact::NoFolder) => text(
             StatusCode::NOT_FOUND,
             "no artifacts folder configured (pxe serve --artifacts)\n",
-        );
-    };
-    let Ok(rel) = crate::serve::tftp::relative_path(&path) else {
-        return text(StatusCode::NOT_FOUND, "not found\n");
-    };
-    let (Ok(root_c), Ok(full)) = (root.canonicalize(), root.join(&rel).canonicalize()) else {
-        return text(StatusCode::NOT_FOUND, "not found\n");
-    };
-    if !full.starts_with(&root_c) || !full.is_file() {
-        tracing::warn!(
-            path,
-            "artifact request outside the artifacts folder refused"
-        );
-        return text(StatusCode::NOT_FOUND, "not found\n");
+        ),
+        Err(NoArtifact::Outside) => {
+            tracing::warn!(
+                path,
+                "artifact request outside the artifacts folder refused"
+            );
+            text(StatusCode::NOT_FOUND, "not found\n")
+        }
+        Err(NoArtifact::NotFound) => text(StatusCode::NOT_FOUND, "not found\n"),
     }
-    serve_file(&full, req).await
 }
 
 fn view(app: &HttpApp, r: &NodeRecord) -> serde_json::Value {
@@ -444,7 +468,7 @@ async fn events(
 async fn phone_home(
     State(app): App,
     UrlPath(name): UrlPath<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(files::Peer(peer)): ConnectInfo<files::Peer>,
     body: axum::body::Bytes,
 ) -> Response {
     let r = apply(&app, &name, Event::Booted);
@@ -528,18 +552,32 @@ async fn metrics_handler(State(app): App) -> Response {
     r
 }
 
-/// Serve until `shutdown` resolves; in-flight requests are drained.
+/// Serve until `shutdown` resolves. Every connection starts in [`files`], which answers
+/// artifact downloads with sendfile(2) and passes everything else to the router; answers in
+/// flight are drained.
 pub async fn run(
     listener: tokio::net::TcpListener,
     app: Arc<HttpApp>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    let local = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let front = files::front(listener, app.clone(), handoff_tx, stop_rx.clone());
+    let mut stopped = stop_rx;
+    let routed = axum::serve(
+        files::Handoffs::new(handoff_rx, local),
+        router(app).into_make_service_with_connect_info::<files::Peer>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await
+    .with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    let ((), served) = tokio::join!(front, routed.into_future());
+    served
 }
 
 #[cfg(test)]
