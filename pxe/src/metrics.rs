@@ -109,6 +109,13 @@ pub fn render(
     );
     header(
         &mut o,
+        "ironseed_tftp_transfers_active",
+        "gauge",
+        "TFTP transfers running now.",
+    );
+    let _ = writeln!(o, "ironseed_tftp_transfers_active {}", g(&tftp.active));
+    header(
+        &mut o,
         "ironseed_http_requests_total",
         "counter",
         "HTTP requests by route and status.",

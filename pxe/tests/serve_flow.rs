@@ -240,6 +240,20 @@ fn ipxe_binaries_are_served_over_tftp_and_artifacts_over_http_with_ranges() {
         std::fs::read(&out).unwrap(),
         std::fs::read(lab.ipxe.join("undionly.kpxe")).unwrap()
     );
+    // The transfer is counted once its last ACK is in, and is no longer running.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = s.get("/metrics").1;
+        if metrics.contains("ironseed_tftp_transfers_total{outcome=\"finished\"} 1\n") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        metrics.contains("ironseed_tftp_transfers_total{outcome=\"finished\"} 1\n")
+            && metrics.contains("ironseed_tftp_transfers_active 0\n"),
+        "{metrics}"
+    );
     let (st, body) = s.get("/artifacts/installer/vmlinuz");
     assert_eq!((st, body.as_str()), (200, "0123456789"));
     // Range: the installer resumes image downloads.
