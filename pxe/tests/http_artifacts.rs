@@ -197,6 +197,19 @@ fn ranges_past_the_end_and_stale_if_range_follow_rfc_9110() {
     let stale = reply(&mut r, false);
     assert_eq!(stale.status, 200);
     assert!(stale.body == data);
+    // A conditional GET (a browser revisiting) is answered by the router: 304, no body.
+    write!(
+        w,
+        "GET /artifacts/images/test.raw.zst HTTP/1.1\r\nHost: t\r\nIf-Modified-Since: {date}\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(reply(&mut r, true).status, 304);
+    write!(
+        w,
+        "GET /artifacts/images/test.raw.zst.sha256 HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(reply(&mut r, false).body, b"abc  test.raw.zst\n");
 }
 
 #[test]

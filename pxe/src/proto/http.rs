@@ -76,6 +76,13 @@ pub fn parse(buf: &[u8]) -> Parse {
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
             || name.eq_ignore_ascii_case("upgrade")
+            // Conditional requests (browsers, caches; never installers or
+            // firmware) get tower-http's full precondition handling, 304 and 412
+            // included.
+            || name.eq_ignore_ascii_case("if-modified-since")
+            || name.eq_ignore_ascii_case("if-unmodified-since")
+            || name.eq_ignore_ascii_case("if-match")
+            || name.eq_ignore_ascii_case("if-none-match")
         {
             return Parse::Other;
         }
@@ -307,6 +314,8 @@ mod tests {
             "GET /artifacts/a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
             "GET /artifacts/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET /artifacts/a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /artifacts/a HTTP/1.1\r\nIf-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n\r\n",
+            "GET /artifacts/a HTTP/1.1\r\nIf-None-Match: \"x\"\r\n\r\n",
             "GET /artifacts/a HTTP/1.1\r\nRange: bytes=1-2\r\nRange: bytes=3-4\r\n\r\n",
             "GET /artifacts/a HTTP/2.0\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
