@@ -187,7 +187,10 @@ fn ctrl_c_leaves_a_partial_that_the_next_fetch_resumes() {
     use nix::unistd::Pid;
     let b = body(LEN);
     let srv = TestServer::start(b.clone());
-    srv.set(|x| x.throttle = Some(Duration::from_millis(100)));
+    // The server stops after 256 KiB until released: the fetch is certainly still
+    // running when it is interrupted, however slowly this machine schedules the test
+    // (a throttled download once finished before the signal under load).
+    srv.set(|x| x.hold_after = Some(256 << 10));
     let art = tempfile::tempdir().unwrap();
     let cat = catalog(art.path(), &srv.url("debian-12.raw.zst"), &b);
     let mut child = Command::new(env!("CARGO_BIN_EXE_builder"))
@@ -216,7 +219,7 @@ fn ctrl_c_leaves_a_partial_that_the_next_fetch_resumes() {
     let kept = std::fs::metadata(&part).unwrap().len();
     assert!(kept > 0 && kept < LEN as u64, "{kept}");
 
-    srv.set(|x| x.throttle = None);
+    srv.set(|x| x.hold_after = None);
     let o = builder(
         &["images", "fetch", "debian-12", "--catalog", &cat],
         art.path(),

@@ -398,7 +398,9 @@ fn https_sources_are_refused_with_a_way_out() {
 fn a_second_concurrent_fetch_of_the_same_image_is_refused() {
     let b = body(LEN, 14);
     let srv = TestServer::start(b.clone());
-    srv.set(|x| x.throttle = Some(Duration::from_millis(20)));
+    // Held mid-body until released: the first fetch is still running however
+    // slowly the second one gets scheduled.
+    srv.set(|x| x.hold_after = Some(256 << 10));
     let art = tempfile::tempdir().unwrap();
     let e = entry("img", Source::Url(srv.url("img.raw.zst")), &b);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -415,7 +417,7 @@ fn a_second_concurrent_fetch_of_the_same_image_is_refused() {
     rx.recv().unwrap();
     let err = run(&e, art.path(), &opts()).0.unwrap_err();
     assert!(matches!(err, FetchError::Busy { .. }), "{err}");
-    srv.set(|x| x.throttle = None);
+    srv.set(|x| x.hold_after = None);
     first.join().unwrap().unwrap();
     assert!(std::fs::read(e.path_in(art.path())).unwrap() == b);
 }

@@ -22,8 +22,9 @@ pub struct Behavior {
     pub corrupt: bool,
     /// Answer the next `fail` requests with 503.
     pub fail: usize,
-    /// Sleep this long after every 64 KiB of body.
-    pub throttle: Option<Duration>,
+    /// Send at most this many body bytes of a response, then hold the rest until
+    /// this is set back to None: a download that is certainly still running.
+    pub hold_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +134,7 @@ fn serve(c: TcpStream, shared: &Mutex<Shared>) {
         }
     }
     let mut w = c;
-    let (body, from, cut, throttle, status) = {
+    let (body, from, cut, status) = {
         let mut s = shared.lock().unwrap();
         s.requests.push(Request {
             path: path.clone(),
@@ -160,7 +161,7 @@ fn serve(c: TcpStream, shared: &Mutex<Shared>) {
             let mid = body.len() / 2;
             body[mid] ^= 0xff;
         }
-        (body, from, cut, s.behavior.throttle, status)
+        (body, from, cut, status)
     };
     if status != 0 {
         let _ = write!(
@@ -194,14 +195,22 @@ fn serve(c: TcpStream, shared: &Mutex<Shared>) {
     if let Some(n) = cut {
         rest = &rest[..(n as usize).min(rest.len())];
     }
+    let mut sent = 0u64;
     for chunk in rest.chunks(64 << 10) {
+        while shared
+            .lock()
+            .unwrap()
+            .behavior
+            .hold_after
+            .is_some_and(|n| sent + chunk.len() as u64 > n)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sent += chunk.len() as u64;
         if w.write_all(chunk).is_err() {
             return;
         }
         shared.lock().unwrap().bytes_sent += chunk.len() as u64;
-        if let Some(t) = throttle {
-            std::thread::sleep(t);
-        }
     }
     let _ = w.flush();
     let _ = w.shutdown(Shutdown::Both);
