@@ -306,3 +306,33 @@ fn shutdown_closes_idle_keep_alive_connections_on_both_paths() {
         assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "connection left open");
     }
 }
+
+#[test]
+fn a_client_that_hangs_up_mid_image_does_not_disturb_the_server() {
+    let (_lab, data, s) = setup();
+    for _ in 0..3 {
+        let (mut w, mut r) = connect(&s);
+        write!(
+            w,
+            "GET /artifacts/images/test.raw.zst HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        .unwrap();
+        let mut some = vec![0u8; 100_000];
+        r.read_exact(&mut some).unwrap();
+        // Gone with most of the body unsent: the server's next sendfile hits a reset.
+        drop((w, r));
+    }
+    let (st, body) = s.get("/healthz");
+    assert_eq!((st, body.as_str()), (200, "ok\n"));
+    let mut whole = Vec::new();
+    images::http::get(&s.url("/artifacts/images/test.raw.zst"), None, &[200])
+        .unwrap()
+        .read_to_end(&mut whole)
+        .unwrap();
+    assert!(whole == data);
+    assert_eq!(
+        s.stop().code(),
+        Some(0),
+        "pxe serve died or failed on shutdown"
+    );
+}
