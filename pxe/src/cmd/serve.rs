@@ -219,11 +219,12 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(pxe::serve::http::run(http, app, stopped(stop_rx.clone())));
+    tasks.spawn(pxe::serve::http::run(
+        http,
+        app,
+        pxe::serve::stopped(stop_rx.clone()),
+    ));
     let tftp_cfg = TftpConfig {
         stats: tftp_stats,
         ..TftpConfig::default()
@@ -232,13 +233,13 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         tftp,
         provider.clone(),
         tftp_cfg,
-        stopped(stop_rx.clone()),
+        pxe::serve::stopped(stop_rx.clone()),
     ));
     if let Some(ctx) = dhcp_ctx {
         tasks.spawn(pxe::serve::dhcp::run(
             dhcp_sockets,
             ctx,
-            stopped(stop_rx.clone()),
+            pxe::serve::stopped(stop_rx.clone()),
         ));
     }
 

@@ -628,6 +628,7 @@ impl Transfer {
             // Send every block the window allows (after an ACK: the next ones;
             // after a timeout or mid-window ACK: again from the first unacked).
             let blocks = window.to_send();
+            let spare = self.spare_core();
             if !blocks.is_empty() {
                 let (first, last) = (*blocks.start(), *blocks.end());
                 let offset = (first - 1) * blksize as u64;
@@ -650,7 +651,7 @@ impl Transfer {
                 // 1.3x to 1.5x atftpd (pxe/bench/tftp.sh). With every core busy the
                 // extra syscall is pure cost (50 concurrent: 0.66x -> 0.73x atftpd's
                 // wall time), so not then; lock-step windows are one block anyway.
-                if count > 2 && self.spare_core() {
+                if count > 2 && spare {
                     let (lead, rest) = data.split_at(blksize);
                     self.sender.send(first, 1, lead, blksize)?;
                     self.sender.send(first + 1, count - 1, rest, blksize)?;
@@ -666,7 +667,7 @@ impl Transfer {
                 // one, so the buffer refill (a pread and a move every few
                 // windows) is off the path between its ACK and our next send.
                 // Errors surface on the real read after the ACK.
-                if self.spare_core() && last < window.last {
+                if spare && last < window.last {
                     let next_end = ((last + window.size as u64) * blksize as u64).min(size);
                     let at = last * blksize as u64;
                     source.prefetch(at, (next_end - at) as usize, keep_from);
@@ -676,7 +677,7 @@ impl Transfer {
             // ACKs must not postpone the retransmission.
             let sent_at = Instant::now();
             let deadline = sent_at + backoff(timeout, retries);
-            let poll = if self.spare_core() {
+            let poll = if spare {
                 ack_poll_budget(self.cfg.ack_poll, self.ack_latency)
             } else {
                 Duration::ZERO

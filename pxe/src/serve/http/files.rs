@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use super::HttpApp;
 use crate::proto::http::{self, FileHead, FileRequest, Parse, Span};
+use crate::serve::stopped;
 
 /// A client that sends no complete request head, or accepts no bytes, for this long is dropped.
 const IDLE: Duration = Duration::from_secs(120);
@@ -126,20 +127,19 @@ pub async fn front(
     listener: TcpListener,
     app: Arc<HttpApp>,
     handoffs: mpsc::Sender<(Handoff, SocketAddr)>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
-    let conn_stop = stop.clone();
     loop {
         tokio::select! {
-            _ = stopped(&mut stop) => break,
+            _ = stopped(stop.clone()) => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     // Heads and bodies are coalesced with TCP_CORK, so Nagle has nothing to add
                     // and would hold a short answer's last segment for a delayed ACK.
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(connection(stream, peer, app.clone(), handoffs.clone(), conn_stop.clone()));
+                    conns.spawn(connection(stream, peer, app.clone(), handoffs.clone(), stop.clone()));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on accept.
@@ -166,7 +166,7 @@ async fn connection(
     peer: SocketAddr,
     app: Arc<HttpApp>,
     handoffs: mpsc::Sender<(Handoff, SocketAddr)>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut buf = Vec::with_capacity(1024);
     loop {
@@ -180,7 +180,7 @@ async fn connection(
                 r = tokio::time::timeout(IDLE, stream.read_buf(&mut buf)) => r,
                 // An idle keep-alive connection closes at shutdown; a half-read head is
                 // waited for (bounded by IDLE and the drain).
-                _ = stopped(&mut stop), if buf.is_empty() => return,
+                _ = stopped(stop.clone()), if buf.is_empty() => return,
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {}
@@ -214,11 +214,6 @@ async fn connection(
             return;
         }
     }
-}
-
-/// Resolves once shutdown is asked for (and holds no lock on the flag afterwards).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 async fn hand_off(

@@ -568,14 +568,11 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let front = files::front(listener, app.clone(), handoff_tx, stop_rx.clone());
-    let mut stopped = stop_rx;
     let routed = axum::serve(
         files::Handoffs::new(handoff_rx, local),
         router(app).into_make_service_with_connect_info::<files::Peer>(),
     )
-    .with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    });
+    .with_graceful_shutdown(crate::serve::stopped(stop_rx));
     let ((), served) = tokio::join!(front, routed.into_future());
     served
 }
