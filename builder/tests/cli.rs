@@ -1,27 +1,16 @@
 //! The `builder` binary as an operator uses it: exit codes, error text, files on disk.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use builder::inventory::DEFAULT_INVENTORY;
+use common::{builder_cmd, stderr, stdout};
 
 fn builder(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_builder"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("IRONSEED_INVENTORY")
-        .env_remove("IRONSEED_SECRETS")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    builder_cmd(args).current_dir(cwd).output().unwrap()
 }
 
 fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {

@@ -1,32 +1,24 @@
 //! `builder images list|fetch` as an operator runs them, against an in-process HTTP server on
 //! loopback (the same fault-injecting server the images crate's fetch tests use).
 
+mod common;
 #[path = "../../images/tests/support/server.rs"]
 mod server;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{builder_cmd, stderr, stdout};
 use server::TestServer;
 use sha2::{Digest, Sha256};
 
 fn builder(args: &[&str], art: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_builder"))
-        .args(args)
+    builder_cmd(args)
         .arg("--artifacts")
         .arg(art)
-        .env_remove("IRONSEED_ARTIFACTS")
         .output()
         .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn body(len: usize) -> Vec<u8> {
@@ -204,20 +196,19 @@ fn ctrl_c_leaves_a_partial_that_the_next_fetch_resumes() {
     srv.set(|x| x.hold_after = Some(256 << 10));
     let art = tempfile::tempdir().unwrap();
     let cat = catalog(art.path(), &srv.url("debian-12.raw.zst"), &b);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_builder"))
-        .args([
-            "images",
-            "fetch",
-            "debian-12",
-            "--catalog",
-            &cat,
-            "--artifacts",
-        ])
-        .arg(art.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = builder_cmd(&[
+        "images",
+        "fetch",
+        "debian-12",
+        "--catalog",
+        &cat,
+        "--artifacts",
+    ])
+    .arg(art.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let part = art.path().join("images/.partial/debian-12.raw.zst.part");
     let t0 = Instant::now();
     while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < 128 << 10 {
@@ -313,11 +304,8 @@ fn an_unknown_image_name_lists_the_known_ones() {
 fn the_artifacts_folder_comes_from_the_environment_or_the_default() {
     let home = tempfile::tempdir().unwrap();
     let run = |envs: &[(&str, &Path)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_builder"));
-        c.args(["images", "list"])
-            .env_remove("IRONSEED_ARTIFACTS")
-            .env_remove("XDG_DATA_HOME")
-            .env("HOME", home.path());
+        let mut c = builder_cmd(&["images", "list"]);
+        c.env_remove("XDG_DATA_HOME").env("HOME", home.path());
         for (k, v) in envs {
             c.env(k, v);
         }

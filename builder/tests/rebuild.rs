@@ -2,32 +2,20 @@
 //! in-place `--mac` edit of their inventory, refusals that leave everything untouched, and an
 //! unreachable pxe server. (Against a running pxe: pxe/tests/rebuild_flow.rs.)
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use builder::inventory::DEFAULT_INVENTORY;
+use common::{builder_cmd, stderr as err, stdout as out};
 
 /// Nothing listens here (loopback ports 18600–18699 are this project's test range).
 const DEAD_PXE: &str = "http://127.0.0.1:18619";
 
 fn builder(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_builder"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("IRONSEED_INVENTORY")
-        .env_remove("IRONSEED_SECRETS")
-        .env_remove("IRONSEED_PXE")
-        .output()
-        .unwrap()
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    builder_cmd(args).current_dir(cwd).output().unwrap()
 }
 
 /// A lab folder: the default inventory (with its comments) as lab.yaml, rendered once.

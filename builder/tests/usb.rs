@@ -4,6 +4,8 @@
 //! The refusals that need a real device (mounted, held, not removable, too small) are exercised
 //! with fabricated facts in images/src/usb.rs; the system disk is refused here for real.
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,22 +21,19 @@ const NODES: [&str; 7] = [
     "nfs1",
 ];
 
-fn builder_cmd(args: &[&str], cwd: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_builder"));
-    c.args(args)
-        .current_dir(cwd)
-        .env_remove("IRONSEED_INVENTORY")
-        .env_remove("IRONSEED_SECRETS");
+fn builder_in(args: &[&str], cwd: &Path) -> Command {
+    let mut c = common::builder_cmd(args);
+    c.current_dir(cwd);
     c
 }
 
 fn builder(args: &[&str], cwd: &Path) -> Output {
-    builder_cmd(args, cwd).output().unwrap()
+    builder_in(args, cwd).output().unwrap()
 }
 
 /// Run with `input` on stdin (the confirmation answer).
 fn builder_stdin(args: &[&str], cwd: &Path, input: &str) -> Output {
-    let mut child = builder_cmd(args, cwd)
+    let mut child = builder_in(args, cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

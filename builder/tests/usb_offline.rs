@@ -5,6 +5,8 @@
 //! all the same. The VM proof (real firmware, real installer, real cloud-init) is
 //! pxe/tests/vm_offline.rs.
 
+mod common;
+
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -46,13 +48,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn builder(args: &[&str], cwd: &Path) {
-    let o = Command::new(env!("CARGO_BIN_EXE_builder"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("IRONSEED_INVENTORY")
-        .env_remove("IRONSEED_SECRETS")
-        .output()
-        .unwrap();
+    let o = common::builder_cmd(args).current_dir(cwd).output().unwrap();
     assert!(
         o.status.success(),
         "builder {args:?}: {}",
