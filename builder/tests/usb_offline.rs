@@ -6,6 +6,8 @@
 //! pxe/tests/vm_offline.rs.
 
 mod common;
+#[path = "../../images/tests/support/golden.rs"]
+mod golden;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -56,29 +58,6 @@ fn builder(args: &[&str], cwd: &Path) {
     );
 }
 
-/// A stand-in golden image: GPT with an empty 1 MiB `cidata` slot and a patterned root.
-fn golden(dir: &Path) -> Vec<u8> {
-    let raw = dir.join("golden.raw");
-    let mut img: Vec<u8> = (0..8 * MIB)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2])
-        .collect();
-    img[..2 * MIB].fill(0);
-    std::fs::write(&raw, &img).unwrap();
-    let mut sf = Command::new("sfdisk")
-        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-        .arg(&raw)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    sf.stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: gpt\nstart=2048, size=2048, name=cidata\nstart=4096, name=root\n")
-        .unwrap();
-    assert!(sf.wait().unwrap().success());
-    std::fs::read(&raw).unwrap()
-}
-
 /// A disk that `sel` matches (every attribute it sets, the smallest size it allows).
 fn matching(path: &Path, sel: &Selector) -> Disk {
     Disk {
@@ -126,7 +105,7 @@ fn setup() -> Setup {
     let art = d.join("artifacts");
     std::fs::create_dir_all(art.join("images")).unwrap();
     std::fs::create_dir_all(art.join("installer")).unwrap();
-    let img = golden(d);
+    let img = golden::golden_image(d, 2 * MIB);
     let packed = zstd::encode_all(&img[..], 3).unwrap();
     let packed_sha = hex(&sha2::Sha256::digest(&packed));
     std::fs::write(art.join("images/debian-12.raw.zst"), &packed).unwrap();

@@ -4,42 +4,19 @@
 
 #[path = "servecommon/mod.rs"]
 mod common;
+#[path = "../../images/tests/support/golden.rs"]
+mod golden;
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 
 use common::{Server, lab};
 use images::disk::Disk;
 use sha2::Digest;
 
 const MIB: u64 = 1 << 20;
-
-/// A stand-in golden image: GPT (made by the real sfdisk) with a root partition full of a
-/// pattern and an empty 1 MiB `cidata` slot, like the layout the golden image build produces.
-fn golden(dir: &Path) -> Vec<u8> {
-    let raw = dir.join("golden.raw");
-    let mut img: Vec<u8> = (0..8 * MIB)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[2])
-        .collect();
-    img[..MIB as usize].fill(0);
-    std::fs::write(&raw, &img).unwrap();
-    let mut sf = Command::new("sfdisk")
-        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-        .arg(&raw)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("sfdisk (fdisk package)");
-    use std::io::Write;
-    sf.stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: gpt\nstart=2048, size=2048, name=cidata\nstart=4096, name=root\n")
-        .unwrap();
-    assert!(sf.wait().unwrap().success());
-    std::fs::read(&raw).unwrap()
-}
 
 struct FileDisk {
     path: PathBuf,
@@ -72,7 +49,7 @@ fn setup(sidecar_ok: bool) -> (common::Lab, Server, Vec<u8>, PathBuf) {
     let lab = lab();
     let art = lab.dir.path().join("artifacts");
     std::fs::create_dir_all(art.join("images")).unwrap();
-    let img = golden(lab.dir.path());
+    let img = golden::golden_image(lab.dir.path(), MIB as usize);
     let packed = zstd::encode_all(&img[..], 3).unwrap();
     std::fs::write(art.join("images/debian-12.raw.zst"), &packed).unwrap();
     let sha = if sidecar_ok {
