@@ -86,36 +86,35 @@ pub struct StickLayout {
 }
 
 pub fn layout(esp_len: u64, image_len: u64) -> StickLayout {
-    let r = |n: u64| n.div_ceil(MIB) * MIB;
-    let esp_start = MIB;
-    let esp_len = r(esp_len);
-    let image_start = esp_start + esp_len;
-    let image_len = r(image_len.max(1));
+    let ([(esp_start, esp_len), (image_start, image_len)], total) =
+        glayout::mib_aligned([esp_len, image_len.max(1)]);
     StickLayout {
         esp_start,
         esp_len,
         image_start,
         image_len,
-        total: image_start + image_len + MIB,
+        total,
     }
 }
 
-/// `sfdisk` input. `LegacyBIOSBootable` on the ESP is what gptmbr.bin chains into.
+/// The stick's GPT: the ESP, then the image partition.
 pub fn sfdisk_script(l: &StickLayout, ids: &StickIds) -> String {
-    let s = |b: u64| b / SECTOR;
-    format!(
-        "label: gpt\nlabel-id: {}\nfirst-lba: 2048\n\
-         start={}, size={}, type={TYPE_ESP}, uuid={}, name=\"{}\", attrs=\"LegacyBIOSBootable\"\n\
-         start={}, size={}, type={TYPE_LINUX_DATA}, uuid={}, name=\"{}\"\n",
-        ids.disk_guid,
-        s(l.esp_start),
-        s(l.esp_len),
-        ids.esp_uuid,
-        plan::ESP_PARTITION,
-        s(l.image_start),
-        s(l.image_len),
-        ids.image_uuid,
-        plan::IMAGE_PARTITION,
+    glayout::gpt_script(
+        &ids.disk_guid,
+        &[
+            (
+                (l.esp_start, l.esp_len),
+                TYPE_ESP,
+                &ids.esp_uuid,
+                plan::ESP_PARTITION,
+            ),
+            (
+                (l.image_start, l.image_len),
+                TYPE_LINUX_DATA,
+                &ids.image_uuid,
+                plan::IMAGE_PARTITION,
+            ),
+        ],
     )
 }
 

@@ -52,18 +52,54 @@ pub struct Layout {
     pub total: u64,
 }
 
-fn round_up(n: u64, to: u64) -> u64 {
-    n.div_ceil(to) * to
+/// Partitions of the given lengths, each rounded up to a MiB, back to back from 1 MiB: their
+/// `(start, length)` and the whole image's length, with a MiB left for the backup GPT (33
+/// sectors). The golden image and the offline stick are both laid out by this.
+pub fn mib_aligned<const N: usize>(lens: [u64; N]) -> ([(u64, u64); N], u64) {
+    let mut at = MIB;
+    let parts = lens.map(|len| {
+        let part = (at, len.div_ceil(MIB) * MIB);
+        at += part.1;
+        part
+    });
+    (parts, at + MIB)
+}
+
+/// One partition of [`gpt_script`]: `(start, length)` in bytes, type GUID, partition UUID, name.
+pub type ScriptPart<'a> = ((u64, u64), &'a str, &'a str, &'a str);
+
+/// Input for `sfdisk` (util-linux script format): a GPT with fixed IDs. The first partition
+/// is the ESP and carries `LegacyBIOSBootable`, which syslinux's gptmbr.bin looks for to find
+/// the partition to chain into.
+pub fn gpt_script(disk_guid: &str, parts: &[ScriptPart]) -> String {
+    use std::fmt::Write;
+    let mut s = format!("label: gpt\nlabel-id: {disk_guid}\nfirst-lba: 2048\n");
+    for (i, ((start, len), type_guid, uuid, name)) in parts.iter().enumerate() {
+        let _ = write!(
+            s,
+            "start={}, size={}, type={type_guid}, uuid={uuid}, name=\"{name}\"",
+            start / SECTOR,
+            len / SECTOR,
+        );
+        s.push_str(if i == 0 {
+            ", attrs=\"LegacyBIOSBootable\"\n"
+        } else {
+            "\n"
+        });
+    }
+    s
 }
 
 /// Byte offsets for an ESP and a root filesystem of the given sizes, all MiB-aligned.
 pub fn layout(esp_len: u64, root_len: u64) -> Layout {
-    let esp_start = MIB;
-    let esp_len = round_up(esp_len, MIB);
-    let cidata_start = esp_start + esp_len;
-    let cidata_len = MIB;
-    let root_start = cidata_start + cidata_len;
-    let root_len = round_up(root_len, MIB);
+    let (
+        [
+            (esp_start, esp_len),
+            (cidata_start, cidata_len),
+            (root_start, root_len),
+        ],
+        total,
+    ) = mib_aligned([esp_len, MIB, root_len]);
     Layout {
         esp_start,
         esp_len,
@@ -71,29 +107,29 @@ pub fn layout(esp_len: u64, root_len: u64) -> Layout {
         cidata_len,
         root_start,
         root_len,
-        total: root_start + root_len + MIB,
+        total,
     }
 }
 
-/// Input for `sfdisk` (util-linux script format). `LegacyBIOSBootable` on the ESP is what
-/// syslinux's gptmbr.bin looks for to find the partition to chain into.
+/// The golden image's GPT: the ESP, the seed slot, the root.
 pub fn sfdisk_script(l: &Layout, ids: &Ids) -> String {
-    let s = |b: u64| b / SECTOR;
-    format!(
-        "label: gpt\nlabel-id: {}\nfirst-lba: 2048\n\
-         start={}, size={}, type={TYPE_ESP}, uuid={}, name=\"esp\", attrs=\"LegacyBIOSBootable\"\n\
-         start={}, size={}, type={TYPE_LINUX_DATA}, uuid={}, name=\"cidata\"\n\
-         start={}, size={}, type={TYPE_ROOT_X86_64}, uuid={}, name=\"root\"\n",
+    gpt_script(
         ids.disk_guid,
-        s(l.esp_start),
-        s(l.esp_len),
-        ids.esp_uuid,
-        s(l.cidata_start),
-        s(l.cidata_len),
-        ids.cidata_uuid,
-        s(l.root_start),
-        s(l.root_len),
-        ids.root_part_uuid,
+        &[
+            ((l.esp_start, l.esp_len), TYPE_ESP, ids.esp_uuid, "esp"),
+            (
+                (l.cidata_start, l.cidata_len),
+                TYPE_LINUX_DATA,
+                ids.cidata_uuid,
+                "cidata",
+            ),
+            (
+                (l.root_start, l.root_len),
+                TYPE_ROOT_X86_64,
+                ids.root_part_uuid,
+                "root",
+            ),
+        ],
     )
 }
 
