@@ -6,7 +6,9 @@
 #[path = "servecommon/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::builder_exe::builder_bin;
+
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,24 +19,6 @@ use builder::secrets::Secrets;
 use builder::templates::Templates;
 use common::{Lab, Server};
 use serde_json::Value;
-
-/// `builder`, built on demand: a `pxe` test gets no `CARGO_BIN_EXE_builder` (as in vm_pxe.rs).
-fn builder_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "-p", "builder"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let st = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "cargo build -p builder failed");
-    profile_dir.join("builder")
-}
 
 fn render_into(bundle: &Path, text: &str, secrets: &Secrets, opts: &RenderOptions) {
     let templates = Templates::embedded();

@@ -2,6 +2,8 @@
 //! by the real builder library: start, wait for READY, talk HTTP, kill (gracefully or -9).
 #![allow(dead_code)]
 
+pub mod builder_exe;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;

@@ -11,7 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "../servecommon/builder_exe.rs"]
+mod builder_exe;
+
 use crate::dhcpcommon::netns::{Netns, in_netns};
+pub use builder_exe::builder_bin;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -303,23 +307,6 @@ pub fn start_router(lab: &Lab, dir: &Path) -> Proc {
         || p.alive(),
     );
     p
-}
-
-/// `builder`, built on demand: a `pxe` test gets no `CARGO_BIN_EXE_builder`. Cargo is a no-op
-/// when it is up to date, and it sits next to this test's profile folder.
-pub fn builder_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test-binary>
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "-p", "builder"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    run(&mut cmd);
-    profile_dir.join("builder")
 }
 
 pub fn render_bundle(out: &Path) {
