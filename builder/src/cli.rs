@@ -306,6 +306,11 @@ pub struct RebuildArgs {
     /// (http://<appliance.ip>:<appliance.http_port>).
     #[arg(long, value_name = "URL", env = "IRONSEED_PXE")]
     pub server: Option<String>,
+    /// File holding the pxe server's operator API token. Default: $IRONSEED_API_TOKEN, else the
+    /// token file of a pxe serve on this machine (/var/lib/ironseed/pxe/api-token, or
+    /// ~/.local/state/ironseed/pxe/api-token) when readable.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<std::path::PathBuf>,
     /// After arming, follow the node (installing, installed, booted) with a progress bar and
     /// print the time from arming to booted; exit non-zero if the install fails.
     #[arg(long)]

@@ -14,6 +14,7 @@ use builder::inventory::model::{Inventory, Node, Role};
 use builder::render::{self, ClusterReset};
 use builder::runbook::{self, RebuildFacts, RecoverFacts};
 use builder::{bundle, fsutil};
+use images::bundle::printable;
 use images::http;
 
 use crate::cli::{RebuildArgs, RecoverArgs};
@@ -95,8 +96,10 @@ pub fn rebuild(a: &RebuildArgs) -> Result<()> {
         runbook::rebuild(&l.inventory, &l.templates, node, &facts).context("runbook")?
     );
 
+    let token = images::api_token::resolve(a.api_token_file.as_deref())
+        .context("reading the pxe API token")?;
     let armed_at = Instant::now();
-    arm(&server, &a.node, &bundle_id).map_err(|e| {
+    arm(&server, token.as_deref(), &a.node, &bundle_id).map_err(|e| {
         anyhow::anyhow!(
             "{e:#}\nthe bundle in {} is rendered; once pxe runs, arm the node with: pxe arm {} --server {server}",
             a.render.out.display(),
@@ -108,7 +111,7 @@ pub fn rebuild(a: &RebuildArgs) -> Result<()> {
         a.node
     );
     if a.watch {
-        watch(&server, &a.node, armed_at)?;
+        watch(&server, token.as_deref(), &a.node, armed_at)?;
     }
     Ok(())
 }
@@ -144,20 +147,27 @@ fn set_mac(a: &RebuildArgs, mac: &str) -> Result<(Loaded, String)> {
     Ok((l, edited.old))
 }
 
-fn api(method: &str, url: &str) -> Result<(u16, Value)> {
+fn api(method: &str, url: &str, token: Option<&str>) -> Result<(u16, Value)> {
     // The error's own text already names the URL; its source chain would repeat the cause.
-    let (status, body) = http::exchange(method, url, None)
+    let (status, body) = http::exchange(method, url, None, token)
         .map_err(|e| anyhow::anyhow!("the pxe server did not answer: {e}"))?;
+    if status == 401 {
+        bail!(
+            "{url}: HTTP 401: the pxe server wants its operator API token: pass --api-token-file \
+             FILE or set IRONSEED_API_TOKEN (pxe serve keeps it in STATE/api-token)"
+        );
+    }
+    // Text from the network reaches the terminal: no control characters.
     let v = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).trim().to_string()));
+        .unwrap_or_else(|_| Value::String(printable(String::from_utf8_lossy(&body).trim(), 512)));
     Ok((status, v))
 }
 
 /// Make pxe serve the new bundle, then arm the node. Never arms a node while pxe serves
 /// anything but the bundle just rendered: an old bundle would install the old config (for the
 /// first server: cluster-init, a split cluster) or answer the old MAC.
-fn arm(server: &str, node: &str, bundle_id: &str) -> Result<()> {
-    let (status, v) = api("POST", &format!("{server}/api/v1/reload"))?;
+fn arm(server: &str, token: Option<&str>, node: &str, bundle_id: &str) -> Result<()> {
+    let (status, v) = api("POST", &format!("{server}/api/v1/reload"), token)?;
     match status {
         200 if v["bundle"].as_str() == Some(bundle_id) => {}
         200 => bail!(
@@ -173,7 +183,7 @@ fn arm(server: &str, node: &str, bundle_id: &str) -> Result<()> {
         ),
         _ => bail!("{server}: reloading the bundle failed, not arming {node}: HTTP {status}: {v}"),
     }
-    let (status, v) = api("POST", &format!("{server}/api/v1/nodes/{node}/arm"))?;
+    let (status, v) = api("POST", &format!("{server}/api/v1/nodes/{node}/arm"), token)?;
     if status != 200 {
         bail!("{server}: arming {node} failed: HTTP {status}: {v}");
     }
@@ -198,7 +208,7 @@ fn timeline_duration(n: &Value) -> Option<Duration> {
 }
 
 /// Follow one node through the install until it boots (or fails).
-fn watch(server: &str, node: &str, armed_at: Instant) -> Result<()> {
+fn watch(server: &str, token: Option<&str>, node: &str, armed_at: Instant) -> Result<()> {
     let url = format!("{server}/api/v1/nodes");
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -212,7 +222,7 @@ fn watch(server: &str, node: &str, armed_at: Instant) -> Result<()> {
     let mut last = String::new();
     let mut misses = 0u32;
     loop {
-        let n = match api("GET", &url) {
+        let n = match api("GET", &url, token) {
             Ok((200, v)) => v["nodes"]
                 .as_array()
                 .and_then(|a| a.iter().find(|n| n["hostname"] == node).cloned()),
@@ -229,7 +239,7 @@ fn watch(server: &str, node: &str, armed_at: Instant) -> Result<()> {
             continue;
         };
         misses = 0;
-        let state = n["state"].as_str().unwrap_or("-").to_string();
+        let state = printable(n["state"].as_str().unwrap_or("-"), 32);
         bar.set_length(n["bytes_total"].as_u64().unwrap_or(0));
         bar.set_position(n["bytes_written"].as_u64().unwrap_or(0));
         bar.set_message(state.clone());
@@ -249,7 +259,10 @@ fn watch(server: &str, node: &str, armed_at: Instant) -> Result<()> {
                 bar.abandon();
                 bail!(
                     "{node} failed: {}",
-                    n["last_error"].as_str().unwrap_or("no reason reported")
+                    printable(
+                        n["last_error"].as_str().unwrap_or("no reason reported"),
+                        512
+                    )
                 );
             }
             "disarmed" => {

@@ -120,15 +120,18 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The unguessable path component of a node's seed URL. Derived from the token so renders stay
-/// byte-deterministic; knowing it requires the token, which the seed carries anyway.
-pub fn seed_token(secrets: &Secrets, hostname: &str) -> String {
+/// The node's first-boot report token (`images::bundle`): in its seed and in the owner-only
+/// plan, so `pxe` can check first-boot reports. Derived from the cluster token under its own
+/// label so renders stay byte-deterministic: whoever has the cluster token owns the cluster
+/// anyway. The install secret, which guards what can wipe a disk, is never derived: `pxe`
+/// mints it at arm time.
+pub fn report_token(secrets: &Secrets, hostname: &str) -> String {
     let mut h = Sha256::new();
-    h.update(b"ironseed seed url\0");
+    h.update(b"ironseed first-boot report\0");
     h.update(secrets.k3s_token.as_bytes());
     h.update(b"\0");
     h.update(hostname.as_bytes());
-    hex(&h.finalize())[..32].to_string()
+    hex(&h.finalize())
 }
 
 pub fn render(
@@ -191,7 +194,7 @@ pub fn render(
         0o644,
     );
     let plan = json!({
-        "version": 1,
+        "version": images::bundle::PLAN_VERSION,
         "cluster": inv.cluster.name,
         "domain": inv.cluster.domain,
         "api_vip": inv.cluster.api.vip,
@@ -281,7 +284,12 @@ fn render_node(
 ) -> Result<serde_json::Value, RenderError> {
     let host = node.hostname.as_str();
     let dir = format!("nodes/{host}");
-    let token = seed_token(secrets, host);
+    let token = report_token(secrets, host);
+    let report_url = format!(
+        "{}{}",
+        inv.appliance.url,
+        images::bundle::paths::report(host, &token)
+    );
     let longhorn: Vec<serde_json::Value> = node
         .profile
         .data_disks
@@ -306,7 +314,8 @@ fn render_node(
         "s3_secret_key": secrets.etcd_s3_secret_key,
         "sops_age_key": secrets.sops_age_key,
         "airgap": opts.airgap,
-        "seed_token": token,
+        "report_url": report_url,
+        "install_secret": images::bundle::INSTALL_SECRET_PLACEHOLDER,
         "longhorn_disks": if longhorn.is_empty() { serde_json::Value::Null } else { serde_json::Value::String(serde_json::to_string(&longhorn).unwrap()) },
     });
     // Converted once per stage: building a minijinja value from JSON per template dominated
@@ -403,6 +412,13 @@ fn render_node(
             ),
         );
     }
+    // The report URL carries the node's report token: owner-only on the node too (the
+    // first-boot script that reads it is world-readable).
+    add(
+        "/etc/ironseed/report-url",
+        "0600",
+        format!("{report_url}\n"),
+    );
     add(
         "/usr/local/sbin/ironseed-firstboot",
         "0755",
@@ -453,12 +469,14 @@ fn render_node(
         // Always 0600, even for the NFS host: a stick gets copied and lent; keep the habit.
         bundle.add(path, img, 0o600);
     }
-    // user-data carries the token (and S3/age keys when set): owner-only.
-    let ud_mode = if node.role.runs_k3s() { 0o600 } else { 0o644 };
-    bundle.add(format!("{dir}/user-data"), user_data, ud_mode);
+    // user-data carries the report token, the cluster token (and S3/age keys when set):
+    // owner-only, for every role.
+    bundle.add(format!("{dir}/user-data"), user_data, 0o600);
     bundle.add(format!("{dir}/meta-data"), meta, 0o644);
     bundle.add(format!("{dir}/network-config"), network_config, 0o644);
     let ipxe_path = format!("ipxe/{host}.ipxe");
+    // World-readable on purpose: it holds no secret, only the placeholder pxe fills in.
+    debug_assert!(install_ipxe.contains(images::bundle::INSTALL_SECRET_PLACEHOLDER));
     bundle.add(ipxe_path.clone(), install_ipxe, 0o644);
 
     Ok(json!({
@@ -478,7 +496,7 @@ fn render_node(
         "data_disks": node.profile.data_disks,
         "kernel_args": node.kernel_args,
         "seed_dir": dir,
-        "seed_token": token,
+        "report_token": token,
         "install_script": ipxe_path,
     }))
 }

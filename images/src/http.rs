@@ -148,30 +148,37 @@ pub fn get_bytes(url: &str) -> Result<Vec<u8>, HttpError> {
     Ok(out)
 }
 
-/// One request with an optional JSON body; the status and the whole reply body, whatever the
-/// status (API callers show the server's error text).
+/// Largest reply body `exchange` reads: API answers are small, a hostile server's are not.
+const EXCHANGE_MAX: u64 = 64 << 20;
+
+/// One request with an optional JSON body (and the operator API token, when given); the status
+/// and the whole reply body, whatever the status (API callers show the server's error text).
 pub fn exchange(
     method: &str,
     url: &str,
     json: Option<&serde_json::Value>,
+    bearer: Option<&str>,
 ) -> Result<(u16, Vec<u8>), HttpError> {
     let body = json.map(|v| v.to_string()).unwrap_or_default();
-    let mut r = request(
-        method,
-        url,
-        &[("Content-Type", "application/json".into())],
-        body.as_bytes(),
-    )?;
+    let mut headers = vec![("Content-Type", "application/json".to_string())];
+    if let Some(t) = bearer {
+        headers.push(("Authorization", format!("Bearer {t}")));
+    }
+    let mut r = request(method, url, &headers, body.as_bytes())?;
+    let status = r.status;
     let mut out = Vec::new();
-    r.read_to_end(&mut out).map_err(|source| HttpError::Io {
-        url: url.into(),
-        source,
-    })?;
-    Ok((r.status, out))
+    (&mut r)
+        .take(EXCHANGE_MAX)
+        .read_to_end(&mut out)
+        .map_err(|source| HttpError::Io {
+            url: url.into(),
+            source,
+        })?;
+    Ok((status, out))
 }
 
 pub fn post_json(url: &str, body: &serde_json::Value) -> Result<u16, HttpError> {
-    exchange("POST", url, Some(body)).map(|(status, _)| status)
+    exchange("POST", url, Some(body), None).map(|(status, _)| status)
 }
 
 struct Chunked<R> {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use crate::bundle::InstallEvent;
 
 use crate::cidata;
 use crate::disk::{self, Disk, SelectError};
@@ -72,15 +72,19 @@ pub struct Installed {
     pub sha256: String,
 }
 
-fn report(plan: &InstallPlan, ev: serde_json::Value, log: &mut dyn FnMut(&str)) {
+fn post_event(url: &str, ev: &InstallEvent) -> Result<u16, HttpError> {
+    http::post_json(url, &serde_json::to_value(ev).expect("events serialise"))
+}
+
+fn report(plan: &InstallPlan, ev: InstallEvent, log: &mut dyn FnMut(&str)) {
     if plan.report.is_empty() {
         return; // offline: no appliance, the console is the report
     }
     // Best effort: losing the appliance must not stop an install that can finish.
-    match http::post_json(&plan.report, &ev) {
+    match post_event(&plan.report, &ev) {
         Ok(200) => {}
-        Ok(s) => log(&format!("report {ev}: HTTP {s}")),
-        Err(e) => log(&format!("report {ev}: {e}")),
+        Ok(s) => log(&format!("report {ev:?}: HTTP {s}")),
+        Err(e) => log(&format!("report {ev:?}: {e}")),
     }
 }
 
@@ -136,7 +140,9 @@ fn finish(
         Ok(done) => {
             report(
                 plan,
-                json!({"event": "installed", "sha256": done.sha256}),
+                InstallEvent::Installed {
+                    sha256: done.sha256.clone(),
+                },
                 log,
             );
             log(&format!(
@@ -148,7 +154,9 @@ fn finish(
         Err(e) => {
             report(
                 plan,
-                json!({"event": "failed", "reason": e.to_string()}),
+                InstallEvent::Failed {
+                    reason: e.to_string(),
+                },
                 log,
             );
             log(&format!("ironseed: FAILED: {e}"));
@@ -374,7 +382,10 @@ fn install_from(
     };
     report(
         plan,
-        json!({"event": "installing", "disk": target.path, "total": total}),
+        InstallEvent::Installing {
+            disk: target.path.clone(),
+            total,
+        },
         log,
     );
     let mut dev = machine
@@ -413,9 +424,12 @@ fn install_from(
             // Bytes of the image file received, against its Content-Length: what `pxe status`
             // shows.
             last = Instant::now();
-            let _ = http::post_json(
+            let _ = post_event(
                 &plan.report,
-                &json!({"event": "progress", "written": read.load(Ordering::Relaxed), "total": total}),
+                &InstallEvent::Progress {
+                    written: read.load(Ordering::Relaxed),
+                    total,
+                },
             );
         }
     };

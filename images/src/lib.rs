@@ -2,6 +2,8 @@
 //! installer and the USB writer alike), the install-disk selection that keeps data disks safe,
 //! and the image catalog with its verified, resumable fetch.
 
+pub mod api_token;
+pub mod bundle;
 pub mod catalog;
 pub mod cidata;
 pub mod disk;

@@ -84,7 +84,8 @@ pub struct PlanNode {
     #[serde(default)]
     pub kernel_args: Vec<String>,
     pub seed_dir: String,
-    pub seed_token: String,
+    /// The node's first-boot report token (also in its seed): `images::bundle`.
+    pub report_token: String,
     pub install_script: String,
 }
 
@@ -146,6 +147,24 @@ impl Bundle {
             .get("plan.json")
             .map(|b| b.to_vec())
             .ok_or_else(|| BundleError::Missing("plan.json (not in SHA256SUMS)".into()))?;
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let v: Versioned = serde_json::from_slice(&bytes).map_err(|e| BundleError::Plan {
+            path: plan_path.clone(),
+            message: e.to_string(),
+        })?;
+        if v.version != images::bundle::PLAN_VERSION {
+            return Err(BundleError::Plan {
+                path: plan_path,
+                message: format!(
+                    "plan version {} (this pxe reads version {}); re-render the bundle with the builder of this release",
+                    v.version,
+                    images::bundle::PLAN_VERSION
+                ),
+            });
+        }
         let plan: Plan = serde_json::from_slice(&bytes).map_err(|e| BundleError::Plan {
             path: plan_path.clone(),
             message: e.to_string(),
@@ -154,12 +173,6 @@ impl Bundle {
             path: plan_path.clone(),
             message: e.to_string(),
         })?;
-        if plan.version != 1 {
-            return Err(BundleError::Plan {
-                path: plan_path,
-                message: format!("plan version {} (this pxe reads version 1)", plan.version),
-            });
-        }
         Ok(Bundle {
             dir: dir.to_path_buf(),
             id: hex(&Sha256::digest(&bytes)),

@@ -26,9 +26,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show every node's install state (and live progress bars with --watch).
     Status(StatusArgs),
-    /// Arm a node for (re)install: its next PXE boot gets the installer.
+    /// Arm nodes for (re)install: the next PXE boot of each gets the installer (a fresh install
+    /// secret, valid for the server's --install-window).
     Arm(NodeArgs),
-    /// Disarm a node: its next PXE boot goes to the local disk.
+    /// Disarm nodes: their next PXE boot goes to the local disk; a live install secret dies.
     Disarm(NodeArgs),
     /// Internal: started by `pxe serve` as root before it drops privileges, so a reload can
     /// still read the bundle's owner-only files. Reads "load" requests on stdin.
@@ -95,9 +96,40 @@ pub struct ServeArgs {
     /// Account to switch to after binding the ports, when started as root.
     #[arg(long, value_name = "NAME", default_value = "nobody")]
     pub user: String,
-    /// Nodes this pxe sees for the first time start disarmed (boot local) instead of armed.
+    /// Arm the nodes this pxe sees for the first time (the very first deployment of a rack).
+    /// Without it every new node starts disarmed and boots its local disk until `pxe arm`.
+    /// Ignored, with a warning, for a bundle that joins an existing cluster (`builder rebuild`).
     #[arg(long)]
-    pub no_arm: bool,
+    pub arm_new: bool,
+    /// The operator API token file. Default: STATE/api-token, created on first start (256
+    /// random bits, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// How long an armed node's install secret lives: the node must boot, install and report
+    /// `installed` within it, or be armed again. Seconds, or with a unit: 90m, 2h.
+    #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = parse_window)]
+    pub install_window: std::time::Duration,
+}
+
+/// `--install-window`: `N` seconds, or `Ns`, `Nm`, `Nh`; from one minute to a week.
+pub fn parse_window(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: want a number with s, m or h (e.g. 2h)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (s, m or h)")),
+    };
+    if !(60..=7 * 24 * 3600).contains(&secs) {
+        return Err(format!("`{s}`: the install window must be from 1m to 168h"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Debug, Args)]
@@ -113,12 +145,29 @@ pub struct StatusArgs {
     /// Keep watching: one live progress bar per node, until Ctrl-C.
     #[arg(long)]
     pub watch: bool,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+/// How a client finds the operator API token.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// File holding the operator API token. Default: $IRONSEED_API_TOKEN, else the token file
+    /// of a pxe serve on this machine (/var/lib/ironseed/pxe/api-token, or
+    /// ~/.local/state/ironseed/pxe/api-token) when readable.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["nodes", "all"]))]
 pub struct NodeArgs {
-    /// Node hostname as in the inventory.
-    pub node: String,
+    /// Node hostnames as in the inventory.
+    #[arg(value_name = "NODE")]
+    pub nodes: Vec<String>,
+    /// Every node of the served bundle.
+    #[arg(long)]
+    pub all: bool,
     /// The pxe server's HTTP address.
     #[arg(
         long,
@@ -127,4 +176,6 @@ pub struct NodeArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub server: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
 }

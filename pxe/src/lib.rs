@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod net;
 pub mod privileges;
 pub mod proto;
+pub mod ratelimit;
 pub mod serve;
 pub mod state;

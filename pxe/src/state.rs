@@ -1,20 +1,60 @@
 //! Per-node install state: a pure transition function and a store that persists every change
 //! atomically (temp file, fsync, rename, fsync of the folder), so a crash or `kill -9` leaves
 //! either the old or the new state on disk, never a mix, and a restart resumes from it.
+//!
+//! Arming mints the node's install secret (see `images::bundle`): it lives only here, in the
+//! owner-only state file, and dies at `installed`, `failed`, disarm, re-arm or the end of the
+//! install window.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use images::bundle::{InstallEvent, NOTE_MAX, ReportEvent, printable};
 use serde::{Deserialize, Serialize};
 
 pub use crate::dhcp_policy::NodeState;
 
 pub const STATE_FILE: &str = "nodes.json";
-/// Timeline entries kept per node; older ones are dropped first.
-const TIMELINE_CAP: usize = 200;
+/// Lifecycle entries (arm, booting, installed, ...) kept per node; older ones go first.
+const LIFECYCLE_CAP: usize = 200;
+/// Notes kept per node, apart from the lifecycle entries: a chatty or hostile node can push out
+/// its own older notes, never the record of who armed it and what happened since.
+const NOTES_CAP: usize = 50;
+/// How long an install secret lives unless `pxe serve --install-window` says otherwise.
+pub const DEFAULT_INSTALL_WINDOW: Duration = Duration::from_secs(2 * 3600);
+
+/// An install secret. Never printed: `Debug` is redacted, and the API shows only whether a node
+/// has one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// 256 random bits as hex.
+    pub fn mint() -> Secret {
+        use rand::Rng;
+        let bytes: [u8; 32] = rand::rng().random();
+        Secret(images::bundle::hex(&bytes))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison with what a request carried.
+    pub fn matches(&self, presented: &str) -> bool {
+        images::api_token::secrets_equal(&self.0, presented)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {
@@ -23,6 +63,12 @@ pub struct TimelineEntry {
     pub event: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+}
+
+impl TimelineEntry {
+    fn is_note(&self) -> bool {
+        self.event == "note"
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,18 +89,20 @@ pub struct NodeRecord {
     pub installs: u32,
     #[serde(default)]
     pub timeline: Vec<TimelineEntry>,
+    /// The live install secret, while the node is armed and inside its install window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_secret: Option<Secret>,
+    /// When the install secret dies (Unix ms).
+    #[serde(default)]
+    pub install_expires_ms: u64,
 }
 
 impl NodeRecord {
-    pub fn new(hostname: &str, armed: bool, now_ms: u64) -> NodeRecord {
-        let state = if armed {
-            NodeState::Armed
-        } else {
-            NodeState::Disarmed
-        };
+    /// A node this pxe has never seen: disarmed. Arming is always an explicit act.
+    pub fn new(hostname: &str, now_ms: u64) -> NodeRecord {
         NodeRecord {
             hostname: hostname.into(),
-            state,
+            state: NodeState::Disarmed,
             bytes_written: 0,
             bytes_total: 0,
             installed_sha256: None,
@@ -62,49 +110,45 @@ impl NodeRecord {
             installs: 0,
             timeline: vec![TimelineEntry {
                 at_ms: now_ms,
-                event: if armed { "armed" } else { "disarmed" }.into(),
+                event: "disarmed".into(),
                 detail: "first seen in a bundle".into(),
             }],
+            install_secret: None,
+            install_expires_ms: 0,
         }
+    }
+
+    /// The install secret, if it is alive at `now_ms` for a node armed for install.
+    pub fn live_secret(&self, now_ms: u64) -> Option<&Secret> {
+        self.install_secret
+            .as_ref()
+            .filter(|_| self.state.install_armed() && now_ms < self.install_expires_ms)
+    }
+
+    /// Whether `presented` is this node's live install secret.
+    pub fn secret_ok(&self, presented: &str, now_ms: u64) -> bool {
+        self.live_secret(now_ms)
+            .is_some_and(|s| s.matches(presented))
     }
 }
 
-/// What happens to a node: from the operator (arm), the boot server (script served), the
-/// installer (installing, progress, installed, failed) and the first boot (booted).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
+/// What happens to a node: from the operator (arm, disarm), the boot server (script served,
+/// the install window ending), the installer and the first boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Arm,
+    /// Armed by the operator with a fresh secret that lives until `expires_ms`.
+    Arm {
+        secret: Secret,
+        expires_ms: u64,
+    },
     Disarm,
     ScriptServed {
-        #[serde(default)]
         mac: String,
     },
-    Installing {
-        #[serde(default)]
-        disk: String,
-        #[serde(default)]
-        total: u64,
-    },
-    Progress {
-        written: u64,
-        #[serde(default)]
-        total: u64,
-    },
-    Installed {
-        sha256: String,
-    },
-    Failed {
-        reason: String,
-    },
-    Booted,
-    /// Anything else a node reports (first-boot steps): logged, state unchanged.
-    Note {
-        #[serde(default)]
-        kind: String,
-        #[serde(default)]
-        detail: String,
-    },
+    Install(InstallEvent),
+    Report(ReportEvent),
+    /// The install window ended before the install did.
+    Expire,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -115,17 +159,40 @@ pub enum TransitionError {
     UnknownNode(String),
 }
 
-fn name(ev: &Event) -> &'static str {
+pub fn name(ev: &Event) -> &'static str {
     match ev {
-        Event::Arm => "arm",
+        Event::Arm { .. } => "arm",
         Event::Disarm => "disarm",
         Event::ScriptServed { .. } => "script-served",
-        Event::Installing { .. } => "installing",
-        Event::Progress { .. } => "progress",
-        Event::Installed { .. } => "installed",
-        Event::Failed { .. } => "failed",
-        Event::Booted => "booted",
-        Event::Note { .. } => "note",
+        Event::Install(InstallEvent::Installing { .. }) => "installing",
+        Event::Install(InstallEvent::Progress { .. }) => "progress",
+        Event::Install(InstallEvent::Installed { .. }) => "installed",
+        Event::Install(InstallEvent::Failed { .. }) => "failed",
+        Event::Report(ReportEvent::Booted) => "booted",
+        Event::Report(ReportEvent::Note { .. }) => "note",
+        Event::Expire => "install-window-expired",
+    }
+}
+
+/// Keep the timeline bounded: notes only ever push out older notes, lifecycle entries only
+/// older lifecycle entries.
+fn trim_timeline(t: &mut Vec<TimelineEntry>) {
+    for (is_note, cap) in [(true, NOTES_CAP), (false, LIFECYCLE_CAP)] {
+        let mut excess = t
+            .iter()
+            .filter(|e| e.is_note() == is_note)
+            .count()
+            .saturating_sub(cap);
+        if excess > 0 {
+            t.retain(|e| {
+                if excess > 0 && e.is_note() == is_note {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
     }
 }
 
@@ -140,30 +207,35 @@ pub fn apply(rec: &NodeRecord, ev: &Event, now_ms: u64) -> Result<NodeRecord, Tr
     };
     let mut detail = String::new();
     match ev {
-        Event::Arm => {
+        Event::Arm { secret, expires_ms } => {
             r.state = Armed;
             r.bytes_written = 0;
             r.bytes_total = 0;
             r.last_error = None;
+            r.install_secret = Some(secret.clone());
+            r.install_expires_ms = *expires_ms;
         }
-        Event::Disarm => r.state = Disarmed,
+        Event::Disarm => {
+            r.state = Disarmed;
+            r.install_secret = None;
+        }
         Event::ScriptServed { mac } => {
-            if !rec.state.install_armed() {
+            if rec.live_secret(now_ms).is_none() {
                 return Err(invalid());
             }
             detail = mac.clone();
             r.state = Booting;
         }
-        Event::Installing { disk, total } => {
+        Event::Install(InstallEvent::Installing { disk, total }) => {
             if !matches!(rec.state, Booting | Installing) {
                 return Err(invalid());
             }
             r.state = Installing;
             r.bytes_written = 0;
             r.bytes_total = *total;
-            detail = disk.clone();
+            detail = printable(disk, NOTE_MAX);
         }
-        Event::Progress { written, total } => {
+        Event::Install(InstallEvent::Progress { written, total }) => {
             if rec.state != Installing {
                 return Err(invalid());
             }
@@ -174,7 +246,7 @@ pub fn apply(rec: &NodeRecord, ev: &Event, now_ms: u64) -> Result<NodeRecord, Tr
             // Progress updates the counters only; a timeline entry per report would drown it.
             return Ok(r);
         }
-        Event::Installed { sha256 } => {
+        Event::Install(InstallEvent::Installed { sha256 }) => {
             if rec.state == Installed && rec.installed_sha256.as_deref() == Some(sha256) {
                 return Ok(r); // a retried report
             }
@@ -182,46 +254,59 @@ pub fn apply(rec: &NodeRecord, ev: &Event, now_ms: u64) -> Result<NodeRecord, Tr
                 return Err(invalid());
             }
             r.state = Installed;
-            r.installed_sha256 = Some(sha256.clone());
+            r.installed_sha256 = Some(printable(sha256, 64));
             r.installs += 1;
             r.bytes_written = r.bytes_written.max(r.bytes_total);
-            detail = sha256.clone();
+            r.install_secret = None;
+            detail = printable(sha256, 64);
         }
-        Event::Failed { reason } => {
+        Event::Install(InstallEvent::Failed { reason }) => {
             if !matches!(rec.state, Booting | Installing) {
                 return Err(invalid());
             }
+            let reason = printable(reason, NOTE_MAX);
             r.state = Failed;
             r.last_error = Some(reason.clone());
-            detail = reason.clone();
+            r.install_secret = None;
+            detail = reason;
         }
-        Event::Booted => {
+        Event::Report(ReportEvent::Booted) => {
             if !matches!(rec.state, Installed | Booted) {
                 return Err(invalid());
             }
             r.state = Booted;
         }
-        Event::Note { kind, detail: d } => {
+        Event::Report(ReportEvent::Note { kind, detail: d }) => {
+            let kind = printable(kind, 64);
             detail = if d.is_empty() {
-                kind.clone()
+                kind
             } else {
-                format!("{kind}: {d}")
+                printable(&format!("{kind}: {d}"), NOTE_MAX)
             };
         }
+        Event::Expire => {
+            if rec.install_secret.is_none() || now_ms < rec.install_expires_ms {
+                return Ok(r);
+            }
+            r.install_secret = None;
+            match rec.state {
+                Armed => r.state = Disarmed,
+                Booting | Installing => {
+                    r.state = Failed;
+                    r.last_error =
+                        Some("install window expired before the install finished".into());
+                }
+                _ => {}
+            }
+            detail = "re-arm to install".into();
+        }
     }
-    let event = match ev {
-        Event::Note { .. } => "note".to_string(),
-        other => name(other).to_string(),
-    };
     r.timeline.push(TimelineEntry {
         at_ms: now_ms,
-        event,
+        event: name(ev).to_string(),
         detail,
     });
-    if r.timeline.len() > TIMELINE_CAP {
-        let drop = r.timeline.len() - TIMELINE_CAP;
-        r.timeline.drain(..drop);
-    }
+    trim_timeline(&mut r.timeline);
     Ok(r)
 }
 
@@ -231,40 +316,55 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-#[derive(Debug, Serialize, Deserialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default, Clone)]
 struct StateFile {
     /// sha256 of the plan.json these records were last reconciled with.
     bundle_id: String,
+    /// Every node this pxe has ever served, also those no longer in the bundle: a node removed
+    /// and added back comes back in the state it had (an installed node is not re-armed).
     nodes: BTreeMap<String, NodeRecord>,
 }
 
-fn reconcile_nodes(file: &mut StateFile, bundle_id: &str, hostnames: &[&str], arm_new: bool) {
-    let now = now_ms();
-    file.nodes.retain(|h, _| hostnames.contains(&h.as_str()));
-    for h in hostnames {
-        file.nodes
-            .entry(h.to_string())
-            .or_insert_with(|| NodeRecord::new(h, arm_new, now));
-    }
-    file.bundle_id = bundle_id.to_string();
+/// How new nodes are treated when a bundle is (re)loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewNodes {
+    /// First seen → disarmed (the default: arming is an explicit `pxe arm`).
+    Disarmed,
+    /// First seen → armed (`pxe serve --arm-new`, for the very first deployment only).
+    Armed,
+}
+
+/// What a reconciliation did, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    pub new: Vec<String>,
+    pub armed: Vec<String>,
+    /// Known from before, absent from this bundle: kept, not served.
+    pub kept_absent: Vec<String>,
+    pub returned: Vec<String>,
 }
 
 pub struct Store {
     dir: Option<PathBuf>,
     inner: Mutex<StateFile>,
+    /// Hostnames of the bundle being served: the only records the API and DHCP see.
+    current: Mutex<BTreeSet<String>>,
+    /// One writer at a time; readers (`/boot`, DHCP) never wait for a disk write.
+    writer: Mutex<()>,
+    install_window: Duration,
 }
 
 impl Store {
-    /// Load the saved state (if any) and reconcile it with the bundle's nodes: known nodes keep
-    /// their state (install-once survives restarts and re-renders), nodes new to this pxe start
-    /// armed (or disarmed with `arm_new = false`), nodes no longer in the bundle are dropped.
+    /// Load the saved state (if any) and reconcile it with the bundle's nodes (see
+    /// [`Store::reconcile`]).
     pub fn open(
         dir: Option<&Path>,
         bundle_id: &str,
         hostnames: &[&str],
-        arm_new: bool,
-    ) -> std::io::Result<Store> {
-        let mut file = match dir {
+        new_nodes: NewNodes,
+        install_window: Duration,
+    ) -> std::io::Result<(Store, Reconciled)> {
+        let file = match dir {
             Some(d) => match std::fs::read(d.join(STATE_FILE)) {
                 Ok(b) => serde_json::from_slice::<StateFile>(&b).map_err(|e| {
                     std::io::Error::new(
@@ -277,81 +377,154 @@ impl Store {
             },
             None => StateFile::default(),
         };
-        reconcile_nodes(&mut file, bundle_id, hostnames, arm_new);
         let store = Store {
             dir: dir.map(Path::to_path_buf),
             inner: Mutex::new(file),
+            current: Mutex::new(BTreeSet::new()),
+            writer: Mutex::new(()),
+            install_window,
         };
-        store.persist(&store.inner.lock().unwrap())?;
-        Ok(store)
+        let r = store.reconcile(bundle_id, hostnames, new_nodes)?;
+        Ok((store, r))
     }
 
-    /// A new bundle is being served: the same reconciliation as `open`, persisted before it is
-    /// visible. Nodes keep their state, so a reload never re-arms or disarms anything by itself.
+    pub fn install_window(&self) -> Duration {
+        self.install_window
+    }
+
+    /// A bundle is being served: nodes known from before keep their state (install-once
+    /// survives restarts, re-renders and a node's absence from a bundle), nodes never seen are
+    /// disarmed (or armed with [`NewNodes::Armed`]). Persisted before it is visible.
     pub fn reconcile(
         &self,
         bundle_id: &str,
         hostnames: &[&str],
-        arm_new: bool,
-    ) -> std::io::Result<()> {
-        let mut g = self.inner.lock().unwrap();
-        let mut next = StateFile {
-            bundle_id: g.bundle_id.clone(),
-            nodes: g.nodes.clone(),
-        };
-        reconcile_nodes(&mut next, bundle_id, hostnames, arm_new);
+        new_nodes: NewNodes,
+    ) -> std::io::Result<Reconciled> {
+        let _w = self.writer.lock().unwrap();
+        let mut next = self.inner.lock().unwrap().clone();
+        let now = now_ms();
+        let mut out = Reconciled::default();
+        let previous = self.current.lock().unwrap().clone();
+        for h in hostnames {
+            if next.nodes.contains_key(*h) {
+                if !previous.is_empty() && !previous.contains(*h) {
+                    out.returned.push(h.to_string());
+                }
+                continue;
+            }
+            let mut rec = NodeRecord::new(h, now);
+            if new_nodes == NewNodes::Armed {
+                rec = apply(&rec, &self.arm_event(now), now).expect("arm is always valid");
+                out.armed.push(h.to_string());
+            }
+            out.new.push(h.to_string());
+            next.nodes.insert(h.to_string(), rec);
+        }
+        out.kept_absent = next
+            .nodes
+            .keys()
+            .filter(|k| !hostnames.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        next.bundle_id = bundle_id.to_string();
         self.persist(&next)?;
-        *g = next;
-        Ok(())
+        *self.inner.lock().unwrap() = next;
+        *self.current.lock().unwrap() = hostnames.iter().map(|h| h.to_string()).collect();
+        Ok(out)
     }
 
+    fn arm_event(&self, now: u64) -> Event {
+        Event::Arm {
+            secret: Secret::mint(),
+            expires_ms: now.saturating_add(self.install_window.as_millis() as u64),
+        }
+    }
+
+    fn served(&self, hostname: &str) -> bool {
+        self.current.lock().unwrap().contains(hostname)
+    }
+
+    /// A node of the bundle being served.
     pub fn get(&self, hostname: &str) -> Option<NodeRecord> {
+        if !self.served(hostname) {
+            return None;
+        }
         self.inner.lock().unwrap().nodes.get(hostname).cloned()
     }
 
+    /// The node's state as boot decisions see it: an armed node whose install window ended
+    /// is no longer armed, even before the sweeper has recorded it.
     pub fn state(&self, hostname: &str) -> Option<NodeState> {
-        self.inner
-            .lock()
-            .unwrap()
-            .nodes
-            .get(hostname)
-            .map(|r| r.state)
+        let rec = self.get(hostname)?;
+        let now = now_ms();
+        if rec.state.install_armed() && rec.live_secret(now).is_none() {
+            return Some(apply(&rec, &Event::Expire, now).map_or(rec.state, |r| r.state));
+        }
+        Some(rec.state)
     }
 
+    /// Every node of the bundle being served.
     pub fn all(&self) -> Vec<NodeRecord> {
-        self.inner.lock().unwrap().nodes.values().cloned().collect()
+        let current = self.current.lock().unwrap().clone();
+        let g = self.inner.lock().unwrap();
+        current
+            .iter()
+            .filter_map(|h| g.nodes.get(h).cloned())
+            .collect()
+    }
+
+    /// Arm `hostname` with a fresh install secret (the old one, if any, dies).
+    pub fn arm(&self, hostname: &str) -> Result<NodeRecord, StoreError> {
+        self.apply(hostname, &self.arm_event(now_ms()))
+    }
+
+    /// Record the end of every install window that has passed. Called periodically.
+    pub fn expire_due(&self) -> Vec<String> {
+        let now = now_ms();
+        let due: Vec<String> = self
+            .all()
+            .into_iter()
+            .filter(|r| r.install_secret.is_some() && now >= r.install_expires_ms)
+            .map(|r| r.hostname)
+            .collect();
+        due.into_iter()
+            .filter(|h| self.apply(h, &Event::Expire).is_ok())
+            .collect()
     }
 
     /// Apply an event and persist the result before it becomes visible. Progress reports are
     /// persisted too: a restart must not show an older byte count than a client already saw.
+    /// Blocking (fsync): async callers run it on the blocking pool.
     pub fn apply(&self, hostname: &str, ev: &Event) -> Result<NodeRecord, StoreError> {
-        let mut g = self.inner.lock().unwrap();
-        let rec = g
+        let _w = self.writer.lock().unwrap();
+        if !self.served(hostname) {
+            return Err(TransitionError::UnknownNode(hostname.into()).into());
+        }
+        let mut next = self.inner.lock().unwrap().clone();
+        let rec = next
             .nodes
             .get(hostname)
             .ok_or_else(|| TransitionError::UnknownNode(hostname.into()))?;
-        let next = apply(rec, ev, now_ms())?;
-        if next == *rec {
-            return Ok(next);
+        let updated = apply(rec, ev, now_ms())?;
+        if updated == *rec {
+            return Ok(updated);
         }
-        let old = g.nodes.insert(hostname.to_string(), next.clone());
-        if let Err(e) = self.persist(&g) {
-            // Not on disk means not done: roll back so memory never runs ahead of the disk.
-            if let Some(o) = old {
-                g.nodes.insert(hostname.to_string(), o);
-            }
-            return Err(StoreError::Io(e));
-        }
-        Ok(next)
+        next.nodes.insert(hostname.to_string(), updated.clone());
+        // Not on disk means not done: memory never runs ahead of the disk.
+        self.persist(&next).map_err(StoreError::Io)?;
+        *self.inner.lock().unwrap() = next;
+        Ok(updated)
     }
 
     fn persist(&self, file: &StateFile) -> std::io::Result<()> {
         let Some(dir) = &self.dir else { return Ok(()) };
         std::fs::create_dir_all(dir)?;
+        // tempfile creates 0600: the file holds install secrets.
         let mut tmp = tempfile::Builder::new()
             .prefix(".nodes-")
             .tempfile_in(dir)?;
-        serde_json::to_writer_pretty(&mut tmp, file)?;
+        serde_json::to_writer(&mut tmp, file)?;
         tmp.write_all(b"\n")?;
         tmp.as_file().sync_all()?;
         tmp.persist(dir.join(STATE_FILE)).map_err(|e| e.error)?;
@@ -369,208 +542,4 @@ pub enum StoreError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use NodeState::*;
-
-    fn run(events: &[Event]) -> Result<NodeRecord, TransitionError> {
-        let mut r = NodeRecord::new("n1", true, 0);
-        for (i, e) in events.iter().enumerate() {
-            r = apply(&r, e, i as u64 + 1)?;
-        }
-        Ok(r)
-    }
-
-    fn served() -> Event {
-        Event::ScriptServed {
-            mac: "52:54:00:00:00:01".into(),
-        }
-    }
-    fn installing() -> Event {
-        Event::Installing {
-            disk: "/dev/vda".into(),
-            total: 100,
-        }
-    }
-
-    #[test]
-    fn the_happy_path_reaches_booted_with_a_full_timeline() {
-        let r = run(&[
-            served(),
-            installing(),
-            Event::Progress {
-                written: 50,
-                total: 100,
-            },
-            Event::Installed {
-                sha256: "ab".into(),
-            },
-            Event::Booted,
-        ])
-        .unwrap();
-        assert_eq!(r.state, Booted);
-        assert_eq!(r.installs, 1);
-        assert_eq!(r.bytes_written, 100);
-        let ev: Vec<&str> = r.timeline.iter().map(|t| t.event.as_str()).collect();
-        assert_eq!(
-            ev,
-            [
-                "armed",
-                "script-served",
-                "installing",
-                "installed",
-                "booted"
-            ]
-        );
-    }
-
-    #[test]
-    fn installed_nodes_are_never_served_the_installer_again_until_re_armed() {
-        let r = run(&[
-            served(),
-            installing(),
-            Event::Installed {
-                sha256: "ab".into(),
-            },
-        ])
-        .unwrap();
-        assert!(!r.state.install_armed());
-        assert!(apply(&r, &served(), 9).is_err());
-        let r = apply(&r, &Event::Arm, 10).unwrap();
-        assert!(r.state.install_armed());
-        assert_eq!(r.installs, 1, "re-arming keeps the count");
-    }
-
-    #[test]
-    fn out_of_order_reports_are_refused() {
-        let fresh = NodeRecord::new("n1", true, 0);
-        for ev in [
-            Event::Installed { sha256: "x".into() },
-            Event::Booted,
-            Event::Progress {
-                written: 1,
-                total: 2,
-            },
-            Event::Failed { reason: "x".into() },
-            installing(),
-        ] {
-            assert!(apply(&fresh, &ev, 1).is_err(), "{ev:?} on an armed node");
-        }
-        let disarmed = NodeRecord::new("n1", false, 0);
-        assert!(apply(&disarmed, &served(), 1).is_err());
-    }
-
-    #[test]
-    fn an_interrupted_install_stays_armed_and_a_failure_does_not() {
-        let r = run(&[served(), installing()]).unwrap();
-        let again = apply(&r, &served(), 5).unwrap();
-        assert_eq!(again.state, Booting);
-        let failed = apply(
-            &r,
-            &Event::Failed {
-                reason: "disk".into(),
-            },
-            5,
-        )
-        .unwrap();
-        assert_eq!(failed.state, Failed);
-        assert!(!failed.state.install_armed());
-        assert_eq!(failed.last_error.as_deref(), Some("disk"));
-    }
-
-    #[test]
-    fn a_retried_installed_report_is_idempotent() {
-        let r = run(&[
-            served(),
-            installing(),
-            Event::Installed {
-                sha256: "ab".into(),
-            },
-        ])
-        .unwrap();
-        let again = apply(
-            &r,
-            &Event::Installed {
-                sha256: "ab".into(),
-            },
-            9,
-        )
-        .unwrap();
-        assert_eq!(again, r);
-        assert!(
-            apply(
-                &r,
-                &Event::Installed {
-                    sha256: "cd".into()
-                },
-                9
-            )
-            .is_err()
-        );
-    }
-
-    #[test]
-    fn events_parse_from_the_wire_format() {
-        let e: Event =
-            serde_json::from_str(r#"{"event":"progress","written":5,"total":9}"#).unwrap();
-        assert_eq!(
-            e,
-            Event::Progress {
-                written: 5,
-                total: 9
-            }
-        );
-        let e: Event = serde_json::from_str(r#"{"event":"failed","reason":"no disk"}"#).unwrap();
-        assert_eq!(
-            e,
-            Event::Failed {
-                reason: "no disk".into()
-            }
-        );
-        assert!(serde_json::from_str::<Event>(r#"{"event":"explode"}"#).is_err());
-    }
-
-    #[test]
-    fn store_persists_every_change_and_resumes() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(Some(dir.path()), "b1", &["a", "b"], true).unwrap();
-        s.apply("a", &served()).unwrap();
-        s.apply("a", &installing()).unwrap();
-        s.apply(
-            "a",
-            &Event::Installed {
-                sha256: "ff".into(),
-            },
-        )
-        .unwrap();
-        drop(s);
-        let s = Store::open(Some(dir.path()), "b2", &["a", "b", "c"], false).unwrap();
-        assert_eq!(
-            s.state("a"),
-            Some(Installed),
-            "install-once survives a restart"
-        );
-        assert_eq!(s.state("b"), Some(Armed));
-        assert_eq!(s.state("c"), Some(Disarmed), "new node under --no-arm");
-        let s = Store::open(Some(dir.path()), "b3", &["c"], true).unwrap();
-        assert!(
-            s.get("a").is_none(),
-            "nodes gone from the bundle are dropped"
-        );
-    }
-
-    #[test]
-    fn reconcile_on_reload_keeps_states_and_persists_before_it_shows() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(Some(dir.path()), "b1", &["a", "b"], true).unwrap();
-        s.apply("a", &served()).unwrap();
-        s.reconcile("b2", &["a", "c"], false).unwrap();
-        assert_eq!(s.state("a"), Some(Booting), "a reload re-arms nothing");
-        assert_eq!(s.state("b"), None);
-        assert_eq!(s.state("c"), Some(Disarmed));
-        drop(s);
-        let s = Store::open(Some(dir.path()), "b2", &["a", "c"], true).unwrap();
-        assert_eq!(s.state("a"), Some(Booting));
-        assert_eq!(s.state("c"), Some(Disarmed), "the reload was on disk");
-    }
-}
+mod tests;

@@ -8,24 +8,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{Server, http, lab};
+use common::{Server, http, lab, request};
 
 #[test]
 fn sigkill_mid_install_resumes_and_never_installs_twice() {
     let lab = lab();
     let mac = lab.mac("k3s2");
     let s = Server::start(&lab, &[]);
-    assert!(s.boot_script(&mac).contains("installing k3s2"));
+    let secret = s.secret_from_boot(&mac);
     assert_eq!(
-        s.event(
+        s.install_event(
             "k3s2",
+            &secret,
             r#"{"event":"installing","disk":"/dev/nvme0n1","total":5000}"#
         ),
         200
     );
     assert_eq!(
-        s.event(
+        s.install_event(
             "k3s2",
+            &secret,
             r#"{"event":"progress","written":2500,"total":5000}"#
         ),
         200
@@ -38,18 +40,21 @@ fn sigkill_mid_install_resumes_and_never_installs_twice() {
     assert_eq!(n["bytes_written"], 2500, "acknowledged progress survived");
     // The node was interrupted too: it PXE-boots again and gets the installer again (its disk
     // is not bootable, the first MiB is written last), then finishes.
-    assert!(s.boot_script(&mac).contains("installing k3s2"));
+    // The install secret survived the restart with the state.
+    assert_eq!(s.secret_from_boot(&mac), secret);
     assert_eq!(
-        s.event(
+        s.install_event(
             "k3s2",
+            &secret,
             r#"{"event":"installing","disk":"/dev/nvme0n1","total":5000}"#
         ),
         200
     );
-    assert_eq!(
-        s.event("k3s2", r#"{"event":"installed","sha256":"bb"}"#),
-        200
+    let installed = format!(
+        r#"{{"event":"installed","sha256":"{}"}}"#,
+        common::IMAGE_SHA256
     );
+    assert_eq!(s.install_event("k3s2", &secret, &installed), 200);
     s.kill9();
 
     let s = Server::start(&lab, &[]);
@@ -62,11 +67,9 @@ fn sigkill_mid_install_resumes_and_never_installs_twice() {
         );
     }
     assert_eq!(s.node("k3s2")["installs"], 1);
-    // An installed report replayed after the restart is idempotent, not a second install.
-    assert_eq!(
-        s.event("k3s2", r#"{"event":"installed","sha256":"bb"}"#),
-        200
-    );
+    // An installed report replayed after the restart finds the secret dead: not a second
+    // install.
+    assert_eq!(s.install_event("k3s2", &secret, &installed), 404);
     assert_eq!(s.node("k3s2")["installs"], 1);
 }
 
@@ -93,32 +96,38 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_event() {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let port = s.http;
+        let auth = format!("Authorization: Bearer {}", s.token);
         let worker = {
             let (stop, acked, mac) = (stop.clone(), acked.clone(), mac.clone());
             std::thread::spawn(move || {
                 // Each request may die with the server; only a complete 200 counts.
                 let try_http = |m: &str, p: &str, b: &str| {
-                    std::panic::catch_unwind(|| http(port, m, p, b).0).unwrap_or(0)
+                    std::panic::catch_unwind(|| http(port, m, p, b)).unwrap_or((0, String::new()))
                 };
+                let installed = format!(
+                    r#"{{"event":"installed","sha256":"{}"}}"#,
+                    common::IMAGE_SHA256
+                );
                 while !stop.load(Ordering::SeqCst) {
-                    try_http("POST", "/api/v1/nodes/k3s-master2/arm", "");
-                    try_http("GET", &format!("/boot/{mac}.ipxe"), "");
+                    let _ = std::panic::catch_unwind(|| {
+                        request(port, "POST", "/api/v1/nodes/k3s-master2/arm", "", &[&auth])
+                    });
+                    let (_, script) = try_http("GET", &format!("/boot/{mac}.ipxe"), "");
+                    let Some(secret) = common::secret_in(&script) else {
+                        continue;
+                    };
+                    let events = format!("/install/k3s-master2/{secret}/events");
                     try_http(
                         "POST",
-                        "/api/v1/nodes/k3s-master2/events",
+                        &events,
                         r#"{"event":"installing","disk":"/dev/sda","total":10}"#,
                     );
                     try_http(
                         "POST",
-                        "/api/v1/nodes/k3s-master2/events",
+                        &events,
                         r#"{"event":"progress","written":5,"total":10}"#,
                     );
-                    if try_http(
-                        "POST",
-                        "/api/v1/nodes/k3s-master2/events",
-                        r#"{"event":"installed","sha256":"cc"}"#,
-                    ) == 200
-                    {
+                    if try_http("POST", &events, &installed).0 == 200 {
                         acked.fetch_add(1, Ordering::SeqCst);
                     }
                 }

@@ -75,22 +75,18 @@ fn setup(sidecar_ok: bool) -> (common::Lab, Server, Vec<u8>, PathBuf) {
 /// The plan URL as the install script gives it to the installer kernel, with the appliance
 /// address rewritten to this test server.
 fn plan_url(lab: &common::Lab, s: &Server, host: &str) -> String {
-    // The node first PXE-boots (booting), as in real life.
-    assert!(
-        s.get(&format!("/boot/{}.ipxe", lab.mac(host)))
-            .1
-            .contains("installing")
-    );
-    s.url(&format!("/plan/{host}/{}", lab.token(host)))
+    // The node first PXE-boots (booting), as in real life; its script carries the secret.
+    let secret = s.secret_from_boot(&lab.mac(host));
+    s.url(&format!("/plan/{host}/{secret}"))
 }
 
 #[test]
 fn installs_a_verified_image_with_the_seed_and_reports_installed() {
     let (lab, s, img, disk) = setup(true);
     // The bundle's appliance URL is the inventory's (10.0.20.5:8080); point the node at us.
+    let url = plan_url(&lab, &s, "k3s1");
     let mut plan: images::plan::InstallPlan =
-        serde_json::from_str(&s.get(&format!("/plan/k3s1/{}", lab.token("k3s1"))).1).unwrap();
-    let _ = plan_url(&lab, &s, "k3s1");
+        serde_json::from_str(&s.anon_get(url.trim_start_matches(&s.url(""))).1).unwrap();
     let fix = |u: &str| u.replace("http://10.0.20.5:8080", &s.url(""));
     plan.image.url = fix(&plan.image.url);
     plan.report = fix(&plan.report);
@@ -107,8 +103,8 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
     assert_eq!(done.written, img.len() as u64);
     // The appliance hears `installed` from run(); install() leaves that to its caller.
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s1/events",
+        s.anon_post(
+            plan.report.trim_start_matches(&s.url("")),
             &format!(r#"{{"event":"installed","sha256":"{}"}}"#, done.sha256)
         )
         .0,
@@ -182,7 +178,7 @@ fn a_bad_checksum_fails_the_install_and_leaves_the_disk_unbootable() {
     let (lab, s, _img, disk) = setup(false);
     let url = plan_url(&lab, &s, "k3s2");
     let mut plan: images::plan::InstallPlan =
-        serde_json::from_str(&s.get(url.trim_start_matches(&s.url(""))).1).unwrap();
+        serde_json::from_str(&s.anon_get(url.trim_start_matches(&s.url(""))).1).unwrap();
     let fix = |u: &str| u.replace("http://10.0.20.5:8080", &s.url(""));
     plan.image.url = fix(&plan.image.url);
     plan.report = fix(&plan.report);
@@ -207,7 +203,7 @@ fn a_disk_that_matches_nothing_is_never_written() {
     let (lab, s, _img, disk) = setup(true);
     let url = plan_url(&lab, &s, "k3s1");
     let plan: images::plan::InstallPlan =
-        serde_json::from_str(&s.get(url.trim_start_matches(&s.url(""))).1).unwrap();
+        serde_json::from_str(&s.anon_get(url.trim_start_matches(&s.url(""))).1).unwrap();
     let machine = FileDisk {
         path: disk.clone(),
         by_path: "pci-0000:03:00.0-nvme-1".into(),

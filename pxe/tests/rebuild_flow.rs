@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use builder::diag::Diagnostics;
-use builder::inventory::{self, DEFAULT_INVENTORY, ProfileSet};
+use builder::inventory::{self, ProfileSet};
 use builder::render::{self, RenderOptions};
 use builder::secrets::Secrets;
 use builder::templates::Templates;
@@ -40,40 +40,34 @@ fn lab_from(text: &str, secrets: &Secrets) -> Lab {
 }
 
 /// Drive a node from armed to booted as iPXE, the installer and cloud-init would.
-fn install(s: &Server, host: &str, mac: &str) {
-    assert!(s.boot_script(mac).contains("plan"), "{host} not armed");
-    assert_eq!(
-        s.event(
-            host,
-            r#"{"event":"installing","disk":"/dev/vda","total":100}"#
-        ),
-        200
-    );
-    assert_eq!(
-        s.event(host, r#"{"event":"progress","written":50,"total":100}"#),
-        200
-    );
-    assert_eq!(s.event(host, r#"{"event":"installed","sha256":"ab"}"#), 200);
-    assert_eq!(s.event(host, r#"{"event":"booted"}"#), 200);
-    assert_eq!(s.state(host), "booted");
+fn install(s: &Server, lab: &Lab, host: &str, mac: &str) {
+    s.install_node(lab, host, mac);
+}
+
+/// The install script as served: the bundle's file with the live secret where its placeholder
+/// is.
+fn served_form(file: &str, served: &str) -> String {
+    let secret = common::secret_in(served).expect("an install script");
+    file.replace("@IRONSEED_INSTALL_SECRET@", &secret)
 }
 
 #[test]
 fn reload_serves_the_new_mac_and_keeps_node_states() {
     let secrets = Secrets::generate();
-    let lab = lab_from(DEFAULT_INVENTORY, &secrets);
+    let inv = common::loopback_inventory();
+    let lab = lab_from(&inv, &secrets);
     let s = Server::start_on(&lab, 18610, 18611, &[]);
     let old = "d8:9e:f3:20:00:21";
     let new = "d8:9e:f3:20:00:99";
-    install(&s, "k3s1", old);
-    install(&s, "k3s2", "d8:9e:f3:20:00:22");
+    install(&s, &lab, "k3s1", old);
+    install(&s, &lab, "k3s2", "d8:9e:f3:20:00:22");
     let install_script =
         String::from_utf8(std::fs::read(lab.bundle.join("ipxe/k3s1.ipxe")).unwrap()).unwrap();
 
     // Re-render with k3s1's new MAC while the server runs: nothing changes until a reload.
     render_into(
         &lab.bundle,
-        &DEFAULT_INVENTORY.replace(old, new),
+        &inv.replace(old, new),
         &secrets,
         &RenderOptions::default(),
     );
@@ -95,9 +89,10 @@ fn reload_serves_the_new_mac_and_keeps_node_states() {
     assert_eq!(s.node("k3s1")["mac"], new);
     assert!(s.boot_script(new).contains("booting from local disk"));
     assert_eq!(s.post("/api/v1/nodes/k3s1/arm", "").0, 200);
+    let served = s.boot_script(new);
     assert_eq!(
-        s.boot_script(new),
-        install_script,
+        served,
+        served_form(&install_script, &served),
         "the new MAC gets the installer"
     );
     let old_answer = s.boot_script(old);
@@ -128,15 +123,19 @@ fn wait_for(s: &Server, host: &str, state: &str) {
     }
 }
 
-fn builder(bin: &Path, dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin)
-        .args(args)
+/// The real builder in `dir`, with the pxe's API token when one is given.
+fn builder(bin: &Path, dir: &Path, args: &[&str], token: Option<&str>) -> Output {
+    let mut c = Command::new(bin);
+    c.args(args)
         .current_dir(dir)
         .env_remove("IRONSEED_INVENTORY")
         .env_remove("IRONSEED_SECRETS")
         .env_remove("IRONSEED_PXE")
-        .output()
-        .unwrap()
+        .env_remove("IRONSEED_API_TOKEN");
+    if let Some(t) = token {
+        c.env("IRONSEED_API_TOKEN", t);
+    }
+    c.output().unwrap()
 }
 
 #[test]
@@ -144,14 +143,20 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
     let bin = builder_bin();
     let lab = common::lab();
     let dir = lab.dir.path();
-    std::fs::write(dir.join("lab.yaml"), DEFAULT_INVENTORY).unwrap();
+    let inv = common::loopback_inventory();
+    std::fs::write(dir.join("lab.yaml"), &inv).unwrap();
     std::fs::remove_dir_all(&lab.bundle).unwrap();
-    let o = builder(&bin, dir, &["render", "-i", "lab.yaml", "-o", "bundle"]);
+    let o = builder(
+        &bin,
+        dir,
+        &["render", "-i", "lab.yaml", "-o", "bundle"],
+        None,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = Server::start_on(&lab, 18612, 18613, &[]);
     let url = "http://127.0.0.1:18612";
     let (old, new) = ("52:54:00:20:00:11", "52:54:00:20:00:99");
-    install(&s, "k3s-master1", old);
+    install(&s, &lab, "k3s-master1", old);
 
     let o = builder(
         &bin,
@@ -168,6 +173,7 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
             "--server",
             url,
         ],
+        Some(&s.token),
     );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -189,7 +195,11 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
     assert_eq!(s.node("k3s-master1")["mac"], new);
     let script = s.boot_script(new);
     let want = std::fs::read_to_string(lab.bundle.join("ipxe/k3s-master1.ipxe")).unwrap();
-    assert_eq!(script, want, "the new MAC gets the install script");
+    assert_eq!(
+        script,
+        served_form(&want, &script),
+        "the new MAC gets the install script"
+    );
     assert!(
         !s.boot_script(old).contains("plan"),
         "the old MAC gets no installer"
@@ -197,14 +207,14 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
     // The seed it installs with is the join form.
     let cfg =
         std::fs::read_to_string(lab.bundle.join("nodes/k3s-master1/k3s/config.yaml")).unwrap();
-    assert!(cfg.contains("server: \"https://10.0.20.10:6443\"") && !cfg.contains("cluster-init"));
+    assert!(cfg.contains("server: \"https://127.0.20.10:6443\"") && !cfg.contains("cluster-init"));
     // Only the MAC changed in the operator's file.
     let edited = std::fs::read_to_string(dir.join("lab.yaml")).unwrap();
-    assert_eq!(edited, DEFAULT_INVENTORY.replacen(old, new, 1));
+    assert_eq!(edited, inv.replacen(old, new, 1));
 
     // pxe serving another folder than the one rendered into: nothing is armed, since the
     // served bundle still has the old config and MACs.
-    install(&s, "k3s2", "d8:9e:f3:20:00:22");
+    install(&s, &lab, "k3s2", "d8:9e:f3:20:00:22");
     let o = builder(
         &bin,
         dir,
@@ -218,6 +228,7 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
             "--server",
             url,
         ],
+        Some(&s.token),
     );
     assert_eq!(o.status.code(), Some(1));
     let e = String::from_utf8_lossy(&o.stderr);
@@ -232,9 +243,9 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
     assert_eq!(s.state("k3s2"), "booted");
 
     // --watch: follow k3s-master1 through a whole install, driven like the real clients.
-    let child = watch_rebuild(&bin, dir, url, "k3s-master1");
+    let child = watch_rebuild(&s, &bin, dir, url, "k3s-master1");
     // The first install ended in `booted`; the rebuild re-arms it.
-    install_after_rearm(&s, "k3s-master1", new);
+    install_after_rearm(&s, &lab, "k3s-master1", new);
     let o = child.wait_with_output().unwrap();
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout),
@@ -250,12 +261,13 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
     );
 
     // A failed install ends the watch with the reason and a non-zero exit.
-    let child = watch_rebuild(&bin, dir, url, "k3s-master1");
+    let child = watch_rebuild(&s, &bin, dir, url, "k3s-master1");
     wait_rearmed(&s, "k3s-master1");
-    assert!(s.boot_script(new).contains("plan"));
+    let secret = s.secret_from_boot(new);
     assert_eq!(
-        s.event(
+        s.install_event(
             "k3s-master1",
+            &secret,
             r#"{"event":"failed","reason":"no disk matches the install selector"}"#
         ),
         200
@@ -270,13 +282,14 @@ fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
 }
 
 /// `builder rebuild NODE --watch` against the pxe at `url`, in the background, output piped.
-fn watch_rebuild(bin: &Path, dir: &Path, url: &str, node: &str) -> std::process::Child {
+fn watch_rebuild(s: &Server, bin: &Path, dir: &Path, url: &str, node: &str) -> std::process::Child {
     Command::new(bin)
         .args([
             "rebuild", node, "-i", "lab.yaml", "-o", "bundle", "--server", url, "--watch",
         ])
         .current_dir(dir)
         .env_remove("IRONSEED_PXE")
+        .env("IRONSEED_API_TOKEN", &s.token)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -296,26 +309,22 @@ fn wait_rearmed(s: &Server, host: &str) {
     wait_for(s, host, "armed");
 }
 
-fn install_after_rearm(s: &Server, host: &str, mac: &str) {
+fn install_after_rearm(s: &Server, lab: &Lab, host: &str, mac: &str) {
     wait_rearmed(s, host);
     // Give the watcher a poll or two in each state, as a real install would.
     let pause = || std::thread::sleep(Duration::from_millis(700));
-    assert!(s.boot_script(mac).contains("plan"));
+    let secret = s.secret_from_boot(mac);
     pause();
-    assert_eq!(
-        s.event(
-            host,
-            r#"{"event":"installing","disk":"/dev/vda","total":1000}"#
+    for ev in [
+        r#"{"event":"installing","disk":"/dev/vda","total":1000}"#.to_string(),
+        r#"{"event":"progress","written":500,"total":1000}"#.to_string(),
+        format!(
+            r#"{{"event":"installed","sha256":"{}"}}"#,
+            common::IMAGE_SHA256
         ),
-        200
-    );
-    pause();
-    assert_eq!(
-        s.event(host, r#"{"event":"progress","written":500,"total":1000}"#),
-        200
-    );
-    pause();
-    assert_eq!(s.event(host, r#"{"event":"installed","sha256":"cd"}"#), 200);
-    pause();
-    assert_eq!(s.event(host, r#"{"event":"booted"}"#), 200);
+    ] {
+        assert_eq!(s.install_event(host, &secret, &ev), 200, "{ev}");
+        pause();
+    }
+    assert_eq!(s.report(lab, host, "phone-home", "hostname=x"), 200);
 }

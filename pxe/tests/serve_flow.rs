@@ -11,104 +11,186 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
     let lab = lab();
     let s = Server::start(&lab, &[]);
     let mac = lab.mac("k3s1");
-    let token = lab.token("k3s1");
 
     // A MAC that is not in the inventory is never installed and changes nothing.
-    let (st, body) = s.get("/boot/52:54:00:ee:ee:ee.ipxe");
+    let (st, body) = s.anon_get("/boot/52:54:00:ee:ee:ee.ipxe");
     assert_eq!(st, 200);
     assert!(
         body.contains("not in the inventory") && body.contains("exit 1"),
         "{body}"
     );
 
-    // Armed (new bundle): the per-MAC script is the installer, and the node is now booting.
+    // Armed (--arm-new, a first deployment): the per-MAC script is the installer, carrying a
+    // live install secret (not in the bundle's file), and the node is now booting.
     assert_eq!(s.state("k3s1"), "armed");
-    let (st, body) = s.get(&format!("/boot/{mac}.ipxe"));
+    assert_eq!(s.node("k3s1")["install_secret"], true);
+    let (st, body) = s.anon_get(&format!("/boot/{mac}.ipxe"));
     assert_eq!(st, 200);
     assert!(body.contains("ironseed: installing k3s1"), "{body}");
-    assert!(body.contains(&format!("/plan/k3s1/{token}")), "{body}");
+    let secret = common::secret_in(&body).unwrap();
+    assert_eq!(secret.len(), 64, "{body}");
+    let on_disk = std::fs::read_to_string(lab.bundle.join("ipxe/k3s1.ipxe")).unwrap();
+    assert!(!on_disk.contains(&secret) && on_disk.contains("@IRONSEED_INSTALL_SECRET@"));
+    assert!(
+        !s.get("/api/v1/nodes").1.contains(&secret),
+        "the API never shows the secret"
+    );
     assert_eq!(s.state("k3s1"), "booting");
     // Real iPXE percent-encodes the colons of ${net0/mac} in the request (captured by the DHCP
-    // firmware tests); upper case and dashes also occur.
-    let (_, enc) = s.get(&format!("/boot/{}.ipxe", mac.replace(':', "%3A")));
-    assert!(enc.contains("installing k3s1"), "{enc}");
-    let (_, again) = s.get(&format!(
+    // firmware tests); upper case and dashes also occur. The same secret while it lives.
+    let (_, enc) = s.anon_get(&format!("/boot/{}.ipxe", mac.replace(':', "%3A")));
+    assert_eq!(common::secret_in(&enc).as_deref(), Some(secret.as_str()));
+    let (_, again) = s.anon_get(&format!(
         "/boot/{}.ipxe",
         mac.to_uppercase().replace(':', "-")
     ));
     assert!(again.contains("installing k3s1"));
 
-    // The installer's plan and the seed, only with the right token.
-    let (st, plan) = s.get(&format!("/plan/k3s1/{token}"));
+    // The installer's plan and the seed, only with the live secret.
+    let (st, plan) = s.anon_get(&format!("/plan/k3s1/{secret}"));
     assert_eq!(st, 200, "{plan}");
     let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
     assert_eq!(plan["hostname"], "k3s1");
     assert_eq!(plan["install_disk"]["by_path"], "pci-0000:02:00.0-nvme-1");
+    assert_eq!(plan["image"]["sha256"], common::IMAGE_SHA256);
     assert!(
         plan["seed"]["network-config"]
             .as_str()
             .unwrap()
-            .ends_with(&format!("/seed/k3s1/{token}/network-config"))
+            .ends_with(&format!("/seed/k3s1/{secret}/network-config"))
     );
-    let (st, ud) = s.get(&format!("/seed/k3s1/{token}/user-data"));
+    assert!(
+        plan["report"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/install/k3s1/{secret}/events"))
+    );
+    let (st, ud) = s.anon_get(&format!("/seed/k3s1/{secret}/user-data"));
     assert_eq!(st, 200);
     assert!(ud.starts_with("#cloud-config\n"));
-    assert_eq!(
-        s.get(&format!("/seed/k3s1/{}/user-data", "0".repeat(32))).0,
-        404,
-        "wrong token"
+    assert!(
+        ud.contains(&lab.report_token("k3s1")),
+        "the seed carries the report token"
     );
     assert_eq!(
-        s.get(&format!("/seed/k3s2/{token}/user-data")).0,
+        s.anon_get(&format!("/seed/k3s1/{}/user-data", "0".repeat(64)))
+            .0,
         404,
-        "another node's token"
+        "wrong secret"
     );
-    assert_eq!(s.get(&format!("/seed/k3s1/{token}/../../plan.json")).0, 404);
-    assert_eq!(s.get(&format!("/seed/k3s1/{token}/vendor-data")).0, 404);
+    assert_eq!(
+        s.anon_get(&format!("/seed/k3s2/{secret}/user-data")).0,
+        404,
+        "another node's secret"
+    );
+    assert_eq!(
+        s.anon_get(&format!("/seed/k3s1/{secret}/../../plan.json"))
+            .0,
+        404
+    );
+    assert_eq!(
+        s.anon_get(&format!("/seed/k3s1/{secret}/vendor-data")).0,
+        404
+    );
 
-    // The installer reports; out-of-order reports are refused.
+    // The installer reports with the secret; out-of-order reports are refused, and so is any
+    // report without the secret or with the old per-node API path.
     assert_eq!(
-        s.event("k3s1", r#"{"event":"installed","sha256":"aa"}"#),
+        s.install_event("k3s1", &secret, r#"{"event":"installed","sha256":"aa"}"#),
         409
     );
     assert_eq!(
-        s.event(
+        s.install_event(
             "k3s1",
+            &"1".repeat(64),
+            r#"{"event":"installing","disk":"/dev/nvme0n1","total":1000}"#
+        ),
+        404
+    );
+    assert_eq!(
+        s.anon_post(
+            "/api/v1/nodes/k3s1/events",
+            r#"{"event":"installing","disk":"/dev/nvme0n1","total":1000}"#
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        s.install_event(
+            "k3s1",
+            &secret,
             r#"{"event":"installing","disk":"/dev/nvme0n1","total":1000}"#
         ),
         200
     );
     assert_eq!(
-        s.event("k3s1", r#"{"event":"progress","written":400,"total":1000}"#),
+        s.install_event(
+            "k3s1",
+            &secret,
+            r#"{"event":"progress","written":400,"total":1000}"#
+        ),
         200
     );
     assert_eq!(s.node("k3s1")["bytes_written"], 400);
+    // `installed` only with the sha256 of the image the plan named.
     assert_eq!(
-        s.event("k3s1", r#"{"event":"installed","sha256":"aa"}"#),
+        s.install_event("k3s1", &secret, r#"{"event":"installed","sha256":"aa"}"#),
+        409
+    );
+    assert_eq!(s.state("k3s1"), "installing");
+    assert_eq!(
+        s.install_event("k3s1", &secret, r#"{"event":"booted"}"#),
+        400,
+        "the installer cannot claim booted"
+    );
+    assert_eq!(
+        s.install_event(
+            "k3s1",
+            &secret,
+            &format!(
+                r#"{{"event":"installed","sha256":"{}"}}"#,
+                common::IMAGE_SHA256
+            )
+        ),
         200
     );
-    assert_eq!(s.event("k3s1", r#"{"event":"explode"}"#), 400);
     assert_eq!(s.state("k3s1"), "installed");
+    assert_eq!(s.node("k3s1")["install_secret"], false);
 
-    // Installed: boot local, and the seed is no longer served (it carries the token).
-    let (_, body) = s.get(&format!("/boot/{mac}.ipxe"));
+    // Installed: boot local, and the secret is dead: plan, seed and events are 404, like an
+    // unknown node (a replayed seed URL gives nothing).
+    let (_, body) = s.anon_get(&format!("/boot/{mac}.ipxe"));
     assert!(
         body.contains("booting from local disk") && body.contains("sanboot"),
         "{body}"
     );
-    assert_eq!(s.get(&format!("/seed/k3s1/{token}/user-data")).0, 403);
-    assert_eq!(s.get(&format!("/plan/k3s1/{token}")).0, 403);
-
-    // cloud-init's phone_home ends the first boot.
+    assert_eq!(s.anon_get(&format!("/seed/k3s1/{secret}/user-data")).0, 404);
+    assert_eq!(s.anon_get(&format!("/plan/k3s1/{secret}")).0, 404);
     assert_eq!(
-        s.post(
-            "/api/v1/nodes/k3s1/phone-home",
+        s.install_event("k3s1", &secret, r#"{"event":"failed","reason":"x"}"#),
+        404
+    );
+
+    // cloud-init's phone_home ends the first boot, but only from the node's own address: from
+    // here (127.0.0.1) it is refused even with the right token; a wrong token is a 404.
+    let token = lab.report_token("k3s1");
+    assert_eq!(
+        s.anon_post(
+            &format!("/report/k3s1/{token}/phone-home"),
             "instance_id=x&hostname=k3s1"
         )
         .0,
-        200
+        403
     );
-    assert_eq!(s.state("k3s1"), "booted");
+    assert_eq!(
+        s.anon_post(
+            &format!("/report/k3s1/{}/phone-home", "0".repeat(64)),
+            "instance_id=x&hostname=k3s1"
+        )
+        .0,
+        404
+    );
+    assert_eq!(s.state("k3s1"), "installed");
     let timeline: Vec<String> = s.node("k3s1")["timeline"]
         .as_array()
         .unwrap()
@@ -118,31 +200,22 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
     assert_eq!(
         timeline,
         [
-            "armed",
+            "disarmed",
+            "arm",
             "script-served",
             "script-served",
             "script-served",
             "installing",
             "installed",
-            "booted",
-            "note"
         ]
     );
-    // What phone_home said, and the address it came from, are in the timeline.
-    let last = s.node("k3s1")["timeline"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(
-        last["detail"], "phone-home: hostname=k3s1 fqdn= address=127.0.0.1",
-        "{last}"
-    );
 
-    // Re-arm through the CLI: the next PXE boot installs again.
+    // Re-arm through the CLI (the token from the state folder): a new secret, the next PXE
+    // boot installs again, and the old secret stays dead.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pxe"))
         .args(["arm", "k3s1", "--server", &s.url("")])
+        .arg("--api-token-file")
+        .arg(&s.token_file)
         .output()
         .unwrap();
     assert!(
@@ -151,12 +224,34 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "k3s1: armed");
-    assert!(s.boot_script(&mac).contains("installing k3s1"));
+    let new_secret = s.secret_from_boot(&mac);
+    assert_ne!(new_secret, secret);
+    assert_eq!(s.anon_get(&format!("/plan/k3s1/{secret}")).0, 404);
+    assert_eq!(s.anon_get(&format!("/plan/k3s1/{new_secret}")).0, 200);
     assert_eq!(s.post("/api/v1/nodes/nope/arm", "").0, 404);
 
-    // pxe status prints the table.
+    // Without a token the CLI says how to give one.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pxe"))
         .args(["status", "--server", &s.url("")])
+        .env_remove("IRONSEED_API_TOKEN")
+        .env("HOME", lab.dir.path())
+        .env_remove("XDG_STATE_HOME")
+        .output()
+        .unwrap();
+    if !nix::unistd::geteuid().is_root() {
+        // (As root the default /var/lib/ironseed/pxe/api-token may exist on this machine.)
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--api-token-file"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // pxe status prints the table (token from the environment).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pxe"))
+        .args(["status", "--server", &s.url("")])
+        .env("IRONSEED_API_TOKEN", &s.token)
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
@@ -173,26 +268,71 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
         "{table}"
     );
 
-    // Metrics count what happened.
-    let (_, m) = s.get("/metrics");
+    // Metrics count what happened, and give away no MAC and no secret.
+    let (_, m) = s.anon_get("/metrics");
     assert!(m.contains("ironseed_nodes{state=\"booting\"} 1"), "{m}");
     assert!(
         m.contains("ironseed_http_requests_total{route=\"seed\",status=\"404\"}"),
         "{m}"
     );
+    assert!(!m.to_lowercase().contains(&mac.to_lowercase()), "{m}");
+    assert!(!m.contains(&new_secret) && !m.contains(&s.token), "{m}");
     assert!(s.stop().success(), "graceful shutdown exits 0");
 }
 
+/// Protects: arming is an explicit act. Without `--arm-new` a fresh state folder arms nothing.
 #[test]
-fn no_arm_serves_local_boot_until_armed() {
+fn by_default_nothing_is_armed_until_pxe_arm() {
     let lab = lab();
-    let s = Server::start(&lab, &["--no-arm"]);
+    let s = Server::spawn(common::Server::command_default_arming(&lab, &[]));
     let mac = lab.mac("k3s-master1");
-    assert_eq!(s.state("k3s-master1"), "disarmed");
+    let nodes: serde_json::Value = serde_json::from_str(&s.get("/api/v1/nodes").1).unwrap();
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(n["state"], "disarmed", "{n}");
+        assert_eq!(n["install_secret"], false, "{n}");
+    }
     assert!(s.boot_script(&mac).contains("booting from local disk"));
     assert_eq!(s.state("k3s-master1"), "disarmed");
     assert_eq!(s.post("/api/v1/nodes/k3s-master1/arm", "").0, 200);
     assert!(s.boot_script(&mac).contains("installing k3s-master1"));
+    // `pxe arm --all`, `pxe disarm --all`.
+    for (verb, want) in [("arm", "armed"), ("disarm", "disarmed")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pxe"))
+            .args([verb, "--all", "--server", &s.url("")])
+            .env("IRONSEED_API_TOKEN", &s.token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.lines().count(),
+            lab.plan["nodes"].as_array().unwrap().len()
+        );
+        assert!(
+            text.lines().all(|l| l.ends_with(&format!(": {want}"))),
+            "{text}"
+        );
+    }
+}
+
+/// Protects: a lost state folder with a bundle of an existing cluster (a rebuild's `joined`
+/// nodes) arms nothing even under `--arm-new`, and says so.
+#[test]
+fn a_lost_state_folder_with_a_joined_bundle_arms_nothing() {
+    let lab = common::lab_with_joined(&["k3s-master2"]);
+    let mut cmd = Server::command(&lab, &[]);
+    cmd.env("RUST_LOG", "info");
+    let s = Server::spawn_capturing(cmd);
+    let nodes: serde_json::Value = serde_json::from_str(&s.get("/api/v1/nodes").1).unwrap();
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(n["state"], "disarmed", "{n}");
+    }
+    let log = s.stop_and_log();
+    assert!(log.contains("--arm-new arms nothing"), "{log}");
 }
 
 #[test]

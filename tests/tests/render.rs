@@ -184,13 +184,16 @@ fn nfs_host_exports_the_pool_and_runs_no_k3s() {
     let ud = text(&f, "nodes/nfs1/user-data");
     assert!(!ud.contains("k3s-install"));
     assert!(
-        !ud.contains("token"),
+        !ud.contains(&f.secrets.k3s_token) && !ud.contains("token:"),
         "the NFS host never sees the cluster token"
     );
+    // Its own first-boot report token, owner-only on the node.
+    let report = builder::render::report_token(&f.secrets, "nfs1");
+    assert!(ud.contains(&format!("/report/nfs1/{report}")), "{ud}");
+    assert_eq!(f.bundle.files["nodes/nfs1/user-data"].mode, 0o600);
     assert!(ud.contains("/srv/media 10.0.20.0/24(rw,sync,no_subtree_check,root_squash)"));
     assert!(ud.contains("\"nfs-kernel-server\""));
     assert!(ud.contains("prepare_disk 'media' 'xfs' '/srv/media'"));
-    assert_eq!(f.bundle.files["nodes/nfs1/user-data"].mode, 0o644);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use pxe::proto::dhcp::{MacAddr, RecvPort};
 use pxe::serve::dhcp::{DhcpContext, DhcpSocket, NodeLookup};
 use pxe::serve::http::HttpApp;
 use pxe::serve::tftp::{TftpConfig, TftpStats};
-use pxe::state::Store;
+use pxe::state::{NewNodes, Store};
 
 use crate::cli::{DhcpMode, ServeArgs};
 
@@ -44,17 +44,6 @@ impl NodeLookup for PlanLookup {
             },
         })
     }
-}
-
-fn default_state_dir(root: bool) -> PathBuf {
-    if root {
-        return PathBuf::from("/var/lib/ironseed/pxe");
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("ironseed/pxe")
 }
 
 fn tcp_listener(
@@ -101,13 +90,39 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         server_ip
     };
     let http_port = a.http_port.unwrap_or(if root { 80 } else { 8080 });
-    let state_dir = a.state.clone().unwrap_or_else(|| default_state_dir(root));
+    let state_dir = a
+        .state
+        .clone()
+        .unwrap_or_else(|| images::api_token::default_state_dir(root));
 
     let hosts: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
-    let store = Arc::new(
-        Store::open(Some(&state_dir), &bundle.id, &hosts, !a.no_arm)
-            .with_context(|| format!("opening node state in {}", state_dir.display()))?,
-    );
+    create_state_dir(&state_dir)?;
+    let (api_token, token_path) = api_token(a, &state_dir)?;
+    let new_nodes = pxe::serve::http::new_nodes_policy(a.arm_new, plan);
+    if a.arm_new && new_nodes == NewNodes::Disarmed {
+        tracing::warn!(
+            joined = ?plan.joined,
+            "--arm-new arms nothing: this bundle joins an existing cluster; arm nodes with `pxe arm NODE`"
+        );
+    }
+    let (store, reconciled) = Store::open(
+        Some(&state_dir),
+        &bundle.id,
+        &hosts,
+        new_nodes,
+        a.install_window,
+    )
+    .with_context(|| format!("opening node state in {}", state_dir.display()))?;
+    let store = Arc::new(store);
+    if !reconciled.new.is_empty() && reconciled.armed.is_empty() {
+        tracing::info!(
+            new = ?reconciled.new,
+            "nodes seen for the first time start disarmed: arm them with `pxe arm NODE` (or `pxe arm --all`)"
+        );
+    }
+    if !reconciled.armed.is_empty() {
+        tracing::info!(armed = ?reconciled.armed, "--arm-new: armed the nodes seen for the first time");
+    }
 
     // Bind everything while we may still be root.
     let http = tcp_listener(iface, SocketAddrV4::new(bind_ip, http_port))
@@ -209,13 +224,15 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     let tftp_stats = Arc::new(TftpStats::default());
     let app = Arc::new(HttpApp {
         bundle: live.clone(),
-        arm_new: !a.no_arm,
+        arm_new: a.arm_new,
         store: store.clone(),
         counters: Arc::new(HttpCounters::default()),
         tftp_stats: tftp_stats.clone(),
         dhcp: dhcp_ctx.clone(),
         artifacts: Some(artifacts),
         boot_files: provider.clone(),
+        api_token,
+        node_posts: pxe::ratelimit::node_posts(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -233,6 +250,10 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         tftp,
         provider.clone(),
         tftp_cfg,
+        pxe::serve::stopped(stop_rx.clone()),
+    ));
+    tasks.spawn(sweep_install_windows(
+        store.clone(),
         pxe::serve::stopped(stop_rx.clone()),
     ));
     if let Some(ctx) = dhcp_ctx {
@@ -253,6 +274,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
             "dhcp": format!("{:?}", a.dhcp).to_lowercase(),
             "nodes": hosts.len(),
             "state_dir": state_dir,
+            "api_token_file": token_path,
         })
     );
     tracing::info!(
@@ -281,4 +303,67 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
             .context("server failed")?;
     }
     Ok(())
+}
+
+/// The state folder, owner-only from creation: it holds the install secrets and the API token.
+fn create_state_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The operator API token: `--api-token-file`, or STATE/api-token, created on first start.
+fn api_token(a: &ServeArgs, state_dir: &std::path::Path) -> Result<(String, PathBuf)> {
+    use images::api_token;
+    if let Some(f) = &a.api_token_file {
+        let t = api_token::read(f).context("reading --api-token-file")?;
+        return Ok((t, f.clone()));
+    }
+    let path = state_dir.join(api_token::TOKEN_FILE);
+    let (token, created) = api_token::load_or_create(&path).context("the operator API token")?;
+    if created {
+        // Once, on stderr (never the log). The token itself only to a terminal: a service's
+        // stderr lands in the journal, which more people read than the state folder.
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!(
+                "pxe: created the operator API token {token}\npxe: it is kept in {} (mode 0600); clients read it with --api-token-file or IRONSEED_API_TOKEN",
+                path.display()
+            );
+        } else {
+            eprintln!(
+                "pxe: created the operator API token in {} (mode 0600); clients read it with --api-token-file or IRONSEED_API_TOKEN",
+                path.display()
+            );
+        }
+    }
+    Ok((token, path))
+}
+
+/// Record the end of install windows as they pass (boot decisions already treat an expired
+/// secret as dead; this writes it into the timeline and frees the secret).
+async fn sweep_install_windows(
+    store: Arc<Store>,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tick.tick() => {
+                let s = store.clone();
+                if let Ok(expired) = tokio::task::spawn_blocking(move || s.expire_due()).await
+                    && !expired.is_empty()
+                {
+                    tracing::warn!(nodes = ?expired, "install window expired: re-arm to install");
+                }
+            }
+        }
+    }
 }

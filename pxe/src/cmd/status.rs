@@ -6,12 +6,9 @@ use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use super::client;
+use super::clean;
+use super::client::Client;
 use crate::cli::{NodeArgs, StatusArgs};
-
-fn base(server: &str) -> &str {
-    server.trim_end_matches('/')
-}
 
 fn fmt_bytes(b: u64) -> String {
     if b >= 1 << 30 {
@@ -27,7 +24,7 @@ fn table(nodes: &[Value]) -> String {
         "NODE", "MAC", "IP", "ROLE", "STATE", "DETAIL"
     );
     for n in nodes {
-        let s = |k: &str| n[k].as_str().unwrap_or("-").to_string();
+        let s = |k: &str| clean(n[k].as_str().unwrap_or("-"));
         let state = s("state");
         let detail = match state.as_str() {
             "installing" => format!(
@@ -53,9 +50,10 @@ fn table(nodes: &[Value]) -> String {
 }
 
 pub fn status(a: &StatusArgs) -> Result<()> {
-    let url = format!("{}/api/v1/nodes", base(&a.server));
+    let client = Client::new(&a.server, &a.token)?;
+    let path = "/api/v1/nodes";
     if !a.watch {
-        let v = client::get_json(&url).context("asking the pxe server")?;
+        let v = client.get(path).context("asking the pxe server")?;
         print!(
             "{}",
             table(v["nodes"].as_array().map(Vec::as_slice).unwrap_or_default())
@@ -69,9 +67,9 @@ pub fn status(a: &StatusArgs) -> Result<()> {
             .progress_chars("=> ");
     let mut bars: std::collections::BTreeMap<String, ProgressBar> = Default::default();
     loop {
-        let v = client::get_json(&url).context("asking the pxe server")?;
+        let v = client.get(path).context("asking the pxe server")?;
         for n in v["nodes"].as_array().into_iter().flatten() {
-            let host = n["hostname"].as_str().unwrap_or("?").to_string();
+            let host = clean(n["hostname"].as_str().unwrap_or("?"));
             let bar = bars.entry(host.clone()).or_insert_with(|| {
                 let b = multi.add(ProgressBar::new(0));
                 b.set_style(style.clone());
@@ -80,10 +78,10 @@ pub fn status(a: &StatusArgs) -> Result<()> {
             });
             bar.set_length(n["bytes_total"].as_u64().unwrap_or(0));
             bar.set_position(n["bytes_written"].as_u64().unwrap_or(0));
-            let state = n["state"].as_str().unwrap_or("-");
-            let msg = match (state, n["last_error"].as_str()) {
-                ("failed", Some(e)) => format!("failed: {e}"),
-                _ => state.to_string(),
+            let state = clean(n["state"].as_str().unwrap_or("-"));
+            let msg = match (state.as_str(), n["last_error"].as_str()) {
+                ("failed", Some(e)) => format!("failed: {}", clean(e)),
+                _ => state,
             };
             bar.set_message(msg);
         }
@@ -93,8 +91,49 @@ pub fn status(a: &StatusArgs) -> Result<()> {
 
 pub fn arm(a: &NodeArgs, arm: bool) -> Result<()> {
     let verb = if arm { "arm" } else { "disarm" };
-    let url = format!("{}/api/v1/nodes/{}/{verb}", base(&a.server), a.node);
-    let v = client::post_json(&url, &Value::Null).with_context(|| format!("{verb} {}", a.node))?;
-    println!("{}: {}", a.node, v["state"].as_str().unwrap_or("?"));
+    let client = Client::new(&a.server, &a.token)?;
+    let nodes: Vec<String> = if a.all {
+        let v = client
+            .get("/api/v1/nodes")
+            .context("asking the pxe server")?;
+        v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["hostname"].as_str().map(String::from))
+            .collect()
+    } else {
+        a.nodes.clone()
+    };
+    for node in &nodes {
+        let v = client
+            .post(&format!("/api/v1/nodes/{node}/{verb}"))
+            .with_context(|| format!("{verb} {}", clean(node)))?;
+        println!(
+            "{}: {}",
+            clean(node),
+            clean(v["state"].as_str().unwrap_or("?"))
+        );
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Protects: a failure reason a node (or anyone on the LAN) reported cannot drive the
+    /// operator's terminal.
+    #[test]
+    fn the_table_strips_escape_sequences_from_the_network() {
+        let nodes = vec![serde_json::json!({
+            "hostname": "n1\u{1b}]0;pwned\u{7}",
+            "state": "failed",
+            "last_error": "disk\u{1b}[2J\u{1b}[31mgone\r\nfake line",
+        })];
+        let t = table(&nodes);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(t.contains("gone"));
+    }
 }

@@ -22,21 +22,45 @@ pub struct Lab {
     pub bundle: PathBuf,
     pub state: PathBuf,
     pub ipxe: PathBuf,
+    /// `--artifacts`: holds the published sha256 of the bundle's OS image, which `installed`
+    /// must report.
+    pub artifacts: PathBuf,
     pub plan: serde_json::Value,
+}
+
+/// The sha256 the stand-in OS image of [`lab`] is published with.
+pub const IMAGE_SHA256: &str = "5e1b7c2a9d3f4e6b8a0c1d2e3f405162738495a6b7c8d9e0f1a2b3c4d5e6f708";
+
+/// The default inventory moved to 127.0.20.0/24: every node address is a loopback address a
+/// test can send from without root, so first-boot reports (accepted only from the node's
+/// inventory address) can be tested on loopback.
+pub fn loopback_inventory() -> String {
+    DEFAULT_INVENTORY.replace("10.0.20.", "127.0.20.")
 }
 
 /// Render the default inventory into a fresh bundle; folders readable by the account the
 /// server drops to when the test runs as root.
 pub fn lab() -> Lab {
+    lab_with_joined(&[])
+}
+
+/// [`lab`] with some nodes rendered in join form, as `builder rebuild` renders them: the
+/// bundle of a cluster that already exists.
+pub fn lab_with_joined(joined: &[&str]) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let templates = Templates::embedded();
     let mut d = Diagnostics::default();
     let profiles = ProfileSet::load(&[], &mut d);
-    let (inv, more) = inventory::load("inv.yaml", DEFAULT_INVENTORY, &profiles, &templates);
+    let text = loopback_inventory();
+    let (inv, more) = inventory::load("inv.yaml", &text, &profiles, &templates);
     let inv = inv.unwrap_or_else(|| panic!("{}", more.render(&|_| None)));
     let secrets = Secrets::generate();
-    let b = render::render(&inv, &secrets, &templates, &RenderOptions::default()).unwrap();
+    let opts = RenderOptions {
+        joined: joined.iter().map(|s| s.to_string()).collect(),
+        ..RenderOptions::default()
+    };
+    let b = render::render(&inv, &secrets, &templates, &opts).unwrap();
     let bundle = dir.path().join("bundle");
     builder::bundle::write(&bundle, &b).unwrap();
     let ipxe = dir.path().join("ipxe");
@@ -47,27 +71,54 @@ pub fn lab() -> Lab {
         .collect();
     std::fs::write(ipxe.join("undionly.kpxe"), &big).unwrap();
     std::fs::write(ipxe.join("ipxe.efi"), &big[..100_000]).unwrap();
-    let plan = serde_json::from_slice(&std::fs::read(bundle.join("plan.json")).unwrap()).unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("plan.json")).unwrap()).unwrap();
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir_all(artifacts.join("images")).unwrap();
+    let os = plan["os_image"].as_str().unwrap();
+    std::fs::write(
+        artifacts.join(format!("images/{os}.raw.zst.sha256")),
+        format!("{IMAGE_SHA256}  {os}.raw.zst\n"),
+    )
+    .unwrap();
     Lab {
         state: dir.path().join("state"),
         bundle,
         ipxe,
+        artifacts,
         plan,
         dir,
     }
 }
 
 impl Lab {
-    pub fn token(&self, host: &str) -> String {
+    fn plan_node(&self, host: &str) -> &serde_json::Value {
         self.plan["nodes"]
             .as_array()
             .unwrap()
             .iter()
             .find(|n| n["hostname"] == host)
-            .unwrap()["seed_token"]
+            .unwrap()
+    }
+
+    /// The node's first-boot report token, as its seed carries it (read from the bundle as
+    /// it is now: a test may have re-rendered it with other secrets).
+    pub fn report_token(&self, host: &str) -> String {
+        let plan: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.bundle.join("plan.json")).unwrap()).unwrap();
+        plan["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["hostname"] == host)
+            .unwrap()["report_token"]
             .as_str()
             .unwrap()
             .to_string()
+    }
+
+    pub fn ip(&self, host: &str) -> String {
+        self.plan_node(host)["ip"].as_str().unwrap().to_string()
     }
 
     pub fn mac(&self, host: &str) -> String {
@@ -87,10 +138,16 @@ pub struct Server {
     pub child: Child,
     pub http: u16,
     pub tftp: u16,
+    /// The operator API token the server wrote (or was given).
+    pub token: String,
+    pub token_file: PathBuf,
+    /// Where stderr goes, for [`Server::spawn_capturing`].
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl Server {
-    /// The `pxe serve` command line every test uses: loopback, DHCP off, free ports.
+    /// The `pxe serve` command line every test uses: loopback, DHCP off, free ports, the lab's
+    /// artifacts (unless `extra` names others) and `--arm-new` (a first deployment).
     pub fn command(lab: &Lab, extra: &[&str]) -> Command {
         Self::command_on(lab, 0, 0, extra)
     }
@@ -107,6 +164,27 @@ impl Server {
             .arg(&lab.state)
             .arg("--ipxe-dir")
             .arg(&lab.ipxe)
+            .arg("--arm-new")
+            .args(extra);
+        if !extra.contains(&"--artifacts") {
+            c.arg("--artifacts").arg(&lab.artifacts);
+        }
+        c
+    }
+
+    /// The same without `--arm-new`: what an operator gets by default.
+    pub fn command_default_arming(lab: &Lab, extra: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pxe"));
+        c.args(["serve", "--listen", "127.0.0.1", "--dhcp", "off"])
+            .args(["--http-port", "0", "--tftp-port", "0"])
+            .arg("--bundle")
+            .arg(&lab.bundle)
+            .arg("--state")
+            .arg(&lab.state)
+            .arg("--ipxe-dir")
+            .arg(&lab.ipxe)
+            .arg("--artifacts")
+            .arg(&lab.artifacts)
             .args(extra);
         c
     }
@@ -120,10 +198,30 @@ impl Server {
     }
 
     /// Start a `pxe serve` command line and wait for its READY line.
-    pub fn spawn(mut cmd: Command) -> Server {
+    pub fn spawn(cmd: Command) -> Server {
+        Self::spawn_logged(cmd, None)
+    }
+
+    /// [`Server::spawn`] with stderr kept for [`Server::stop_and_log`].
+    pub fn spawn_capturing(cmd: Command) -> Server {
+        Self::spawn_logged(cmd, Some(tempfile::NamedTempFile::new().unwrap()))
+    }
+
+    /// SIGTERM, wait, and what the server wrote on stderr.
+    pub fn stop_and_log(mut self) -> String {
+        let log = self.log.take().expect("spawned with spawn_capturing");
+        self.stop_ref();
+        std::fs::read_to_string(log.path()).unwrap()
+    }
+
+    fn spawn_logged(mut cmd: Command, log: Option<tempfile::NamedTempFile>) -> Server {
+        let stderr = match &log {
+            Some(f) => Stdio::from(f.reopen().unwrap()),
+            None => Stdio::inherit(),
+        };
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn pxe");
         let mut line = String::new();
@@ -134,10 +232,18 @@ impl Server {
             .strip_prefix("READY ")
             .unwrap_or_else(|| panic!("pxe did not become ready: {line:?}"));
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        let token_file = PathBuf::from(v["api_token_file"].as_str().unwrap());
+        let token = std::fs::read_to_string(&token_file)
+            .unwrap()
+            .trim()
+            .to_string();
         Server {
             child,
             http: v["http_port"].as_u64().unwrap() as u16,
             tftp: v["tftp_port"].as_u64().unwrap() as u16,
+            token,
+            token_file,
+            log,
         }
     }
 
@@ -145,22 +251,83 @@ impl Server {
         format!("http://127.0.0.1:{}{path}", self.http)
     }
 
+    /// GET as the operator (with the API token).
     pub fn get(&self, path: &str) -> (u16, String) {
+        request(self.http, "GET", path, "", &[&self.auth()])
+    }
+
+    /// POST as the operator (with the API token).
+    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        request(self.http, "POST", path, body, &[&self.auth()])
+    }
+
+    /// An operator request with any method.
+    pub fn post_or_get(&self, method: &str, path: &str) -> (u16, String) {
+        request(self.http, method, path, "", &[&self.auth()])
+    }
+
+    fn auth(&self) -> String {
+        format!("Authorization: Bearer {}", self.token)
+    }
+
+    /// GET as anyone on the LAN: no token.
+    pub fn anon_get(&self, path: &str) -> (u16, String) {
         http(self.http, "GET", path, "")
     }
 
-    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+    /// POST as anyone on the LAN: no token.
+    pub fn anon_post(&self, path: &str, body: &str) -> (u16, String) {
         http(self.http, "POST", path, body)
     }
 
-    /// POST one node event (`{"event":...}`) as the installer or first boot would; the status.
-    pub fn event(&self, host: &str, json: &str) -> u16 {
-        self.post(&format!("/api/v1/nodes/{host}/events"), json).0
+    /// The install secret in the boot script a MAC gets (fetching it is the firmware's step
+    /// that moves an armed node to booting), as the installer finds it on its command line.
+    pub fn secret_from_boot(&self, mac: &str) -> String {
+        let script = self.boot_script(mac);
+        secret_in(&script).unwrap_or_else(|| panic!("no install secret in {script}"))
     }
 
-    /// The iPXE script this MAC gets, as the firmware fetches it.
+    /// POST one installer event (`{"event":...}`) with an install secret, as the installer
+    /// would; the status.
+    pub fn install_event(&self, host: &str, secret: &str, json: &str) -> u16 {
+        self.anon_post(&format!("/install/{host}/{secret}/events"), json)
+            .0
+    }
+
+    /// POST a first-boot report (`events` or `phone-home`) as the node would: from its
+    /// inventory address, with its report token.
+    pub fn report(&self, lab: &Lab, host: &str, what: &str, body: &str) -> u16 {
+        let ip: std::net::Ipv4Addr = lab.ip(host).parse().unwrap();
+        let token = lab.report_token(host);
+        request_from(
+            ip,
+            self.http,
+            "POST",
+            &format!("/report/{host}/{token}/{what}"),
+            body,
+            &[],
+        )
+        .0
+    }
+
+    /// The node's install, as iPXE, the installer and cloud-init drive it: boot script (with
+    /// the secret), installing, progress, installed (the published image), booted.
+    pub fn install_node(&self, lab: &Lab, host: &str, mac: &str) {
+        let secret = self.secret_from_boot(mac);
+        for ev in [
+            r#"{"event":"installing","disk":"/dev/vda","total":100}"#.to_string(),
+            r#"{"event":"progress","written":50,"total":100}"#.to_string(),
+            format!(r#"{{"event":"installed","sha256":"{IMAGE_SHA256}"}}"#),
+        ] {
+            assert_eq!(self.install_event(host, &secret, &ev), 200, "{host}: {ev}");
+        }
+        assert_eq!(self.report(lab, host, "phone-home", "hostname=x"), 200);
+        assert_eq!(self.state(host), "booted");
+    }
+
+    /// The iPXE script this MAC gets, as the firmware fetches it (no token).
     pub fn boot_script(&self, mac: &str) -> String {
-        self.get(&format!("/boot/{mac}.ipxe")).1
+        self.anon_get(&format!("/boot/{mac}.ipxe")).1
     }
 
     pub fn state(&self, host: &str) -> String {
@@ -181,6 +348,10 @@ impl Server {
     }
 
     pub fn stop(mut self) -> std::process::ExitStatus {
+        self.stop_ref()
+    }
+
+    fn stop_ref(&mut self) -> std::process::ExitStatus {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -197,15 +368,80 @@ impl Drop for Server {
     }
 }
 
+/// The install secret in an install script's `ironseed.plan=.../plan/<host>/<secret>`.
+pub fn secret_in(script: &str) -> Option<String> {
+    let plan = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ironseed.plan="))?;
+    Some(plan.rsplit('/').next()?.to_string())
+}
+
+/// One request without credentials.
 pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    request(port, method, path, body, &[])
+}
+
+/// One request with extra header lines (`Name: value`).
+pub fn request(port: u16, method: &str, path: &str, body: &str, headers: &[&str]) -> (u16, String) {
+    exchange(
+        TcpStream::connect(("127.0.0.1", port)).unwrap(),
+        method,
+        path,
+        body,
+        headers,
+    )
+}
+
+/// A request whose header lines are all given (no default `Host`).
+pub fn request_raw(port: u16, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
+    read_reply(s)
+}
+
+/// [`request`] from a given loopback source address (127.0.0.0/8 is all on `lo`).
+pub fn request_from(
+    src: std::net::Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[&str],
+) -> (u16, String) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&std::net::SocketAddr::from((src, 0)).into())
+        .unwrap();
+    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    exchange(sock.into(), method, path, body, headers)
+}
+
+fn exchange(
+    mut s: TcpStream,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[&str],
+) -> (u16, String) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
+    read_reply(s)
+}
+
+fn read_reply(mut s: TcpStream) -> (u16, String) {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();

@@ -1,34 +1,41 @@
 //! HTTP: per-MAC iPXE scripts (the install-once decision), installer plans and seeds for armed
-//! nodes only, boot artifacts with HEAD/Range, the node API and metrics. Handlers only do I/O;
-//! the decisions are `boot_policy` and `state::apply`.
+//! nodes only, boot artifacts with HEAD/Range, the operator API and metrics. Handlers only do
+//! I/O; the decisions are `boot_policy` and `state::apply`.
+//!
+//! Three kinds of route, three kinds of trust (README "Security model"):
+//! - open, read-only, no secrets: `/boot.ipxe`, `/boot/<mac>.ipxe`, boot files, `/artifacts/`,
+//!   `/metrics`, `/healthz`;
+//! - node-facing ([`node`]): each takes the node's own secret and nothing else;
+//! - the operator API under `/api/v1` ([`operator`]): the API token, behind one layer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Path as UrlPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path as UrlPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
-use crate::boot_policy::{self, Script};
-use crate::bundle::{Bundle, LiveBundle, PlanNode};
+use crate::bundle::{LiveBundle, Plan};
 use crate::metrics::{self, HttpCounters};
 use crate::serve::dhcp::DhcpContext;
 use crate::serve::tftp::TftpStats;
-use crate::state::{Event, NodeRecord, Store, StoreError, TransitionError};
-use images::plan::{ImageRef, SeedUrls, Sources};
+use crate::state::{NewNodes, Store};
 
 mod files;
+pub mod node;
+pub mod operator;
+
+pub use node::form_fields;
 
 pub struct HttpApp {
     pub bundle: Arc<LiveBundle>,
-    /// Nodes first seen in a reloaded bundle start armed (`pxe serve` without `--no-arm`).
+    /// `pxe serve --arm-new`: nodes first seen start armed, in a first deployment only.
     pub arm_new: bool,
     pub store: Arc<Store>,
     pub counters: Arc<HttpCounters>,
@@ -39,24 +46,53 @@ pub struct HttpApp {
     /// The iPXE binaries, also served at `/<name>` for UEFI HTTP boot (client arch 16), whose
     /// DHCP answer is `http://server:port/<efi file>`.
     pub boot_files: Arc<crate::boot_files::BootFiles>,
+    /// The operator API token (`STATE/api-token` or `--api-token-file`).
+    pub api_token: String,
+    /// Per-node limit on what nodes post.
+    pub node_posts: crate::ratelimit::PerKey,
+}
+
+impl HttpApp {
+    /// How nodes new to this pxe start when `plan` is loaded: armed only under `--arm-new`, and
+    /// never when the bundle joins an existing cluster (a rebuild: `joined` nodes), where an
+    /// armed bootstrap server would be reinstalled with `cluster-init`.
+    pub fn new_nodes_for(&self, plan: &Plan) -> NewNodes {
+        new_nodes_policy(self.arm_new, plan)
+    }
+}
+
+/// See [`HttpApp::new_nodes_for`].
+pub fn new_nodes_policy(arm_new: bool, plan: &Plan) -> NewNodes {
+    if arm_new && plan.joined.is_empty() {
+        NewNodes::Armed
+    } else {
+        NewNodes::Disarmed
+    }
 }
 
 type App = State<Arc<HttpApp>>;
 
 pub fn router(app: Arc<HttpApp>) -> Router {
+    let events = DefaultBodyLimit::max(node::EVENT_BODY_MAX);
     Router::new()
-        .route("/boot.ipxe", get(boot_entry))
-        .route("/boot/{file}", get(boot))
-        .route("/plan/{host}/{token}", get(plan))
-        .route("/seed/{host}/{token}/{file}", get(seed))
+        .route("/boot.ipxe", get(node::boot_entry))
+        .route("/boot/{file}", get(node::boot))
+        .route("/plan/{host}/{secret}", get(node::plan))
+        .route("/seed/{host}/{secret}/{file}", get(node::seed))
+        .route(
+            "/install/{host}/{secret}/events",
+            post(node::install_event).layer(events),
+        )
+        .route(
+            "/report/{host}/{token}/events",
+            post(node::report_event).layer(events),
+        )
+        .route(
+            "/report/{host}/{token}/phone-home",
+            post(node::phone_home).layer(events),
+        )
         .route("/artifacts/{*path}", get(artifact))
-        .route("/api/v1/reload", post(reload))
-        .route("/api/v1/nodes", get(nodes))
-        .route("/api/v1/nodes/{name}", get(node))
-        .route("/api/v1/nodes/{name}/arm", post(arm))
-        .route("/api/v1/nodes/{name}/disarm", post(disarm))
-        .route("/api/v1/nodes/{name}/events", post(events))
-        .route("/api/v1/nodes/{name}/phone-home", post(phone_home))
+        .nest("/api/v1", operator::router(app.clone()))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/{file}", get(boot_file))
@@ -67,13 +103,16 @@ pub fn router(app: Arc<HttpApp>) -> Router {
 async fn count(State(app): App, req: Request, next: Next) -> Response {
     let route = match req.extensions().get::<MatchedPath>().map(|m| m.as_str()) {
         Some("/boot.ipxe") | Some("/boot/{file}") => "boot",
-        Some("/plan/{host}/{token}") => "plan",
-        Some("/seed/{host}/{token}/{file}") => "seed",
+        Some("/plan/{host}/{secret}") => "plan",
+        Some("/seed/{host}/{secret}/{file}") => "seed",
+        Some(p) if p.starts_with("/install/") => "install",
+        Some(p) if p.starts_with("/report/") => "report",
         Some(p) if p.starts_with("/artifacts") => "artifacts",
         Some(p) if p.starts_with("/api/") => "api",
         Some("/metrics") => "metrics",
         Some("/{file}") => "boot-file",
         Some("/healthz") => "healthz",
+        _ if req.uri().path().starts_with("/api/") => "api",
         _ => "other",
     };
     let resp = next.run(req).await;
@@ -90,64 +129,10 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn ipxe(body: Vec<u8>) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
 /// A render/read failure is a 500 with a log line, never a silent 404.
 fn internal(what: &str, e: impl std::fmt::Display) -> Response {
     tracing::error!("{what}: {e}");
     text(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}\n"))
-}
-
-/// Entry point for DHCP clients that cannot be given a per-MAC URL (e.g. chainloaded by hand).
-async fn boot_entry() -> Response {
-    ipxe(b"#!ipxe\nchain boot/${net0/mac}.ipxe\n".to_vec())
-}
-
-async fn boot(
-    State(app): App,
-    ConnectInfo(files::Peer(peer)): ConnectInfo<files::Peer>,
-    UrlPath(file): UrlPath<String>,
-) -> Response {
-    let Some(mac) = boot_policy::parse_boot_file(&file) else {
-        return text(StatusCode::NOT_FOUND, "expected /boot/<mac>.ipxe\n");
-    };
-    let bundle = app.bundle.get();
-    let node = bundle.node_by_mac(&mac);
-    let state = node.and_then(|n| app.store.state(&n.hostname));
-    let mut decision = boot_policy::choose(state);
-    if decision == Script::Install {
-        let host = &node.unwrap().hostname;
-        if let Err(e) = app.store.apply(
-            host,
-            &Event::ScriptServed {
-                mac: mac.to_string(),
-            },
-        ) {
-            // The state moved under us (e.g. re-armed and installed concurrently): be safe.
-            tracing::warn!(%mac, node = %host, "not serving the installer: {e}");
-            decision = Script::Local;
-        }
-    }
-    let hostname = node.map(|n| n.hostname.as_str()).unwrap_or("-");
-    tracing::info!(%mac, node = hostname, client = %peer.ip(), ?state, decision = decision.label(), "boot script");
-    let rel = match decision {
-        Script::Install => node.unwrap().install_script.clone(),
-        Script::Local => bundle.plan.local_boot_script.clone(),
-        Script::Unknown => bundle.plan.unknown_script.clone(),
-    };
-    match bundle.read(&rel) {
-        Ok(b) => ipxe(b),
-        Err(e) => internal(&format!("reading {rel}"), e),
-    }
 }
 
 /// UEFI HTTP boot fetches the EFI binary itself over HTTP.
@@ -155,125 +140,6 @@ async fn boot_file(State(app): App, UrlPath(file): UrlPath<String>) -> Response 
     match app.boot_files.get(&file) {
         Some(b) => ([(header::CONTENT_TYPE, "application/efi")], b.to_vec()).into_response(),
         None => text(StatusCode::NOT_FOUND, "not found\n"),
-    }
-}
-
-/// Constant-time comparison for the seed URL token.
-fn token_ok(want: &str, got: &str) -> bool {
-    want.len() == got.len()
-        && want
-            .bytes()
-            .zip(got.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0
-}
-
-/// Why an installer URL is refused.
-enum Refusal {
-    NotFound,
-    NotArmed,
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        match self {
-            Refusal::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
-            Refusal::NotArmed => text(StatusCode::FORBIDDEN, "node is not armed for install\n"),
-        }
-    }
-}
-
-/// The node behind an installer URL, only while it is armed for install and with its token.
-/// A wrong host or token is the same 404, so the URL space tells nothing to a guesser.
-fn armed_node<'a>(
-    app: &HttpApp,
-    bundle: &'a Bundle,
-    host: &str,
-    token: &str,
-) -> Result<&'a PlanNode, Refusal> {
-    let not_found = || Refusal::NotFound;
-    let node = bundle.node(host).ok_or_else(not_found)?;
-    if !token_ok(&node.seed_token, token) {
-        tracing::warn!(node = host, "seed or plan request with a wrong token");
-        return Err(not_found());
-    }
-    match app.store.state(host) {
-        Some(s) if s.install_armed() => Ok(node),
-        s => {
-            tracing::warn!(node = host, state = ?s, "seed or plan requested while not armed for install");
-            Err(Refusal::NotArmed)
-        }
-    }
-}
-
-async fn plan(State(app): App, UrlPath((host, token)): UrlPath<(String, String)>) -> Response {
-    let bundle = app.bundle.get();
-    let node = match armed_node(&app, &bundle, &host, &token) {
-        Ok(n) => n,
-        Err(r) => return r.into_response(),
-    };
-    let base = &bundle.plan.appliance.url;
-    let seed = format!("{base}/seed/{host}/{token}");
-    let image = &bundle.plan.os_image;
-    let sources = Sources {
-        image: ImageRef {
-            name: image.clone(),
-            url: format!("{base}/artifacts/images/{image}.raw.zst"),
-            sha256: image_sha256(&app, image),
-            size: None,
-        },
-        seed: SeedUrls {
-            user_data: format!("{seed}/user-data"),
-            meta_data: format!("{seed}/meta-data"),
-            network_config: format!("{seed}/network-config"),
-        },
-        report: format!("{base}/api/v1/nodes/{host}/events"),
-    };
-    match bundle.install.install_plan(&node.hostname, sources) {
-        Some(plan) => Json(plan).into_response(),
-        None => {
-            // Both views come from the same plan.json: a node in one is in the other.
-            tracing::error!(node = host, "node missing from the bundle's install view");
-            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
-        }
-    }
-}
-
-/// The image's published checksum, from `<artifacts>/images/<name>.raw.zst.sha256` (the first
-/// word, `sha256sum` format). Without it the installer refuses to write.
-fn image_sha256(app: &HttpApp, name: &str) -> Option<String> {
-    let path = app
-        .artifacts
-        .as_ref()?
-        .join(format!("images/{name}.raw.zst.sha256"));
-    let text = std::fs::read_to_string(&path).ok()?;
-    let word = text.split_whitespace().next()?.to_ascii_lowercase();
-    (word.len() == 64 && word.bytes().all(|b| b.is_ascii_hexdigit())).then_some(word)
-}
-
-async fn seed(
-    State(app): App,
-    UrlPath((host, token, file)): UrlPath<(String, String, String)>,
-) -> Response {
-    let bundle = app.bundle.get();
-    let node = match armed_node(&app, &bundle, &host, &token) {
-        Ok(n) => n,
-        Err(r) => return r.into_response(),
-    };
-    if !matches!(file.as_str(), "user-data" | "meta-data" | "network-config") {
-        return text(StatusCode::NOT_FOUND, "not found\n");
-    }
-    let rel = format!("{}/{file}", node.seed_dir);
-    match bundle.read(&rel) {
-        Ok(b) => (
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            b,
-        )
-            .into_response(),
-        Err(e) => internal(&format!("reading {rel}"), e),
     }
 }
 
@@ -347,195 +213,6 @@ async fn artifact(State(app): App, UrlPath(path): UrlPath<String>, req: Request)
     }
 }
 
-fn view(app: &HttpApp, r: &NodeRecord) -> serde_json::Value {
-    let bundle = app.bundle.get();
-    let n = bundle.node(&r.hostname);
-    json!({
-        "hostname": r.hostname,
-        "mac": n.map(|n| n.mac.to_string()),
-        "ip": n.map(|n| n.ip),
-        "role": n.map(|n| n.role.clone()),
-        "state": r.state,
-        "bytes_written": r.bytes_written,
-        "bytes_total": r.bytes_total,
-        "installed_sha256": r.installed_sha256,
-        "last_error": r.last_error,
-        "installs": r.installs,
-        "timeline": r.timeline,
-    })
-}
-
-async fn nodes(State(app): App) -> Response {
-    let list: Vec<_> = app.store.all().iter().map(|r| view(&app, r)).collect();
-    let bundle = app.bundle.get();
-    Json(json!({"cluster": bundle.plan.cluster, "bundle": bundle.id, "nodes": list}))
-        .into_response()
-}
-
-/// Re-read and verify the bundle folder and serve it from now on (after `builder render` or
-/// `builder rebuild`). A bundle that fails verification is refused and the old one stays.
-/// Node states carry over; nodes new to this pxe start as at startup. DHCP settings taken from
-/// the network section at startup (pool, reserved addresses, server address) need a restart.
-async fn reload(State(app): App) -> Response {
-    let live = app.bundle.clone();
-    let loaded = match tokio::task::spawn_blocking(move || live.load_fresh()).await {
-        Ok(r) => r,
-        Err(e) => return internal("reloading the bundle", e),
-    };
-    let new = match loaded {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!("reload refused, still serving the old bundle: {e}");
-            return text(
-                StatusCode::CONFLICT,
-                format!("reload refused, still serving the old bundle: {e}\n"),
-            );
-        }
-    };
-    let hosts: Vec<&str> = new.plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
-    if let Err(e) = app.store.reconcile(&new.id, &hosts, app.arm_new) {
-        return internal("saving node state", e);
-    }
-    let (id, nodes) = (new.id.clone(), hosts.len());
-    let old = app.bundle.replace(new);
-    let current = app.bundle.get();
-    let restart_needed = serde_json::to_value(&old.plan.network).ok()
-        != serde_json::to_value(&current.plan.network).ok()
-        || old.plan.api_vip != current.plan.api_vip;
-    if restart_needed {
-        tracing::warn!(
-            "the reloaded bundle changes the network section: restart pxe for DHCP to follow"
-        );
-    }
-    tracing::info!(bundle = %id, old = %old.id, nodes, "bundle reloaded");
-    Json(
-        json!({"bundle": id, "previous": old.id, "nodes": nodes, "restart_needed": restart_needed}),
-    )
-    .into_response()
-}
-
-async fn node(State(app): App, UrlPath(name): UrlPath<String>) -> Response {
-    match app.store.get(&name) {
-        Some(r) => Json(view(&app, &r)).into_response(),
-        None => text(StatusCode::NOT_FOUND, format!("unknown node {name}\n")),
-    }
-}
-
-fn apply(app: &HttpApp, name: &str, ev: Event) -> Response {
-    match app.store.apply(name, &ev) {
-        Ok(r) => {
-            tracing::info!(node = name, event = ?ev, state = ?r.state, "node event");
-            Json(view(app, &r)).into_response()
-        }
-        Err(StoreError::Transition(TransitionError::UnknownNode(_))) => {
-            text(StatusCode::NOT_FOUND, format!("unknown node {name}\n"))
-        }
-        Err(StoreError::Transition(e)) => {
-            tracing::warn!(node = name, event = ?ev, "refused: {e}");
-            text(StatusCode::CONFLICT, format!("{e}\n"))
-        }
-        Err(e @ StoreError::Io(_)) => internal("saving node state", e),
-    }
-}
-
-async fn arm(State(app): App, UrlPath(name): UrlPath<String>) -> Response {
-    apply(&app, &name, Event::Arm)
-}
-
-async fn disarm(State(app): App, UrlPath(name): UrlPath<String>) -> Response {
-    apply(&app, &name, Event::Disarm)
-}
-
-async fn events(
-    State(app): App,
-    UrlPath(name): UrlPath<String>,
-    body: axum::body::Bytes,
-) -> Response {
-    let ev: Event = match serde_json::from_slice(&body) {
-        Ok(e) => e,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad event: {e}\n")),
-    };
-    if matches!(ev, Event::Arm | Event::Disarm | Event::ScriptServed { .. }) {
-        return text(StatusCode::BAD_REQUEST, "use /arm or /disarm\n");
-    }
-    apply(&app, &name, ev)
-}
-
-/// cloud-init's phone_home (form-encoded POST) at the end of the node's first boot. What the
-/// node says of itself (its hostname, fqdn) and the address it reports from (its own static
-/// address, not the DHCP one it installed with) go into the timeline: proof of the seed taking
-/// effect, readable from the API.
-async fn phone_home(
-    State(app): App,
-    UrlPath(name): UrlPath<String>,
-    ConnectInfo(files::Peer(peer)): ConnectInfo<files::Peer>,
-    body: axum::body::Bytes,
-) -> Response {
-    let r = apply(&app, &name, Event::Booted);
-    if !r.status().is_success() {
-        return r;
-    }
-    let form = form_fields(&body);
-    let field = |k: &str| {
-        form.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    };
-    let detail = format!(
-        "hostname={} fqdn={} address={}",
-        field("hostname"),
-        field("fqdn"),
-        peer.ip()
-    );
-    apply(
-        &app,
-        &name,
-        Event::Note {
-            kind: "phone-home".into(),
-            detail,
-        },
-    )
-}
-
-/// `application/x-www-form-urlencoded` pairs (WHATWG URL §5.1): `+` is a space, `%XX` a byte.
-/// Values are kept short and printable: they end up in logs and the API.
-pub fn form_fields(body: &[u8]) -> Vec<(String, String)> {
-    let decode = |s: &str| -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 3 <= b.len()
-                    && b[i + 1].is_ascii_hexdigit()
-                    && b[i + 2].is_ascii_hexdigit() =>
-                {
-                    let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-                    out.push(hex(b[i + 1]) << 4 | hex(b[i + 2]));
-                    i += 2;
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out)
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(256)
-            .collect()
-    };
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
 async fn metrics_handler(State(app): App) -> Response {
     let dhcp = app.dhcp.as_ref().map(|d| d.counters.snapshot());
     let body = metrics::render(
@@ -575,26 +252,4 @@ pub async fn run(
     .with_graceful_shutdown(crate::serve::stopped(stop_rx));
     let ((), served) = tokio::join!(front, routed.into_future());
     served
-}
-
-#[cfg(test)]
-mod form_tests {
-    use super::form_fields;
-
-    #[test]
-    fn cloud_init_phone_home_forms_decode() {
-        let f = form_fields(
-            b"instance_id=iid-vm&hostname=vm-bios2&fqdn=vm-bios2.lab%2Earpa+x&bad=%zz%4",
-        );
-        assert_eq!(f[0], ("instance_id".into(), "iid-vm".into()));
-        assert_eq!(f[1], ("hostname".into(), "vm-bios2".into()));
-        assert_eq!(f[2], ("fqdn".into(), "vm-bios2.lab.arpa x".into()));
-        assert_eq!(f[3], ("bad".into(), "%zz%4".into()));
-        assert!(form_fields(b"").is_empty());
-        assert_eq!(
-            form_fields(b"a=%0a%41")[0].1,
-            "A",
-            "control characters dropped"
-        );
-    }
 }

@@ -1,0 +1,156 @@
+//! The contract between the node and the appliance, typed once: what the installer and the
+//! first boot send to `pxe`, at which URLs, with which secrets. `pxe` accepts exactly these
+//! types and the installer posts exactly these, so the two sides cannot drift apart.
+//!
+//! Two secrets guard the node-facing routes (Ironic's agent token, Foreman's build token):
+//! - the **install secret**, minted by `pxe` when a node is armed, never written into the
+//!   bundle: the boot script, the plan, the seed and every install event carry it, and it dies
+//!   at `installed`, `failed`, disarm, re-arm or the end of the install window;
+//! - the **report token**, per node, rendered into that node's seed (owner-only): first-boot
+//!   reports (`booted`, notes) carry it, and `pxe` accepts them only from the node's own address.
+
+use serde::{Deserialize, Serialize};
+
+/// The version of `plan.json` this release writes and reads. 2: install secrets (no seed token
+/// in the bundle), per-node report tokens.
+pub const PLAN_VERSION: u32 = 2;
+
+/// What the bundle's install scripts carry where the install secret goes: `pxe` puts the live
+/// secret there when it serves the script, so no secret sits in a world-readable bundle file.
+pub const INSTALL_SECRET_PLACEHOLDER: &str = "@IRONSEED_INSTALL_SECRET@";
+
+/// Longest `reason` or note `detail` `pxe` keeps (bytes, cut on a character boundary).
+pub const NOTE_MAX: usize = 256;
+
+/// What the installer reports while it installs (`POST <plan.report>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum InstallEvent {
+    Installing {
+        #[serde(default)]
+        disk: String,
+        #[serde(default)]
+        total: u64,
+    },
+    Progress {
+        written: u64,
+        #[serde(default)]
+        total: u64,
+    },
+    /// The image is written and verified: its sha256, which must be the one the plan named.
+    Installed {
+        sha256: String,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+/// What a node reports after the install, from its first boot (`POST <report>/events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ReportEvent {
+    Booted,
+    /// A first-boot step (`k3s-config`, `first-boot-failed`, ...): logged, state unchanged.
+    Note {
+        #[serde(default)]
+        kind: String,
+        #[serde(default)]
+        detail: String,
+    },
+}
+
+/// The node-facing URL paths, relative to the appliance URL.
+pub mod paths {
+    /// The install plan the installer fetches (`ironseed.plan=` on its kernel command line).
+    pub fn plan(host: &str, secret: &str) -> String {
+        format!("/plan/{host}/{secret}")
+    }
+    /// The node's seed folder (`user-data`, `meta-data`, `network-config` below it).
+    pub fn seed(host: &str, secret: &str) -> String {
+        format!("/seed/{host}/{secret}")
+    }
+    /// Where the installer posts [`super::InstallEvent`]s.
+    pub fn install_events(host: &str, secret: &str) -> String {
+        format!("/install/{host}/{secret}/events")
+    }
+    /// The first boot's report base: `<base>/events` takes [`super::ReportEvent`]s,
+    /// `<base>/phone-home` cloud-init's phone_home form.
+    pub fn report(host: &str, token: &str) -> String {
+        format!("/report/{host}/{token}")
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// `s` with control characters (terminal escapes, newlines) dropped and cut to at most `max`
+/// bytes on a character boundary: for anything from the network that reaches a log, a
+/// terminal or the node's timeline.
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_use_the_wire_format_both_sides_share() {
+        let e: InstallEvent =
+            serde_json::from_str(r#"{"event":"progress","written":5,"total":9}"#).unwrap();
+        assert_eq!(
+            e,
+            InstallEvent::Progress {
+                written: 5,
+                total: 9
+            }
+        );
+        let back = serde_json::to_string(&InstallEvent::Installed {
+            sha256: "ab".into(),
+        })
+        .unwrap();
+        assert_eq!(back, r#"{"event":"installed","sha256":"ab"}"#);
+        // An install event is not a report and the other way round: first boot cannot claim
+        // `installed`, and the installer cannot claim `booted`.
+        assert!(serde_json::from_str::<ReportEvent>(&back).is_err());
+        assert!(serde_json::from_str::<InstallEvent>(r#"{"event":"booted"}"#).is_err());
+        for bad in [
+            r#"{"event":"arm"}"#,
+            r#"{"event":"explode"}"#,
+            r#"{"event":"progress","written":1,"extra":2}"#,
+        ] {
+            assert!(serde_json::from_str::<InstallEvent>(bad).is_err(), "{bad}");
+        }
+        let n: ReportEvent =
+            serde_json::from_str(r#"{"event":"note","kind":"k3s-config","detail":"x"}"#).unwrap();
+        assert!(matches!(n, ReportEvent::Note { .. }));
+    }
+
+    #[test]
+    fn printable_drops_escapes_and_cuts_on_a_char_boundary() {
+        assert_eq!(printable("a\x1b[31mb\nc", 100), "a[31mbc");
+        assert_eq!(printable("ééé", 5), "éé");
+        assert_eq!(printable(&"x".repeat(1000), NOTE_MAX).len(), NOTE_MAX);
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0, 0xab, 0xff]), "00abff");
+    }
+}
