@@ -103,6 +103,9 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     let http_port = a.http_port.unwrap_or(if root { 80 } else { 8080 });
     let state_dir = a.state.clone().unwrap_or_else(|| default_state_dir(root));
 
+    // Owner-only from creation (node state, leases and secrets live there); a symbolic link as
+    // the folder itself is refused, since root later hands the folder to --user.
+    pxe::privileges::private_dir(&state_dir).context("preparing the state folder")?;
     let hosts: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
     let store = Arc::new(
         Store::open(Some(&state_dir), &bundle.id, &hosts, !a.no_arm)
