@@ -197,17 +197,18 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         None
     };
 
+    // Where `builder images fetch|build` put the images, unless told otherwise. Chosen before
+    // the drop: the default depends on whether pxe was started as root.
+    let artifacts = a
+        .artifacts
+        .clone()
+        .unwrap_or_else(images::catalog::default_artifacts_dir);
     if root {
         let (uid, gid) =
             pxe::privileges::drop_to(&a.user, &[&state_dir]).context("dropping privileges")?;
         tracing::info!(user = %a.user, %uid, %gid, "dropped root after binding");
     }
 
-    // Where `builder images fetch|build` put the images, unless told otherwise.
-    let artifacts = a
-        .artifacts
-        .clone()
-        .unwrap_or_else(images::catalog::default_artifacts_dir);
     tracing::info!(artifacts = %artifacts.display(), "serving /artifacts/ from");
     let tftp_stats = Arc::new(TftpStats::default());
     let app = Arc::new(HttpApp {
