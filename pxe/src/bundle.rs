@@ -36,7 +36,9 @@ pub enum BundleError {
     TooMany(usize),
     #[error("{0}: not a regular file (builder writes only regular files)")]
     NotRegular(String),
-    #[error("{rel}: too large (a bundle file may have {file_bytes} bytes, all together {total_bytes})")]
+    #[error(
+        "{rel}: too large (a bundle file may have {file_bytes} bytes, all together {total_bytes})"
+    )]
     TooLarge {
         rel: String,
         file_bytes: u64,
@@ -248,7 +250,10 @@ pub fn read_files_limited(
     let mut total = 0u64;
     let sums = read_beneath(&root, dir, "SHA256SUMS", limits, &mut total)?;
     let sums = std::str::from_utf8(&sums).map_err(|e| {
-        let line = sums[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count();
+        let line = sums[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
         BundleError::SumsLine(line + 1)
     })?;
     let mut files: BTreeMap<String, std::sync::Arc<[u8]>> = BTreeMap::new();
@@ -554,7 +559,10 @@ mod tests {
         std::fs::remove_file(d.path().join("SHA256SUMS")).unwrap();
         std::os::unix::fs::symlink(&secret, d.path().join("SHA256SUMS")).unwrap();
         let e = read_files(d.path()).unwrap_err();
-        assert!(matches!(e, BundleError::Escape(ref p) if p == "SHA256SUMS"), "{e}");
+        assert!(
+            matches!(e, BundleError::Escape(ref p) if p == "SHA256SUMS"),
+            "{e}"
+        );
         assert!(!e.to_string().contains("secret-hash"), "{e}");
 
         // The same content as a regular SHA256SUMS: the error names the line, not its text.
@@ -564,7 +572,10 @@ mod tests {
         let mut out = Vec::new();
         serve_reader(d.path(), &b"load\n"[..], &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(text, "ERR SHA256SUMS line 2: not `<sha256>  <path>`; re-render the bundle\n");
+        assert_eq!(
+            text,
+            "ERR SHA256SUMS line 2: not `<sha256>  <path>`; re-render the bundle\n"
+        );
         // Nor the path of a line whose path carries control characters.
         let sums = format!("{}  plan\x1b]0;{SECRET}\x07\n", hex(&Sha256::digest(b"{}")));
         std::fs::write(d.path().join("SHA256SUMS"), sums).unwrap();
@@ -595,7 +606,7 @@ mod tests {
                 let mut swaps = 0u32;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) && swaps < 200_000 {
                     let _ = std::fs::remove_file(&tmp);
-                    if swaps % 2 == 0 {
+                    if swaps.is_multiple_of(2) {
                         std::os::unix::fs::symlink(&secret, &tmp).unwrap();
                     } else {
                         std::fs::write(&tmp, b"{}").unwrap();
@@ -609,7 +620,8 @@ mod tests {
         let t0 = std::time::Instant::now();
         let (mut loads, mut refused, mut mismatched) = (0u32, 0u32, 0u32);
         let enough = |l, r, m| l >= 2_000 && r > 0 && m > 0;
-        while !enough(loads, refused, mismatched) && t0.elapsed() < std::time::Duration::from_secs(2)
+        while !enough(loads, refused, mismatched)
+            && t0.elapsed() < std::time::Duration::from_secs(2)
         {
             loads += 1;
             match read_files(d.path()) {
@@ -632,7 +644,10 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let swaps = swapper.join().unwrap();
         eprintln!("{loads} loads, {swaps} swaps: {refused} links refused, {mismatched} real files");
-        assert!(refused > 0 && mismatched > 0, "the swap never raced the loads");
+        assert!(
+            refused > 0 && mismatched > 0,
+            "the swap never raced the loads"
+        );
     }
 
     /// Protects the reader from hanging (a FIFO waits for a writer) and from reading things
@@ -652,7 +667,10 @@ mod tests {
             let got = rx
                 .recv_timeout(std::time::Duration::from_secs(10))
                 .unwrap_or_else(|_| panic!("reading a bundle listing {rel} blocked"));
-            assert!(matches!(got, Err(BundleError::NotRegular(ref p)) if p == rel), "{got:?}");
+            assert!(
+                matches!(got, Err(BundleError::NotRegular(ref p)) if p == rel),
+                "{got:?}"
+            );
         }
     }
 
@@ -667,7 +685,10 @@ mod tests {
         let sums = format!("{}  big.img\n", hex(&Sha256::digest(b"")));
         std::fs::write(d.path().join("SHA256SUMS"), sums).unwrap();
         let e = read_files(d.path()).unwrap_err();
-        assert!(matches!(e, BundleError::TooLarge { ref rel, .. } if rel == "big.img"), "{e}");
+        assert!(
+            matches!(e, BundleError::TooLarge { ref rel, .. } if rel == "big.img"),
+            "{e}"
+        );
 
         write_bundle(d.path(), &[("a", &[1u8; 600]), ("b", &[2u8; 600])]);
         let limits = ReadLimits {
@@ -677,7 +698,10 @@ mod tests {
         };
         // SHA256SUMS itself counts (2 lines of 68 bytes): 136 + 600 + 600 > 1300.
         let e = read_files_limited(d.path(), limits).unwrap_err();
-        assert!(matches!(e, BundleError::TooLarge { ref rel, .. } if rel == "b"), "{e}");
+        assert!(
+            matches!(e, BundleError::TooLarge { ref rel, .. } if rel == "b"),
+            "{e}"
+        );
         let fewer = ReadLimits {
             entries: 1,
             ..ReadLimits::default()

@@ -198,13 +198,19 @@ fn dropin_flags(dropin: &str) -> Vec<String> {
         .expect("the drop-in sets ExecStart");
     let words: Vec<&str> = line.split_whitespace().collect();
     let flag = |f: &str| {
-        let i = words.iter().position(|w| *w == f).unwrap_or_else(|| panic!("{f} missing"));
+        let i = words
+            .iter()
+            .position(|w| *w == f)
+            .unwrap_or_else(|| panic!("{f} missing"));
         words[i + 1].to_string()
     };
     assert_eq!(flag("--http-port"), "80");
     assert_eq!(flag("--state"), "/var/lib/ironseed/pxe");
     assert_eq!(flag("--artifacts"), "/var/lib/ironseed/artifacts");
-    assert!(!words.contains(&"--user"), "--user means nothing to a non-root start");
+    assert!(
+        !words.contains(&"--user"),
+        "--user means nothing to a non-root start"
+    );
     words.iter().map(|w| w.to_string()).collect()
 }
 
@@ -235,18 +241,33 @@ fn the_unprivileged_drop_in_is_enough_to_bind_and_reload_without_root() {
     let own = format!("{}:{}", user.uid, user.gid);
     std::fs::create_dir(&lab.state).unwrap();
     for p in [&lab.bundle, &lab.state] {
-        assert!(Command::new("chown").args(["-R", &own]).arg(p).status().unwrap().success());
+        assert!(
+            Command::new("chown")
+                .args(["-R", &own])
+                .arg(p)
+                .status()
+                .unwrap()
+                .success()
+        );
     }
     let port = free_privileged_port(800..1000);
     let inner = Server::command_on(&lab, port, 0, &[]);
     let mut cmd = Command::new("setpriv");
     let ambient = caps_arg(&dropin, "AmbientCapabilities=");
-    cmd.args(["--reuid", &user.uid.to_string(), "--regid", &user.gid.to_string()])
-        .args(["--clear-groups", "--no-new-privs"])
-        .args(["--bounding-set", &caps_arg(&dropin, "CapabilityBoundingSet=")])
-        .args(["--inh-caps", &ambient, "--ambient-caps", &ambient])
-        .arg(inner.get_program())
-        .args(inner.get_args());
+    cmd.args([
+        "--reuid",
+        &user.uid.to_string(),
+        "--regid",
+        &user.gid.to_string(),
+    ])
+    .args(["--clear-groups", "--no-new-privs"])
+    .args([
+        "--bounding-set",
+        &caps_arg(&dropin, "CapabilityBoundingSet="),
+    ])
+    .args(["--inh-caps", &ambient, "--ambient-caps", &ambient])
+    .arg(inner.get_program())
+    .args(inner.get_args());
     let s = Server::spawn(cmd);
     assert_eq!(s.http, port);
     let (code, body) = s.post("/api/v1/reload", "");
@@ -260,7 +281,9 @@ fn the_unprivileged_drop_in_is_enough_to_bind_and_reload_without_root() {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert!(
-        uid.split_whitespace().skip(1).all(|i| i == user.uid.to_string()),
+        uid.split_whitespace()
+            .skip(1)
+            .all(|i| i == user.uid.to_string()),
         "{uid}"
     );
 }

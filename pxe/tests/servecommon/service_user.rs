@@ -20,7 +20,13 @@ pub fn ensure_service_user() {
         // Another test binary may create it at the same moment (useradd then exits 9): what
         // counts is that the account exists afterwards.
         let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ])
             .status();
         assert!(exists(), "could not create the `{USER}` system account");
     });
