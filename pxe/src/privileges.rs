@@ -272,6 +272,43 @@ impl Walk<'_> {
     }
 }
 
+/// Largest state file pxe reads back (`nodes.json`, `leases.json`).
+pub const MAX_STATE_FILE: u64 = 64 << 20;
+
+/// Read a file of the state folder the way `std::fs::read` does (same `NotFound`), but safe for
+/// root to run on a folder the service user wrote: a symbolic link is refused (`O_NOFOLLOW`),
+/// so are FIFOs (opened non-blocking) and anything that is not a regular file, and nothing
+/// over [`MAX_STATE_FILE`] is read.
+pub fn read_state_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let fd = open(
+        path,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata()?;
+    let refuse = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {what}", path.display()),
+        )
+    };
+    if !meta.file_type().is_file() {
+        return Err(refuse("not a regular file"));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_STATE_FILE) as usize);
+    file.take(MAX_STATE_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STATE_FILE {
+        return Err(refuse("larger than a state file can be"));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,5 +464,34 @@ mod tests {
             msg.contains("useradd --system --no-create-home --shell /usr/sbin/nologin ironseed"),
             "{msg}"
         );
+    }
+
+    /// Protects root (which reads the state back before dropping) from files the service user
+    /// may have placed in its folder: a link to a root-only file is refused rather than read,
+    /// a FIFO does not hang the start, an oversized file is not loaded; a missing file is
+    /// `NotFound` like `std::fs::read`.
+    #[test]
+    fn state_files_are_read_without_following_links() {
+        let state = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("shadow"), b"root only").unwrap();
+        let p = |n: &str| state.path().join(n);
+        std::os::unix::fs::symlink(outside.path().join("shadow"), p("nodes.json")).unwrap();
+        let e = read_state_file(&p("nodes.json")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc_eloop()), "{e}");
+        nix::unistd::mkfifo(&p("leases.json"), Mode::S_IRWXU).unwrap();
+        let e = read_state_file(&p("leases.json")).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let big = std::fs::File::create(p("big.json")).unwrap();
+        big.set_len(MAX_STATE_FILE + 1).unwrap();
+        assert!(read_state_file(&p("big.json")).is_err());
+        let e = read_state_file(&p("missing.json")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        std::fs::write(p("ok.json"), b"{}").unwrap();
+        assert_eq!(read_state_file(&p("ok.json")).unwrap(), b"{}");
+    }
+
+    fn libc_eloop() -> i32 {
+        Errno::ELOOP as i32
     }
 }
