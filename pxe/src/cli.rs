@@ -93,8 +93,10 @@ pub struct ServeArgs {
     /// (~/.local/share/ironseed/artifacts).
     #[arg(long, value_name = "DIR", env = "IRONSEED_ARTIFACTS")]
     pub artifacts: Option<PathBuf>,
-    /// Account to switch to after binding the ports, when started as root.
-    #[arg(long, value_name = "NAME", default_value = "nobody")]
+    /// Account to switch to after binding the ports, when started as root: a dedicated system
+    /// account (pxe/ironseed.sysusers creates `ironseed`; see docs/service.md). Not used when
+    /// started unprivileged.
+    #[arg(long, value_name = "NAME", default_value = pxe::privileges::SERVICE_USER)]
     pub user: String,
     /// Arm the nodes this pxe sees for the first time (the very first deployment of a rack).
     /// Without it every new node starts disarmed and boots its local disk until `pxe arm`.

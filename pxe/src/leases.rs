@@ -269,7 +269,7 @@ impl LeaseStore {
     /// Load bound leases saved by [`Self::save`]; a missing file is an empty store.
     /// Leases that no longer fit the pool (config changed) are dropped.
     pub fn load(&mut self, dir: &Path) -> std::io::Result<usize> {
-        let body = match std::fs::read(dir.join(LEASES_FILE)) {
+        let body = match crate::privileges::read_state_file(&dir.join(LEASES_FILE)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),

@@ -365,7 +365,7 @@ impl Store {
         install_window: Duration,
     ) -> std::io::Result<(Store, Reconciled)> {
         let file = match dir {
-            Some(d) => match std::fs::read(d.join(STATE_FILE)) {
+            Some(d) => match crate::privileges::read_state_file(&d.join(STATE_FILE)) {
                 Ok(b) => serde_json::from_slice::<StateFile>(&b).map_err(|e| {
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidData,

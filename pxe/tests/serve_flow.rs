@@ -424,6 +424,9 @@ fn ipxe_binaries_are_served_over_tftp_and_artifacts_over_http_with_ranges() {
     assert_eq!(s.get("/artifacts/%2e%2e/bundle/plan.json").0, 404);
 }
 
+/// Protects the host from a compromised server: started as root, `pxe serve` runs as the
+/// `ironseed` account (the default `--user`) with every uid, gid and group dropped, and its
+/// state folder is owner-only.
 #[test]
 fn started_as_root_it_serves_as_the_unprivileged_user() {
     if !nix::unistd::geteuid().is_root() {
@@ -435,9 +438,9 @@ fn started_as_root_it_serves_as_the_unprivileged_user() {
         return;
     }
     let lab = lab();
-    let s = Server::start(&lab, &["--user", "nobody"]);
+    let s = Server::start(&lab, &[]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let user = nix::unistd::User::from_name("ironseed").unwrap().unwrap();
     for key in ["Uid:", "Gid:"] {
         let line = status.lines().find(|l| l.starts_with(key)).unwrap();
         let ids: Vec<u32> = line
@@ -446,9 +449,9 @@ fn started_as_root_it_serves_as_the_unprivileged_user() {
             .map(|x| x.parse().unwrap())
             .collect();
         let want = if key == "Uid:" {
-            nobody.uid.as_raw()
+            user.uid.as_raw()
         } else {
-            nobody.gid.as_raw()
+            user.gid.as_raw()
         };
         assert!(
             ids.iter().all(|i| *i == want),
@@ -459,8 +462,9 @@ fn started_as_root_it_serves_as_the_unprivileged_user() {
     assert!(!groups.split_whitespace().any(|g| g == "0"), "{groups}");
     // Still serving, and the state it writes belongs to that user.
     assert_eq!(s.post("/api/v1/nodes/k3s1/disarm", "").0, 200);
-    let owner = std::os::unix::fs::MetadataExt::uid(
-        &std::fs::metadata(lab.state.join("nodes.json")).unwrap(),
-    );
-    assert_eq!(owner, nobody.uid.as_raw());
+    let meta = |p: &std::path::Path| std::fs::metadata(p).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta(&lab.state.join("nodes.json")).uid(), user.uid.as_raw());
+    assert_eq!(meta(&lab.state).uid(), user.uid.as_raw());
+    assert_eq!(meta(&lab.state).mode() & 0o7777, 0o700);
 }

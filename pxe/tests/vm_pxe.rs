@@ -68,7 +68,7 @@ fn pxe_serve_boots_real_firmware() {
     } else {
         (tmp.path().to_owned(), Some(tmp))
     };
-    // pxe serve drops root to `nobody` after binding and then reads the bundle and writes
+    // pxe serve drops root to `ironseed` after binding and then reads the bundle and writes
     // its state dir (which it chowns): the path to both must be traversable.
     {
         use std::os::unix::fs::PermissionsExt;

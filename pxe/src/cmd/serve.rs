@@ -95,6 +95,9 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| images::api_token::default_state_dir(root));
 
+    // Owner-only from creation (node state, leases and secrets live there); a symbolic link as
+    // the folder itself is refused, since root later hands the folder to --user.
+    pxe::privileges::private_dir(&state_dir).context("preparing the state folder")?;
     let hosts: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
     create_state_dir(&state_dir)?;
     let (api_token, token_path) = api_token(a, &state_dir)?;
@@ -209,17 +212,18 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         None
     };
 
+    // Where `builder images fetch|build` put the images, unless told otherwise. Chosen before
+    // the drop: the default depends on whether pxe was started as root.
+    let artifacts = a
+        .artifacts
+        .clone()
+        .unwrap_or_else(images::catalog::default_artifacts_dir);
     if root {
         let (uid, gid) =
             pxe::privileges::drop_to(&a.user, &[&state_dir]).context("dropping privileges")?;
         tracing::info!(user = %a.user, %uid, %gid, "dropped root after binding");
     }
 
-    // Where `builder images fetch|build` put the images, unless told otherwise.
-    let artifacts = a
-        .artifacts
-        .clone()
-        .unwrap_or_else(images::catalog::default_artifacts_dir);
     tracing::info!(artifacts = %artifacts.display(), "serving /artifacts/ from");
     let tftp_stats = Arc::new(TftpStats::default());
     let app = Arc::new(HttpApp {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod builder_exe;
+pub mod service_user;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -154,6 +155,7 @@ impl Server {
 
     /// The same on fixed ports (tests that hand the URL to another program before starting).
     pub fn command_on(lab: &Lab, http: u16, tftp: u16, extra: &[&str]) -> Command {
+        service_user::ensure_service_user();
         let mut c = Command::new(env!("CARGO_BIN_EXE_pxe"));
         c.args(["serve", "--listen", "127.0.0.1", "--dhcp", "off"])
             .args(["--http-port", &http.to_string()])
@@ -174,6 +176,7 @@ impl Server {
 
     /// The same without `--arm-new`: what an operator gets by default.
     pub fn command_default_arming(lab: &Lab, extra: &[&str]) -> Command {
+        service_user::ensure_service_user();
         let mut c = Command::new(env!("CARGO_BIN_EXE_pxe"));
         c.args(["serve", "--listen", "127.0.0.1", "--dhcp", "off"])
             .args(["--http-port", "0", "--tftp-port", "0"])

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 #[path = "../servecommon/builder_exe.rs"]
 mod builder_exe;
+#[path = "../servecommon/service_user.rs"]
+mod service_user;
 
 use crate::dhcpcommon::netns::{Netns, in_netns};
 pub use builder_exe::builder_bin;
@@ -335,6 +337,7 @@ pub fn start_pxe_with(
     extra: &[&str],
 ) -> (Proc, PathBuf) {
     let log = dir.join("pxe.log");
+    service_user::ensure_service_user();
     let mut child = Command::new("ip")
         .args([
             "netns",
@@ -727,7 +730,7 @@ pub fn artifacts() -> PathBuf {
         .arg("--work")
         .arg(cache.join("work-installer")));
     eprintln!("timing: installer env {:>6.1} s", t.elapsed().as_secs_f64());
-    // pxe drops to `nobody`: everything it serves must be world-readable.
+    // pxe drops to the `ironseed` account: everything it serves must be world-readable.
     run(Command::new("chmod").args(["-R", "a+rX"]).arg(&cache));
     cache
 }
