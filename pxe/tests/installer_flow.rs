@@ -83,11 +83,11 @@ fn plan_url(lab: &common::Lab, s: &Server, host: &str) -> String {
 #[test]
 fn installs_a_verified_image_with_the_seed_and_reports_installed() {
     let (lab, s, img, disk) = setup(true);
-    // The bundle's appliance URL is the inventory's (10.0.20.5:8080); point the node at us.
+    // The bundle's appliance URL is the inventory.s (127.0.20.5:8080); point the node at us.
     let url = plan_url(&lab, &s, "k3s1");
     let mut plan: images::plan::InstallPlan =
         serde_json::from_str(&s.anon_get(url.trim_start_matches(&s.url(""))).1).unwrap();
-    let fix = |u: &str| u.replace("http://10.0.20.5:8080", &s.url(""));
+    let fix = |u: &str| u.replace("http://127.0.20.5:8080", &s.url(""));
     plan.image.url = fix(&plan.image.url);
     plan.report = fix(&plan.report);
     plan.seed.user_data = fix(&plan.seed.user_data);
@@ -179,7 +179,7 @@ fn a_bad_checksum_fails_the_install_and_leaves_the_disk_unbootable() {
     let url = plan_url(&lab, &s, "k3s2");
     let mut plan: images::plan::InstallPlan =
         serde_json::from_str(&s.anon_get(url.trim_start_matches(&s.url(""))).1).unwrap();
-    let fix = |u: &str| u.replace("http://10.0.20.5:8080", &s.url(""));
+    let fix = |u: &str| u.replace("http://127.0.20.5:8080", &s.url(""));
     plan.image.url = fix(&plan.image.url);
     plan.report = fix(&plan.report);
     let machine = FileDisk {
