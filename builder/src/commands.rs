@@ -241,7 +241,20 @@ pub fn render(a: &RenderArgs) -> Result<()> {
 
 pub fn diff(a: &RenderArgs) -> Result<()> {
     let l = load(&a.source)?;
-    let secrets = secrets_for(a, &l)?;
+    // diff writes nothing: a missing secrets file is reported, not created, and the diff is
+    // computed with a throw-away token (masked like any secret).
+    let path = secrets_path(a, &l);
+    let secrets = match Secrets::load(&path).context("loading secrets")? {
+        Some(s) => s,
+        None => {
+            eprintln!(
+                "{} does not exist: `builder render` would create it (mode 0600) with a new k3s \
+                 token; this diff uses a placeholder token and writes nothing",
+                path.display()
+            );
+            Secrets::generate()
+        }
+    };
     let mut opts = options(&l, &a.out)?;
     opts.seed_images = seed_images(a);
     let b = render::render(&l.inventory, &secrets, &l.templates, &opts).context("rendering")?;
