@@ -47,10 +47,21 @@ pub struct Loaded {
 /// The inventory's display name and text (the embedded default without --inventory).
 pub fn inventory_text(a: &SourceArgs) -> Result<(String, String)> {
     Ok(match &a.inventory {
-        Some(p) => (
-            p.display().to_string(),
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        ),
+        Some(p) => {
+            let name = p.display().to_string();
+            let bytes = std::fs::read(p).with_context(|| format!("reading {name}"))?;
+            match builder::diag::decode_utf8(&name, bytes) {
+                Ok(text) => (name, text),
+                Err(d) => {
+                    let lossy =
+                        String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+                    let mut diags = Diagnostics::default();
+                    diags.error(d.span, d.path, d.message);
+                    eprint!("{}", diags.render(&|_| Some(lossy.clone())));
+                    bail!("{name}: inventory is not valid; nothing was rendered");
+                }
+            }
+        }
         None => (
             DEFAULT_INVENTORY_NAME.to_string(),
             DEFAULT_INVENTORY.to_string(),
