@@ -14,7 +14,8 @@ pub enum BundleError {
         "refusing to replace {0}: it is not empty and not an ironseed bundle (no {SUMS} and {PLAN}); choose another --out"
     )]
     NotABundle(PathBuf),
-    #[error("{path}: {source}")]
+    // The cause is the error's source: anyhow prints it after the path (once).
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
