@@ -14,7 +14,8 @@ pub enum BundleError {
         "refusing to replace {0}: it is not empty and not an ironseed bundle (no {SUMS} and {PLAN}); choose another --out"
     )]
     NotABundle(PathBuf),
-    #[error("{path}: {source}")]
+    // The cause is the error's source: anyhow prints it after the path (once).
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -39,6 +40,48 @@ fn replaceable(dir: &Path) -> Result<bool, BundleError> {
     Ok(std::fs::read_dir(dir).map_err(io(dir))?.next().is_none())
 }
 
+/// The staging folder of a write in progress: removed on every way out (error, panic) unless
+/// the write completed. It holds the new bundle's secrets, so none may be left behind.
+struct Staging {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Create `path` with exactly `mode`, never wider at any moment: the mode is given to `open`
+/// (`O_CREAT|O_EXCL`), so a secret file is never readable by others, not even between its
+/// creation and a chmod. The umask can only take bits away; those are put back on the open file
+/// (widening to the final mode, never beyond it).
+fn create_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    if f.metadata()?.permissions().mode() & 0o7777 != mode {
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    f.write_all(bytes)
+}
+
+/// A folder with exactly `mode` (the umask may have narrowed it).
+fn create_dir(path: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().mode(mode).create(path)?;
+    if std::fs::symlink_metadata(path)?.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 pub fn write(out: &Path, bundle: &Bundle) -> Result<(), BundleError> {
     if !replaceable(out)? {
         return Err(BundleError::NotABundle(out.to_path_buf()));
@@ -52,37 +95,49 @@ pub fn write(out: &Path, bundle: &Bundle) -> Result<(), BundleError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "bundle".into());
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.new-"))
-        .tempdir_in(&parent)
-        .map_err(io(&parent))?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
-        .map_err(io(tmp.path()))?;
+    // mkdtemp makes it 0700: nobody else can look in while it fills up. It becomes 0755 (what
+    // pxe and the operator read) only once every file is written with its final mode.
+    let mut staging = Staging {
+        path: tempfile::Builder::new()
+            .prefix(&format!(".{name}.new-"))
+            .tempdir_in(&parent)
+            .map_err(io(&parent))?
+            .keep(),
+        done: false,
+    };
+    let tmp = staging.path.clone();
     for (rel, f) in &bundle.files {
-        let p = tmp.path().join(rel);
-        if let Some(d) = p.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(d)
-                .map_err(io(d))?;
+        let p = tmp.join(rel);
+        let mut dirs: Vec<&Path> = p
+            .parent()
+            .into_iter()
+            .flat_map(Path::ancestors)
+            .take_while(|d| *d != tmp)
+            .collect();
+        dirs.reverse();
+        for d in dirs {
+            if !d.is_dir() {
+                create_dir(d, 0o755).map_err(io(d))?;
+            }
         }
-        std::fs::write(&p, &f.bytes).map_err(io(&p))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode)).map_err(io(&p))?;
+        create_file(&p, &f.bytes, f.mode).map_err(io(&p))?;
     }
     // One syncfs instead of an fsync per file: every byte is on disk before the swap makes the
     // new bundle visible, at a fraction of the cost for thousands of small files.
-    let dirfd = std::fs::File::open(tmp.path()).map_err(io(tmp.path()))?;
+    let dirfd = std::fs::File::open(&tmp).map_err(io(&tmp))?;
     nix::unistd::syncfs(&dirfd).map_err(|e| BundleError::Io {
-        path: tmp.path().to_path_buf(),
+        path: tmp.clone(),
         source: std::io::Error::from(e),
     })?;
-    let staged = tmp.keep();
+    dirfd
+        .set_permissions(std::fs::Permissions::from_mode(0o755))
+        .map_err(io(&tmp))?;
     if out.exists() {
-        // Swap the two folders in one step; the old bundle ends up at the temporary name.
+        // Swap the two folders in one step; the old bundle ends up at the temporary name and
+        // the guard removes it.
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
-            &staged,
+            &tmp,
             nix::fcntl::AT_FDCWD,
             out,
             nix::fcntl::RenameFlags::RENAME_EXCHANGE,
@@ -91,9 +146,11 @@ pub fn write(out: &Path, bundle: &Bundle) -> Result<(), BundleError> {
             path: out.to_path_buf(),
             source: std::io::Error::from(e),
         })?;
-        std::fs::remove_dir_all(&staged).map_err(io(&staged))?;
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        staging.done = true;
     } else {
-        std::fs::rename(&staged, out).map_err(io(out))?;
+        std::fs::rename(&tmp, out).map_err(io(out))?;
+        staging.done = true;
     }
     Ok(())
 }

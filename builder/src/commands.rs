@@ -47,10 +47,21 @@ pub struct Loaded {
 /// The inventory's display name and text (the embedded default without --inventory).
 pub fn inventory_text(a: &SourceArgs) -> Result<(String, String)> {
     Ok(match &a.inventory {
-        Some(p) => (
-            p.display().to_string(),
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        ),
+        Some(p) => {
+            let name = p.display().to_string();
+            let bytes = std::fs::read(p).with_context(|| format!("reading {name}"))?;
+            match builder::diag::decode_utf8(&name, bytes) {
+                Ok(text) => (name, text),
+                Err(d) => {
+                    let lossy =
+                        String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+                    let mut diags = Diagnostics::default();
+                    diags.error(d.span, d.path, d.message);
+                    eprint!("{}", diags.render(&|_| Some(lossy.clone())));
+                    bail!("{name}: inventory is not valid; nothing was rendered");
+                }
+            }
+        }
         None => (
             DEFAULT_INVENTORY_NAME.to_string(),
             DEFAULT_INVENTORY.to_string(),
@@ -241,7 +252,20 @@ pub fn render(a: &RenderArgs) -> Result<()> {
 
 pub fn diff(a: &RenderArgs) -> Result<()> {
     let l = load(&a.source)?;
-    let secrets = secrets_for(a, &l)?;
+    // diff writes nothing: a missing secrets file is reported, not created, and the diff is
+    // computed with a throw-away token (masked like any secret).
+    let path = secrets_path(a, &l);
+    let secrets = match Secrets::load(&path).context("loading secrets")? {
+        Some(s) => s,
+        None => {
+            eprintln!(
+                "{} does not exist: `builder render` would create it (mode 0600) with a new k3s \
+                 token; this diff uses a placeholder token and writes nothing",
+                path.display()
+            );
+            Secrets::generate()
+        }
+    };
     let mut opts = options(&l, &a.out)?;
     opts.seed_images = seed_images(a);
     let b = render::render(&l.inventory, &secrets, &l.templates, &opts).context("rendering")?;

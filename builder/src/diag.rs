@@ -86,11 +86,13 @@ impl Diagnostics {
         path: impl Into<String>,
         message: impl Into<String>,
     ) {
+        // Every message passes here: values echoed from the file are cut and escaped, so a
+        // 20 MB scalar or a terminal escape sequence in the inventory never reaches stderr whole.
         let d = Diagnostic {
             severity,
             span,
-            path: path.into(),
-            message: message.into(),
+            path: clip(&path.into(), MAX_PATH),
+            message: clip_message(&message.into()),
         };
         if !self.items.contains(&d) {
             self.items.push(d);
@@ -156,9 +158,9 @@ impl Diagnostics {
                 && let Some(line) = source_lines(&src).nth((d.span.line - 1) as usize)
             {
                 let num = d.span.line.to_string();
+                let (line, col) = snippet_window(line, d.span.column.saturating_sub(1) as usize);
                 out.push_str(&format!("  {num} | {line}\n"));
                 let pad = " ".repeat(num.len());
-                let col = d.span.column.saturating_sub(1) as usize;
                 out.push_str(&format!("  {pad} | {}^\n", " ".repeat(col)));
             }
         }
@@ -166,6 +168,197 @@ impl Diagnostics {
         let warnings = self.warnings().count();
         out.push_str(&format!("{errors} error(s), {warnings} warning(s)\n"));
         out
+    }
+}
+
+/// Longest value (in characters) a message echoes; longer ones are cut with their size.
+pub const MAX_VALUE: usize = 80;
+/// Longest message and field path; serde's own texts may quote a value without backticks.
+pub const MAX_MESSAGE: usize = 400;
+const MAX_PATH: usize = 160;
+/// Characters of a long source line shown on each side of the caret (shorter lines: whole).
+const SNIPPET_SIDE: usize = 80;
+
+/// `text` fit for a terminal: control characters escaped (`\u{1b}`), cut after `max`
+/// characters with the full size in bytes appended.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push_str(&format!("…({} bytes)", text.len()));
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A source line fit for a terminal with its columns kept: one character per character (a tab
+/// becomes a space, other control characters U+FFFD), so the caret stays under its column.
+fn visible(line: &str) -> String {
+    line.chars()
+        .map(|c| match c {
+            '\t' => ' ',
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => '\u{fffd}',
+            c => c,
+        })
+        .collect()
+}
+
+/// A diagnostic message with every `backticked` value cut to [`MAX_VALUE`], the whole to
+/// [`MAX_MESSAGE`].
+pub fn clip_message(message: &str) -> String {
+    let parts: Vec<String> = message
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                clip(part, MAX_VALUE)
+            } else {
+                part.to_string()
+            }
+        })
+        .collect();
+    clip(&parts.join("`"), MAX_MESSAGE)
+}
+
+/// The part of a source line to show around 0-based character column `col`, and the caret's
+/// column in it: a 20 MB line is shown as a window, not whole.
+fn snippet_window(line: &str, col: usize) -> (String, usize) {
+    let len = line.chars().count();
+    if len <= 3 * SNIPPET_SIDE {
+        return (visible(line), col);
+    }
+    let start = col.saturating_sub(SNIPPET_SIDE);
+    let end = (col + SNIPPET_SIDE).min(len);
+    let mut shown = String::new();
+    let mut caret = col - start;
+    if start > 0 {
+        shown.push('…');
+        caret += 1;
+    }
+    let window: String = line.chars().skip(start).take(end - start).collect();
+    shown.push_str(&visible(&window));
+    if end < len {
+        shown.push('…');
+    }
+    (shown, caret)
+}
+
+/// The inventory (or a profile) as text, or a diagnostic at the first byte that is not UTF-8,
+/// with its line and column as the YAML parser would count them.
+pub fn decode_utf8(file: &str, bytes: Vec<u8>) -> Result<String, Diagnostic> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let bad = e.utf8_error().valid_up_to();
+        // Valid up to `bad` by definition.
+        let before = std::str::from_utf8(&bytes[..bad]).unwrap_or_default();
+        let (mut line, mut column) = (1u64, 1u64);
+        let mut chars = before.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\r' | '\n' => {
+                    if c == '\r' && chars.peek() == Some(&'\n') {
+                        chars.next();
+                    }
+                    line += 1;
+                    column = 1;
+                }
+                _ => column += 1,
+            }
+        }
+        Diagnostic {
+            severity: Severity::Error,
+            span: Span::new(file, line, column),
+            path: String::new(),
+            message: format!(
+                "byte 0x{:02x} is not valid UTF-8; save the file as UTF-8 text",
+                bytes[bad]
+            ),
+        }
+    })
+}
+
+/// A parser limit in plain words: which limit, and what usually causes it.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let b = serde_saphyr::Budget::default();
+    match breach {
+        B::Nodes { .. } => format!(
+            "the file expands to more than {} YAML values (aliases `*name` repeating an anchor \
+             many times?); refused",
+            thousands(b.max_nodes)
+        ),
+        B::Events { .. } => format!(
+            "the file expands to more than {} YAML parser events (alias expansion?); refused",
+            thousands(b.max_events)
+        ),
+        B::Aliases { .. } => format!(
+            "the file uses more than {} aliases (`*name`); refused",
+            thousands(b.max_aliases)
+        ),
+        B::Anchors { .. } => format!(
+            "the file defines more than {} anchors (`&name`); refused",
+            thousands(b.max_anchors)
+        ),
+        B::AliasAnchorRatio { aliases, anchors } => format!(
+            "the file uses {} aliases for {} anchors, more than {} per anchor (an alias bomb?); \
+             refused",
+            thousands(*aliases),
+            thousands(*anchors),
+            b.alias_anchor_ratio_multiplier
+        ),
+        B::Depth { .. } => format!(
+            "the file nests lists and maps more than {} levels deep; refused",
+            b.max_depth
+        ),
+        B::Documents { .. } => format!(
+            "the file holds more than {} YAML documents (`---`); refused",
+            thousands(b.max_documents)
+        ),
+        B::ScalarBytes { .. } => format!(
+            "the file's values add up to more than {} MiB of text; refused",
+            b.max_total_scalar_bytes >> 20
+        ),
+        B::MergeKeys { .. } => format!(
+            "the file uses more than {} merge keys (`<<`); refused",
+            thousands(b.max_merge_keys)
+        ),
+        B::InputBytes { .. } => format!(
+            "the file is larger than {} MiB; refused",
+            b.max_reader_input_bytes.unwrap_or(0) >> 20
+        ),
+        _ => "the file exceeds a YAML parser limit (size, nesting or alias expansion); refused"
+            .to_string(),
+    }
+}
+
+/// 250000 → "250,000".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The budget breach behind a parser error, looking through its alias and snippet wrappers.
+fn budget_breach(mut err: &serde_saphyr::Error) -> Option<&serde_saphyr::budget::BudgetBreach> {
+    loop {
+        match err {
+            serde_saphyr::Error::Budget { breach, .. } => return Some(breach),
+            serde_saphyr::Error::AliasError { error, .. }
+            | serde_saphyr::Error::WithSnippet { error, .. } => err = error,
+            _ => return None,
+        }
     }
 }
 
@@ -183,17 +376,20 @@ pub fn from_yaml_error(file: &str, path: &str, err: &serde_saphyr::Error) -> Dia
         .location()
         .map(|l| (l.line(), l.column()))
         .unwrap_or((0, 0));
+    if let Some(breach) = budget_breach(err) {
+        return Diagnostic {
+            severity: Severity::Error,
+            span: Span::new(file, line, column),
+            path: path.to_string(),
+            message: budget_message(breach),
+        };
+    }
     let mut message = err.without_snippet().to_string();
     // serde-saphyr prefixes "line L column C: "; the span already carries that.
     if let Some(rest) = message.strip_prefix(&format!("line {line} column {column}: ")) {
         message = rest.to_string();
     }
-    let message = message
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let message = clip_message(message.lines().next().unwrap_or_default().trim());
     Diagnostic {
         severity: Severity::Error,
         span: Span::new(file, line, column),
@@ -207,6 +403,60 @@ mod tests {
     use super::*;
     use crate::inventory::{self, ProfileSet};
     use crate::templates::Templates;
+
+    #[test]
+    fn clip_cuts_long_values_and_escapes_control_characters() {
+        assert_eq!(clip("short", 80), "short");
+        let long = "x".repeat(1000);
+        assert_eq!(clip(&long, 80), format!("{}…(1000 bytes)", "x".repeat(80)));
+        assert_eq!(clip("a\u{1b}[2Jb", 80), "a\\u{1b}[2Jb");
+        let m = clip_message(&format!("cluster.name: `{long}` must be `lowercase`"));
+        assert!(
+            m.len() < 200 && m.contains("…(1000 bytes)` must be `lowercase`"),
+            "{m}"
+        );
+        assert!(clip_message(&"y".repeat(5000)).len() < MAX_MESSAGE + 20);
+    }
+
+    #[test]
+    fn long_snippet_lines_show_a_window_with_the_caret_in_place() {
+        let line = format!("{}X{}", "a".repeat(10_000), "b".repeat(10_000));
+        let (shown, caret) = snippet_window(&line, 10_000);
+        assert!(shown.chars().count() < 2 * SNIPPET_SIDE + 4, "{shown}");
+        assert_eq!(shown.chars().nth(caret), Some('X'));
+        assert_eq!(snippet_window("  name: x", 8), ("  name: x".to_string(), 8));
+        // Control characters never reach the terminal and keep one column each.
+        assert_eq!(
+            snippet_window("\tn: \u{1b}x", 5),
+            (" n: \u{fffd}x".to_string(), 5)
+        );
+    }
+
+    #[test]
+    fn bad_utf8_is_located_like_the_yaml_parser_counts() {
+        let at = |b: &[u8]| {
+            let d = decode_utf8("f.yaml", b.to_vec()).unwrap_err();
+            (d.span.line, d.span.column)
+        };
+        assert_eq!(at(b"\xff"), (1, 1));
+        assert_eq!(at(b"a: b\nc: \xe9t\xc3"), (2, 4));
+        assert_eq!(at(b"a\r\nb\rcd\x80"), (3, 3));
+        assert_eq!(
+            at(&[b"\xc3\xa9: \xc3\xbc\n".as_slice(), b"\xfe"].concat()),
+            (2, 1)
+        );
+        assert_eq!(
+            at(&[b"\xc3\xa9\xc3\xbc".as_slice(), b"\xfe"].concat()),
+            (1, 3)
+        );
+        let d = decode_utf8("f.yaml", b"x\n  \xc3\x28".to_vec()).unwrap_err();
+        assert!(
+            d.to_string()
+                .starts_with("error: f.yaml:2:3: byte 0xc3 is not valid UTF-8"),
+            "{d}"
+        );
+        assert_eq!(decode_utf8("f.yaml", b"ok".to_vec()).unwrap(), "ok");
+    }
 
     #[test]
     fn source_lines_split_like_yaml() {

@@ -316,7 +316,9 @@ fn render_node(
         "airgap": opts.airgap,
         "report_url": report_url,
         "install_secret": images::bundle::INSTALL_SECRET_PLACEHOLDER,
-        "longhorn_disks": if longhorn.is_empty() { serde_json::Value::Null } else { serde_json::Value::String(serde_json::to_string(&longhorn).unwrap()) },
+        // The list itself: the template serialises it once (`tojson`) into the annotation value,
+        // the JSON array Longhorn parses. A pre-serialised string would be encoded twice.
+        "longhorn_disks": if longhorn.is_empty() { serde_json::Value::Null } else { serde_json::Value::Array(longhorn) },
     });
     // Converted once per stage: building a minijinja value from JSON per template dominated
     // render time.

@@ -64,56 +64,66 @@ impl Secrets {
         }
     }
 
+    /// Read the secrets file; `None` when it does not exist. Never writes.
+    pub fn load(path: &Path) -> Result<Option<Secrets>, SecretsError> {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(SecretsError::Io {
+                    path: shown,
+                    source,
+                });
+            }
+        };
+        let s: Secrets = serde_saphyr::from_str(&text).map_err(|e| {
+            // Only the location: serde-saphyr's snippet would print the secret line.
+            let loc = e
+                .location()
+                .map(|l| format!("line {} column {}: ", l.line(), l.column()))
+                .unwrap_or_default();
+            SecretsError::Invalid {
+                path: shown.clone(),
+                message: format!("{loc}not a valid secrets file (keys: k3s_token, etcd_s3_access_key, etcd_s3_secret_key, sops_age_key)"),
+            }
+        })?;
+        if s.k3s_token.len() < 16 || s.k3s_token.contains(char::is_whitespace) {
+            return Err(SecretsError::Invalid {
+                path: shown,
+                message: "k3s_token must be at least 16 characters without spaces".into(),
+            });
+        }
+        Ok(Some(s))
+    }
+
     /// Read the secrets file, or create it with a fresh token when it does not exist.
     /// Returns whether it was created.
     pub fn load_or_create(path: &Path) -> Result<(Secrets, bool), SecretsError> {
+        if let Some(s) = Secrets::load(path)? {
+            return Ok((s, false));
+        }
         let shown = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let s: Secrets = serde_saphyr::from_str(&text).map_err(|e| {
-                    // Only the location: serde-saphyr's snippet would print the secret line.
-                    let loc = e
-                        .location()
-                        .map(|l| format!("line {} column {}: ", l.line(), l.column()))
-                        .unwrap_or_default();
-                    SecretsError::Invalid {
-                        path: shown.clone(),
-                        message: format!("{loc}not a valid secrets file (keys: k3s_token, etcd_s3_access_key, etcd_s3_secret_key, sops_age_key)"),
-                    }
-                })?;
-                if s.k3s_token.len() < 16 || s.k3s_token.contains(char::is_whitespace) {
-                    return Err(SecretsError::Invalid {
-                        path: shown,
-                        message: "k3s_token must be at least 16 characters without spaces".into(),
-                    });
-                }
-                Ok((s, false))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let s = Secrets::generate();
-                let mut text = String::from(
-                    "# ironseed cluster secrets. Keep this file private and backed up together with\n\
-                     # the etcd snapshots: the token also encrypts the cluster's bootstrap data.\n",
-                );
-                text.push_str(
-                    &serde_saphyr::to_string(&s).map_err(|e| SecretsError::Invalid {
-                        path: shown.clone(),
-                        message: e.to_string(),
-                    })?,
-                );
-                crate::fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| {
-                    SecretsError::Io {
-                        path: shown,
-                        source,
-                    }
-                })?;
-                Ok((s, true))
-            }
-            Err(source) => Err(SecretsError::Io {
+        let s = Secrets::generate();
+        let mut text = String::from(
+            "# ironseed cluster secrets. Keep this file private and backed up together with\n\
+             # the etcd snapshots: the token also encrypts the cluster's bootstrap data.\n",
+        );
+        text.push_str(
+            &serde_saphyr::to_string(&s).map_err(|e| SecretsError::Invalid {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?,
+        );
+        // write_atomic's temporary file is created 0600 (mkstemp), so the token is never
+        // readable by others, not even before the final rename.
+        crate::fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| {
+            SecretsError::Io {
                 path: shown,
                 source,
-            }),
-        }
+            }
+        })?;
+        Ok((s, true))
     }
 }
 

@@ -50,14 +50,13 @@ fn bundle_files(a: &UsbImageArgs) -> Result<BTreeMap<String, Vec<u8>>> {
         .secrets
         .clone()
         .unwrap_or_else(|| secrets::default_path(l.path.as_deref()));
-    if !path.exists() {
+    let Some(s) = Secrets::load(&path).context("loading secrets")? else {
         bail!(
             "{}: no secrets file; a stick with a fresh k3s token could not join the cluster \
              (run `builder render` first, or pass --secrets)",
             path.display()
         );
-    }
-    let (s, _) = Secrets::load_or_create(&path).context("loading secrets")?;
+    };
     // No bundle folder to learn joined nodes from: every node renders in its first form.
     let opts = commands::options(&l, Path::new("/nonexistent/ironseed-bundle"))?;
     let b = render::render(&l.inventory, &s, &l.templates, &opts).context("rendering")?;

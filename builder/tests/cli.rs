@@ -249,6 +249,28 @@ fn diff_shows_what_a_render_would_change_without_secrets() {
     );
 }
 
+/// Protects "diff writes nothing" (issue 12: diff created the secrets file when it was
+/// missing). On a fresh folder diff says what render would create and leaves the folder empty.
+#[test]
+fn diff_on_a_fresh_folder_creates_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("lab.yaml"), DEFAULT_INVENTORY).unwrap();
+    let o = builder(&["diff", "-i", "lab.yaml", "-o", "b"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("lab.secrets.yaml does not exist")
+            && err.contains("`builder render` would create it"),
+        "{err}"
+    );
+    assert!(stdout(&o).contains("added    plan.json"), "{}", stdout(&o));
+    let names: Vec<String> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["lab.yaml"], "diff wrote files");
+}
+
 #[test]
 fn help_documents_every_flag_and_readme_mentions_them() {
     let readme =

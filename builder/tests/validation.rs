@@ -1,6 +1,8 @@
 //! One test per validation rule. Each starts from the default inventory (which is valid), breaks
 //! exactly one thing, and asserts the diagnostic for it: removing the rule fails its test.
 
+mod common;
+
 use builder::diag::{Diagnostic, Diagnostics};
 use builder::inventory::{self, DEFAULT_INVENTORY, ProfileSet};
 use builder::templates::Templates;
@@ -432,4 +434,84 @@ fn report_has_file_line_column_and_a_caret() {
     assert!(out.contains(&format!("error: inv.yaml:{line}:")), "{out}");
     assert!(out.contains("^"), "{out}");
     assert!(out.contains("1 error(s)"), "{out}");
+}
+
+/// `builder validate --inventory FILE` on `bytes`, in a fresh folder: (exit code, stderr).
+fn validate_file(bytes: &[u8]) -> (Option<i32>, String) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("inv.yaml"), bytes).unwrap();
+    let o = common::builder_cmd(&["validate", "--inventory", "inv.yaml"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    (o.status.code(), common::stderr(&o))
+}
+
+/// Protects the FILE:LINE:COLUMN promise for bytes that are not UTF-8 (was: "stream did not
+/// contain valid UTF-8" with no position).
+#[test]
+fn non_utf8_byte_is_reported_with_line_and_column() {
+    let text = mutate("  name: homelab", "  name: home\u{1}lab");
+    let line = text.lines().position(|l| l.contains('\u{1}')).unwrap() + 1;
+    let bytes = text.replacen('\u{1}', "\u{fffd}", 1).into_bytes();
+    // U+FFFD is EF BF BD: its first byte alone is not UTF-8.
+    let at = bytes
+        .windows(3)
+        .position(|w| w == [0xef, 0xbf, 0xbd])
+        .unwrap();
+    let mut bytes = bytes;
+    bytes.splice(at..at + 3, [0xff]);
+    let (code, err) = validate_file(&bytes);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("inv.yaml:{line}:13: byte 0xff is not valid UTF-8")),
+        "{err}"
+    );
+    assert!(!err.contains("stream did not contain"), "{err}");
+}
+
+/// Protects plain wording for the parser's alias/size limits (was: "budget breached: Nodes {
+/// nodes: 250001 }"): the message names the limit, and the position of the expansion.
+#[test]
+fn alias_bomb_is_refused_in_plain_words_with_its_place() {
+    let mut bomb = String::from("bomb0: &b0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..8 {
+        let refs = vec![format!("*b{}", i - 1); 10].join(", ");
+        bomb.push_str(&format!("bomb{i}: &b{i} [{refs}]\n"));
+    }
+    let text = format!("{DEFAULT_INVENTORY}{bomb}");
+    let d = check(&text);
+    let e = d.errors().next().expect("refused");
+    assert!(
+        e.message
+            .contains("expands to more than 250,000 YAML values (aliases"),
+        "{e}"
+    );
+    assert!(
+        !e.message.contains("budget") && !e.message.contains('{'),
+        "{e}"
+    );
+    let first_bomb_line = DEFAULT_INVENTORY.lines().count() as u64 + 1;
+    assert!(e.span.line > first_bomb_line && e.span.column > 0, "{e}");
+    let (code, err) = validate_file(text.as_bytes());
+    assert_eq!(code, Some(1));
+    assert!(err.contains("YAML values (aliases"), "{err}");
+    assert!(err.len() < 2000, "{err}");
+}
+
+/// Protects the terminal from values echoed whole (was: a 20 MB scalar printed twice, 38 MiB of
+/// stderr): messages and source snippets cut values to a readable length with their size.
+#[test]
+fn huge_values_are_cut_in_error_messages() {
+    let huge = "x".repeat(20_000_000);
+    let text = mutate("  name: homelab", &format!("  name: {huge}"));
+    let (code, err) = validate_file(text.as_bytes());
+    assert_eq!(code, Some(1));
+    assert!(err.len() < 4096, "{} bytes of stderr", err.len());
+    assert!(err.contains("cluster.name: `xxxx"), "{err}");
+    assert!(err.contains("…(20000000 bytes)"), "{err}");
+    // Control characters in a value are escaped, not sent to the terminal.
+    let d = check(&mutate("  name: homelab", "  name: \"a\\e[2Jb\""));
+    let e = error(&d, "cluster.name", "must be");
+    assert!(e.message.contains("a\\u{1b}[2Jb"), "{e}");
 }

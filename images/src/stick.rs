@@ -331,10 +331,16 @@ pub fn build(
     let tmp = out.with_file_name(format!(".{name}.partial"));
     let result = (|| {
         {
-            let f = File::create(&tmp).map_err(io_ctx(format!("creating {}", tmp.display())))?;
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(io_ctx(format!("chmod {}", tmp.display())))?;
+            // 0600 from creation (the stick carries the node's seed, with the cluster token): a
+            // file opened while it was briefly 0644 would stay readable through that descriptor.
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = fs::remove_file(&tmp);
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_ctx(format!("creating {}", tmp.display())))?;
             f.set_len(l.total)
                 .map_err(io_ctx(format!("sizing {}", tmp.display())))?;
         }

@@ -66,8 +66,9 @@ impl ProfileSet {
             files.sort();
             for p in files {
                 let name = p.display().to_string();
-                match std::fs::read_to_string(&p) {
-                    Ok(text) => set.add(&name, &text, diags),
+                match std::fs::read(&p).map(|b| crate::diag::decode_utf8(&name, b)) {
+                    Ok(Ok(text)) => set.add(&name, &text, diags),
+                    Ok(Err(d)) => diags.error(d.span, d.path, d.message),
                     Err(e) => diags.error(Span::new(name, 0, 0), "", format!("cannot read: {e}")),
                 }
             }
