@@ -223,6 +223,9 @@ fn a_blank_vm_is_installed_and_boots_as_its_node() {
     let (mut pxe, _log) =
         start_pxe_with(&lab, &bundle, &dir, "snponly.efi", &["--artifacts", &art]);
     eprintln!("timing: lab up {:>6.1} s", t0.elapsed().as_secs_f64());
+    // The secret the BIOS node will install with (the same script its iPXE gets next), to
+    // replay its seed URL after the install.
+    let secret = install_secret(&ns, NODE_MAC);
 
     let d = dir.as_path();
     let labr = &lab;
@@ -285,6 +288,14 @@ fn a_blank_vm_is_installed_and_boots_as_its_node() {
     if uefi {
         assert_installed_and_configured(&ns, &vms[2], UEFI_NODE, UEFI_IP, &bundle);
     }
+    // The install secret died at `installed`: a replayed seed or plan URL gives nothing.
+    for path in [
+        format!("/seed/{NODE}/{secret}/user-data"),
+        format!("/plan/{NODE}/{secret}"),
+    ] {
+        let (st, body) = http(&ns, "GET", &path, None);
+        assert_eq!(st, 404, "replayed {path} after installed: {body}");
+    }
     let unknown = &vms[1];
     assert!(!unknown.serial_text().contains("ironseed: installing"));
     let blank = std::fs::read(&unknown.disk).unwrap();
@@ -316,7 +327,8 @@ fn a_blank_vm_is_installed_and_boots_as_its_node() {
         .args(["netns", "exec", &ns])
         .arg(builder_bin())
         .args(["rebuild", NODE, "--mac", NEW_MAC, "--watch", "--server"])
-        .arg(format!("http://{SERVER}:{HTTP_PORT}"));
+        .arg(format!("http://{SERVER}:{HTTP_PORT}"))
+        .env("IRONSEED_API_TOKEN", API_TOKEN);
     source(&mut rebuild);
     let watch = std::thread::spawn(move || rebuild.output().expect("builder rebuild"));
     // `--watch` is running: the node is armed once the API says so.

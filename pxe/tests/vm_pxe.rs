@@ -47,6 +47,9 @@ const UEFI_MAC: &str = "52:54:00:88:00:21";
 /// Not in vmlab.yaml.
 const UNKNOWN_MAC: &str = "52:54:00:88:00:99";
 
+/// The stand-in image checksum this test publishes.
+const IMAGE_SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
 #[test]
 fn pxe_serve_boots_real_firmware() {
     let name = "pxe_serve_boots_real_firmware";
@@ -83,7 +86,22 @@ fn pxe_serve_boots_real_firmware() {
     let _router = start_router(&lab, dir.as_path());
     // EDK2's PXE client with `romfile=` fetches snponly.efi: it drives the NIC through the
     // firmware's own SNP driver, as there is no iPXE driver ROM for it.
-    let (mut pxe, pxe_log) = start_pxe(&lab, &bundle, dir.as_path(), "snponly.efi");
+    // The published checksum `installed` must report (no image is served in this test).
+    let art = dir.join("artifacts");
+    std::fs::create_dir_all(art.join("images")).unwrap();
+    std::fs::write(
+        art.join("images/debian-12.raw.zst.sha256"),
+        format!("{IMAGE_SHA}  debian-12.raw.zst\n"),
+    )
+    .unwrap();
+    let art = art.display().to_string();
+    let (mut pxe, pxe_log) = start_pxe_with(
+        &lab,
+        &bundle,
+        dir.as_path(),
+        "snponly.efi",
+        &["--artifacts", &art],
+    );
     eprintln!("timing: lab up {:>6.1} s", t0.elapsed().as_secs_f64());
 
     let before = states(&ns);
@@ -184,12 +202,20 @@ fn pxe_serve_boots_real_firmware() {
         installed.push("vm-uefi1");
     }
     for node in &installed {
+        let mac = if *node == "vm-bios1" { BIOS_MAC } else { UEFI_MAC };
+        let secret = install_secret(&ns, mac);
         post_event(
             &ns,
             node,
+            &secret,
             r#"{"event":"installing","disk":"/dev/vda","total":1}"#,
         );
-        post_event(&ns, node, r#"{"event":"installed","sha256":"x"}"#);
+        post_event(
+            &ns,
+            node,
+            &secret,
+            &format!(r#"{{"event":"installed","sha256":"{IMAGE_SHA}"}}"#),
+        );
         assert_eq!(states(&ns)[*node], "installed");
     }
     let p2 = Instant::now();

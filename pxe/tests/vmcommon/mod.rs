@@ -323,6 +323,10 @@ pub fn render_bundle(out: &Path) {
         .arg(fixtures.join("vmlab.secrets.yaml")));
 }
 
+/// The operator API token of the lab's `pxe serve` (a private namespace; written 0600 and
+/// passed with `--api-token-file`).
+pub const API_TOKEN: &str = "4c61622d6f6e6c792d746f6b656e2d6f662d7468652d766d2d6c61622d313233";
+
 /// `pxe serve` in the namespace, ready once it printed its READY line.
 pub fn start_pxe(lab: &Lab, bundle: &Path, dir: &Path, efi_file: &str) -> (Proc, PathBuf) {
     start_pxe_with(lab, bundle, dir, efi_file, &[])
@@ -338,6 +342,18 @@ pub fn start_pxe_with(
 ) -> (Proc, PathBuf) {
     let log = dir.join("pxe.log");
     service_user::ensure_service_user();
+    let token_file = dir.join("api-token");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&token_file)
+            .unwrap();
+        writeln!(f, "{API_TOKEN}").unwrap();
+    }
     let mut child = Command::new("ip")
         .args([
             "netns",
@@ -353,6 +369,10 @@ pub fn start_pxe_with(
         .arg("--state")
         .arg(dir.join("state"))
         .args(["--ipxe-dir", IPXE_DIR, "--efi-file", efi_file])
+        .arg("--api-token-file")
+        .arg(&token_file)
+        // A first deployment: the lab's nodes start armed.
+        .arg("--arm-new")
         .args(extra)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -382,10 +402,11 @@ pub fn start_pxe_with(
     (p, log)
 }
 
-/// One HTTP/1.0 request to the server, from a thread inside the namespace.
+/// One HTTP/1.0 request to the server, from a thread inside the namespace, as the operator
+/// (with the API token; the node-facing routes ignore it).
 pub fn http(ns: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {SERVER}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        "{method} {path} HTTP/1.0\r\nHost: {SERVER}\r\nAuthorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
         body.map_or(0, str::len),
         body.unwrap_or("")
     );
@@ -439,11 +460,25 @@ pub fn tftp_finished(ns: &str) -> u64 {
         .unwrap_or_else(|| panic!("no finished TFTP counter in /metrics:\n{body}"))
 }
 
-pub fn post_event(ns: &str, node: &str, event: &str) {
+/// The live install secret of the node behind `mac`, from its boot script (as iPXE gets it;
+/// the node must be armed or mid-install).
+pub fn install_secret(ns: &str, mac: &str) -> String {
+    let (st, script) = http(ns, "GET", &format!("/boot/{mac}.ipxe"), None);
+    assert_eq!(st, 200, "{script}");
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ironseed.plan="))
+        .and_then(|p| p.rsplit('/').next())
+        .unwrap_or_else(|| panic!("no install secret in {script}"))
+        .to_string()
+}
+
+/// Post an installer event with the node's install secret, as the installer would.
+pub fn post_event(ns: &str, node: &str, secret: &str, event: &str) {
     let (st, body) = http(
         ns,
         "POST",
-        &format!("/api/v1/nodes/{node}/events"),
+        &format!("/install/{node}/{secret}/events"),
         Some(event),
     );
     assert_eq!(st, 200, "event {event} for {node}: {body}");
