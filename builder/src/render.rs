@@ -12,6 +12,7 @@ use crate::inventory::model::{DiskPurpose, Inventory, Node, Role};
 use crate::k3s_flags;
 use crate::secrets::Secrets;
 use crate::templates::{TemplateError, Templates};
+use images::bundle::{Artifact, Plan, PlanNode};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleFile {
@@ -39,15 +40,16 @@ impl Bundle {
 
     /// `sha256sum -c` format, relative paths, sorted.
     pub fn sha256sums(&self) -> String {
-        self.files
-            .iter()
-            .filter(|(p, _)| p.as_str() != SUMS)
-            .map(|(p, f)| format!("{}  {p}\n", hex(&Sha256::digest(&f.bytes))))
-            .collect()
+        images::bundle::files::sums_text(
+            self.files
+                .iter()
+                .filter(|(p, _)| p.as_str() != SUMS)
+                .map(|(p, f)| (p.as_str(), f.bytes.as_slice())),
+        )
     }
 }
 
-pub const SUMS: &str = "SHA256SUMS";
+pub const SUMS: &str = images::bundle::files::SUMS;
 pub const PLAN: &str = "plan.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -116,9 +118,7 @@ pub struct ClusterReset {
     pub s3: bool,
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use images::bundle::hex;
 
 /// The node's first-boot report token (`images::bundle`): in its seed and in the owner-only
 /// plan, so `pxe` can check first-boot reports. Derived from the cluster token under its own
@@ -153,27 +153,26 @@ pub fn render(
         .map_or(1, |n| n.get())
         .min(8);
     let chunk = inv.nodes.len().div_ceil(threads).max(1);
-    let parts: Vec<Result<(Bundle, Vec<serde_json::Value>), RenderError>> =
-        std::thread::scope(|s| {
-            let handles: Vec<_> = inv
-                .nodes
-                .chunks(chunk)
-                .map(|nodes| {
-                    s.spawn(move || {
-                        let mut b = Bundle::default();
-                        let mut plans = Vec::with_capacity(nodes.len());
-                        for node in nodes {
-                            plans.push(render_node(inv, secrets, templates, opts, node, &mut b)?);
-                        }
-                        Ok((b, plans))
-                    })
+    let parts: Vec<Result<(Bundle, Vec<PlanNode>), RenderError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = inv
+            .nodes
+            .chunks(chunk)
+            .map(|nodes| {
+                s.spawn(move || {
+                    let mut b = Bundle::default();
+                    let mut plans = Vec::with_capacity(nodes.len());
+                    for node in nodes {
+                        plans.push(render_node(inv, secrets, templates, opts, node, &mut b)?);
+                    }
+                    Ok((b, plans))
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("render thread panicked"))
-                .collect()
-        });
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("render thread panicked"))
+            .collect()
+    });
     let mut bundle = Bundle::default();
     let mut plan_nodes = Vec::new();
     for part in parts {
@@ -193,28 +192,44 @@ pub fn render(
         templates.render("ipxe/unknown.ipxe.j2", &ctx)?,
         0o644,
     );
-    let plan = json!({
-        "version": images::bundle::PLAN_VERSION,
-        "cluster": inv.cluster.name,
-        "domain": inv.cluster.domain,
-        "api_vip": inv.cluster.api.vip,
-        "appliance": inv.appliance,
-        "network": inv.network,
-        "os_image": inv.os.image,
-        "local_boot_script": "ipxe/local.ipxe",
-        "unknown_script": "ipxe/unknown.ipxe",
-        "airgap": inv.cluster.k3s.airgap.as_ref().zip(opts.airgap.as_ref()).map(|(a, h)| json!({
-            "k3s": {"path": a.binary, "sha256": h.binary_sha256},
-            "k3s-airgap-images.tar.zst": {"path": a.images, "sha256": h.images_sha256},
-            "install.sh": {"path": a.install_script, "sha256": h.install_script_sha256},
-        })),
-        "joined": opts.joined,
-        "nodes": plan_nodes,
-    });
-    let mut text = serde_json::to_string_pretty(&plan).expect("plan serialises");
-    text.push('\n');
-    // The plan holds each node's seed URL token: private like the seeds themselves.
-    bundle.add(PLAN, text, 0o600);
+    let artifact = |path: &std::path::Path, sha256: &str| Artifact {
+        path: path.to_path_buf(),
+        sha256: sha256.to_string(),
+    };
+    let plan = Plan {
+        version: images::bundle::PLAN_VERSION,
+        cluster: inv.cluster.name.clone(),
+        domain: inv.cluster.domain.clone(),
+        api_vip: inv.cluster.api.vip,
+        appliance: inv.appliance.clone(),
+        network: inv.network.clone(),
+        os_image: inv.os.image.clone(),
+        local_boot_script: "ipxe/local.ipxe".into(),
+        unknown_script: "ipxe/unknown.ipxe".into(),
+        airgap: inv
+            .cluster
+            .k3s
+            .airgap
+            .as_ref()
+            .zip(opts.airgap.as_ref())
+            .map(|(a, h)| {
+                BTreeMap::from([
+                    ("k3s".to_string(), artifact(&a.binary, &h.binary_sha256)),
+                    (
+                        "k3s-airgap-images.tar.zst".to_string(),
+                        artifact(&a.images, &h.images_sha256),
+                    ),
+                    (
+                        "install.sh".to_string(),
+                        artifact(&a.install_script, &h.install_script_sha256),
+                    ),
+                ])
+            }),
+        joined: opts.joined.iter().cloned().collect(),
+        nodes: plan_nodes,
+    };
+    // The plan holds each node's report token: private like the seeds themselves.
+    bundle.add(PLAN, plan.to_json(), 0o600);
     let sums = bundle.sha256sums();
     bundle.add(SUMS, sums, 0o644);
     Ok(bundle)
@@ -281,7 +296,7 @@ fn render_node(
     opts: &RenderOptions,
     node: &Node,
     bundle: &mut Bundle,
-) -> Result<serde_json::Value, RenderError> {
+) -> Result<PlanNode, RenderError> {
     let host = node.hostname.as_str();
     let dir = format!("nodes/{host}");
     let token = report_token(secrets, host);
@@ -481,26 +496,45 @@ fn render_node(
     debug_assert!(install_ipxe.contains(images::bundle::INSTALL_SECRET_PLACEHOLDER));
     bundle.add(ipxe_path.clone(), install_ipxe, 0o644);
 
-    Ok(json!({
-        "hostname": host,
-        "fqdn": node.fqdn,
-        "role": node.role,
-        "bootstrap": node.bootstrap && !opts.joined.contains(host),
-        "mac": node.mac,
-        "extra_macs": node.extra_macs,
-        "ip": node.ip,
-        "prefix_len": node.prefix_len,
-        "profile": node.profile.name,
-        "firmware": node.profile.firmware,
-        "dhcp_arch": node.profile.dhcp_arch,
-        "boot_nic": node.profile.boot_nic.name,
-        "install_disk": node.profile.install_disk,
-        "data_disks": node.profile.data_disks,
-        "kernel_args": node.kernel_args,
-        "seed_dir": dir,
-        "report_token": token,
-        "install_script": ipxe_path,
-    }))
+    Ok(PlanNode {
+        hostname: node.hostname.clone(),
+        fqdn: node.fqdn.clone(),
+        role: node.role,
+        bootstrap: node.bootstrap && !opts.joined.contains(host),
+        mac: images::bundle::Mac(node.mac.0),
+        extra_macs: node
+            .extra_macs
+            .iter()
+            .map(|m| images::bundle::Mac(m.0))
+            .collect(),
+        ip: node.ip,
+        prefix_len: node.prefix_len,
+        profile: node.profile.name.clone(),
+        firmware: node.profile.firmware,
+        dhcp_arch: node.profile.dhcp_arch,
+        boot_nic: node.profile.boot_nic.name.clone(),
+        install_disk: node.profile.install_disk.clone(),
+        data_disks: node
+            .profile
+            .data_disks
+            .iter()
+            .map(|d| images::plan::DataDisk {
+                name: d.name.clone(),
+                purpose: match d.purpose {
+                    DiskPurpose::Longhorn => "longhorn",
+                    DiskPurpose::NfsPool => "nfs-pool",
+                }
+                .into(),
+                selector: d.selector.clone(),
+                filesystem: d.filesystem.clone(),
+                mount: d.mount.clone(),
+            })
+            .collect(),
+        kernel_args: node.kernel_args.clone(),
+        seed_dir: dir,
+        report_token: token,
+        install_script: ipxe_path,
+    })
 }
 
 /// Parse a rendered YAML file back; a template that produces broken YAML fails the render.

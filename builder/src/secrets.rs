@@ -57,7 +57,7 @@ impl Secrets {
         let bytes: [u8; 24] = rand::rng().random();
         Secrets {
             // The first server accepts only the short (password) token form.
-            k3s_token: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            k3s_token: images::bundle::hex(&bytes),
             etcd_s3_access_key: None,
             etcd_s3_secret_key: None,
             sops_age_key: None,

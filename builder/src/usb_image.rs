@@ -1,6 +1,6 @@
 //! `builder usb image NODE --out FILE`: the offline installer stick. The bundle is rendered in
 //! memory (or read from --bundle), the node's install plan made by the same function `pxe`
-//! serves `/plan/<node>/<token>` with (`images::plan::BundlePlan::install_plan`), and the image
+//! serves `/plan/<node>/<secret>` with (`images::bundle::Plan::install_plan`), and the image
 //! assembled by `images::stick`.
 
 use std::collections::BTreeMap;
@@ -8,11 +8,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
 use builder::render;
 use builder::secrets::{self, Secrets};
-use images::plan::{BundlePlan, ImageRef, SeedUrls, Sources, stick_image_url};
+use images::bundle::Plan;
+use images::plan::{ImageRef, SeedUrls, Sources, stick_image_url};
 use images::stick::{self, StickInputs};
 
 use crate::cli::UsbImageArgs;
@@ -22,28 +22,10 @@ use crate::golden_cmd::artifacts_dir;
 /// The bundle's files, from --bundle (checked against its SHA256SUMS) or a render in memory.
 fn bundle_files(a: &UsbImageArgs) -> Result<BTreeMap<String, Vec<u8>>> {
     if let Some(dir) = &a.bundle {
-        let sums_path = dir.join(render::SUMS);
-        let sums = std::fs::read_to_string(&sums_path)
-            .with_context(|| format!("reading {}", sums_path.display()))?;
-        let mut files = BTreeMap::new();
-        for line in sums.lines().filter(|l| !l.trim().is_empty()) {
-            let Some((want, rel)) = line.split_once("  ") else {
-                bail!("{}: malformed line `{line}`", sums_path.display());
-            };
-            if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
-                bail!("{}: `{rel}` leaves the bundle", sums_path.display());
-            }
-            let bytes = std::fs::read(dir.join(rel))
-                .with_context(|| format!("reading {}", dir.join(rel).display()))?;
-            if render::hex(&Sha256::digest(&bytes)) != want {
-                bail!(
-                    "{}: checksum mismatch with SHA256SUMS (a partial copy or an edited file?); re-render the bundle",
-                    dir.join(rel).display()
-                );
-            }
-            files.insert(rel.to_string(), bytes);
-        }
-        return Ok(files);
+        // The same reader pxe uses: every file checked against SHA256SUMS, no symlinks.
+        let files = images::bundle::files::read_files(dir)
+            .with_context(|| format!("reading the bundle {}", dir.display()))?;
+        return Ok(files.into_iter().map(|(p, b)| (p, b.to_vec())).collect());
     }
     let l = commands::load(&a.source)?;
     let path = a
@@ -69,8 +51,7 @@ pub fn image(a: &UsbImageArgs) -> Result<()> {
     let plan_json = files
         .get(render::PLAN)
         .context("the bundle has no plan.json")?;
-    let bundle: BundlePlan =
-        serde_json::from_slice(plan_json).context("reading the bundle's plan.json")?;
+    let bundle = Plan::from_json(plan_json).context("reading the bundle's plan.json")?;
     let Some(node) = bundle.node(&a.node) else {
         let names: Vec<&str> = bundle.nodes.iter().map(|n| n.hostname.as_str()).collect();
         bail!(

@@ -162,9 +162,7 @@ fn marker_path(part: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::bundle::hex;
 
 fn hash_reader(r: &mut dyn Read, h: &mut Sha256) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];

@@ -1,7 +1,7 @@
 //! The install plan: what `pxe` tells the installer about one node (`GET /plan/<node>/<token>`),
 //! and what an offline installer stick carries in `/ironseed/plan.json`. One type on every side,
-//! and one function ([`BundlePlan::install_plan`]) that makes it from a rendered bundle's
-//! `plan.json`, so the server, the stick builder and the installer cannot drift apart.
+//! and one function ([`crate::bundle::Plan::install_plan`]) that makes it from a rendered
+//! bundle's `plan.json`, so the server, the stick builder and the installer cannot drift apart.
 
 use std::net::Ipv4Addr;
 
@@ -81,40 +81,6 @@ pub struct InstallPlan {
     pub report: String,
 }
 
-/// The parts of a rendered bundle's `plan.json` an install plan is made of. Lenient on purpose
-/// (unknown fields are ignored): `pxe` reads the whole plan with its own, strict types; this is
-/// the view that `pxe` and `builder usb image` share.
-#[derive(Debug, Clone, Deserialize)]
-pub struct BundlePlan {
-    pub os_image: String,
-    pub network: BundleNetwork,
-    pub nodes: Vec<BundleNode>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct BundleNetwork {
-    pub gateway: Ipv4Addr,
-    pub dns: Vec<Ipv4Addr>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct BundleNode {
-    pub hostname: String,
-    pub fqdn: String,
-    pub role: String,
-    pub mac: String,
-    pub ip: Ipv4Addr,
-    pub prefix_len: u8,
-    pub boot_nic: String,
-    pub firmware: String,
-    pub install_disk: Selector,
-    pub data_disks: Vec<DataDisk>,
-    #[serde(default)]
-    pub kernel_args: Vec<String>,
-    /// The node's seed folder in the bundle (`nodes/<hostname>`).
-    pub seed_dir: String,
-}
-
 /// Where the installer gets the image and the seed, and where it reports: the appliance's URLs
 /// for a network install, the stick for an offline one.
 #[derive(Debug, Clone)]
@@ -122,35 +88,6 @@ pub struct Sources {
     pub image: ImageRef,
     pub seed: SeedUrls,
     pub report: String,
-}
-
-impl BundlePlan {
-    pub fn node(&self, hostname: &str) -> Option<&BundleNode> {
-        self.nodes.iter().find(|n| n.hostname == hostname)
-    }
-
-    /// The install plan of `hostname`, or `None` if the bundle has no such node.
-    pub fn install_plan(&self, hostname: &str, sources: Sources) -> Option<InstallPlan> {
-        let n = self.node(hostname)?;
-        Some(InstallPlan {
-            hostname: n.hostname.clone(),
-            fqdn: n.fqdn.clone(),
-            role: n.role.clone(),
-            mac: n.mac.to_ascii_lowercase(),
-            ip: n.ip,
-            prefix_len: n.prefix_len,
-            gateway: self.network.gateway,
-            dns: self.network.dns.clone(),
-            boot_nic: n.boot_nic.clone(),
-            firmware: n.firmware.clone(),
-            install_disk: n.install_disk.clone(),
-            data_disks: n.data_disks.clone(),
-            kernel_args: n.kernel_args.clone(),
-            image: sources.image,
-            seed: sources.seed,
-            report: sources.report,
-        })
-    }
 }
 
 impl InstallPlan {
@@ -229,12 +166,15 @@ mod tests {
 
     #[test]
     fn a_bundle_plan_makes_the_install_plan_of_its_node() {
-        let plan: BundlePlan = serde_json::from_str(
-            r#"{"version":1,"os_image":"debian-12","extra":true,
-                "network":{"gateway":"10.0.20.1","dns":["10.0.20.1"],"subnet":"10.0.20.0/24"},
-                "nodes":[{"hostname":"k3s1","fqdn":"k3s1.lab","role":"server","mac":"52:54:00:AA:BB:CC",
-                  "ip":"10.0.20.11","prefix_len":24,"boot_nic":"eno1","firmware":"uefi",
-                  "install_disk":{"model":"X"},"data_disks":[],"seed_dir":"nodes/k3s1","seed_token":"t"}]}"#,
+        let plan = crate::bundle::Plan::from_json(
+            br#"{"version":2,"cluster":"c","domain":"lab","api_vip":"10.0.20.10",
+                "appliance":{"ip":"10.0.20.5","http_port":8080,"url":"http://10.0.20.5:8080"},
+                "os_image":"debian-12","local_boot_script":"ipxe/local.ipxe","unknown_script":"ipxe/unknown.ipxe",
+                "network":{"gateway":"10.0.20.1","dns":["10.0.20.1"],"subnet":"10.0.20.0/24","dhcp_pool":null},
+                "nodes":[{"hostname":"k3s1","fqdn":"k3s1.lab","role":"server","bootstrap":true,"mac":"52:54:00:AA:BB:CC",
+                  "ip":"10.0.20.11","prefix_len":24,"profile":"vm","boot_nic":"eno1","firmware":"uefi","dhcp_arch":7,
+                  "install_disk":{"model":"X"},"data_disks":[],"seed_dir":"nodes/k3s1","report_token":"t",
+                  "install_script":"ipxe/k3s1.ipxe"}]}"#,
         )
         .unwrap();
         let src = Sources {

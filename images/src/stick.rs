@@ -388,12 +388,7 @@ pub fn build(
         };
         let n = copy_into(&mut hashing, &mut img, l.image_start)
             .map_err(io_ctx(format!("copying {}", i.image_file.display())))?;
-        let actual: String = hashing
-            .hash
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let actual = crate::bundle::hex(&hashing.hash.finalize());
         if actual != sha.to_ascii_lowercase() || n != image_len {
             return Err(StickError::Checksum {
                 file: i.image_file.display().to_string(),

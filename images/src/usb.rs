@@ -6,6 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 
 use sha2::{Digest, Sha256};
 
+use crate::bundle::hex;
 use crate::write::{self, Compression, ImageSpec, Target, WriteError};
 
 /// What the system layer found out about a write target.
@@ -162,10 +163,6 @@ pub struct ImageInfo {
 }
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 /// Hash `r` to its end; returns (bytes, sha256).
 fn hash_all(r: &mut dyn Read, mut also: impl FnMut(&[u8])) -> io::Result<(u64, String)> {

@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
+use crate::bundle::hex;
 use sha2::{Digest, Sha256};
 
 pub const HEAD: usize = 1 << 20;
@@ -95,10 +96,6 @@ impl<R: Read> Read for Hashing<R> {
         self.hash.update(&buf[..n]);
         Ok(n)
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Fill `buf` as far as the reader goes; returns how much was read (short only at EOF).

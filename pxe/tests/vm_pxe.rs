@@ -202,7 +202,11 @@ fn pxe_serve_boots_real_firmware() {
         installed.push("vm-uefi1");
     }
     for node in &installed {
-        let mac = if *node == "vm-bios1" { BIOS_MAC } else { UEFI_MAC };
+        let mac = if *node == "vm-bios1" {
+            BIOS_MAC
+        } else {
+            UEFI_MAC
+        };
         let secret = install_secret(&ns, mac);
         post_event(
             &ns,

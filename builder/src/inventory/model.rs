@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+/// The plan contract's types (`images::bundle`): the inventory model uses them as they are.
+pub use images::bundle::{Appliance, Firmware, Network, Pool, Role};
+
 pub use super::types::{Hostname, Mac, SshKey, Taint};
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,36 +112,6 @@ pub struct Flux {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Network {
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
-    pub dns: Vec<Ipv4Addr>,
-    pub search: Vec<String>,
-    pub ntp: Vec<String>,
-    pub dhcp_pool: Option<Pool>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Pool {
-    pub start: Ipv4Addr,
-    pub end: Ipv4Addr,
-}
-
-impl Pool {
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        self.start <= ip && ip <= self.end
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Appliance {
-    pub ip: Ipv4Addr,
-    pub http_port: u16,
-    /// Base URL nodes reach the appliance at, without a trailing slash.
-    pub url: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
 pub struct Ssh {
     pub user: String,
     pub authorized_keys: Vec<SshKey>,
@@ -150,20 +123,6 @@ pub struct Os {
     pub mirror: String,
     pub suite: String,
     pub timezone: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Server,
-    Agent,
-    Nfs,
-}
-
-impl Role {
-    pub fn runs_k3s(self) -> bool {
-        self != Role::Nfs
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -195,13 +154,6 @@ pub struct NodeGpu {
     pub vendor: String,
     pub default_runtime: bool,
     pub driver_packages: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Firmware {
-    Bios,
-    Uefi,
 }
 
 #[derive(Debug, Clone, Serialize)]

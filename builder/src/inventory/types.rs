@@ -57,50 +57,8 @@ impl Serialize for Mac {
     }
 }
 
-/// A host name: one RFC 1123 label (lowercase letters, digits, `-`; 1–63 chars; no leading or
-/// trailing `-`). Lowercase only, because k3s node names and cloud-init hostnames are compared
-/// case-sensitively.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Hostname(String);
-
-impl Hostname {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for Hostname {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        check_label(s).map(|_| Hostname(s.to_string()))
-    }
-}
-
-fn check_label(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("host name is empty".into());
-    }
-    if s.len() > 63 {
-        return Err(format!(
-            "`{s}` is {} characters long; RFC 1123 allows 63",
-            s.len()
-        ));
-    }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Err(format!(
-            "`{s}` is not an RFC 1123 host name: `{c}` is not allowed (use lowercase letters, digits and `-`)"
-        ));
-    }
-    if s.starts_with('-') || s.ends_with('-') {
-        return Err(format!(
-            "`{s}` is not an RFC 1123 host name: it must not start or end with `-`"
-        ));
-    }
-    Ok(())
-}
+/// Host names are the plan contract's type (`images::bundle`).
+pub use images::bundle::{Hostname, check_label};
 
 /// A DNS domain: dot-separated RFC 1123 labels.
 pub fn check_domain(s: &str) -> Result<(), String> {
@@ -111,12 +69,6 @@ pub fn check_domain(s: &str) -> Result<(), String> {
         check_label(label).map_err(|e| format!("`{s}` is not a DNS name: {e}"))?;
     }
     Ok(())
-}
-
-impl fmt::Display for Hostname {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// A Kubernetes taint `key[=value]:Effect`.

@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
+use crate::bundle::hex;
 use layout::{IDS, MIB};
 
 /// What a golden image is made of. Every field goes into the cache key.
@@ -207,10 +208,6 @@ pub struct Built {
     pub inputs: String,
     /// True when an image with the same inputs was already there and nothing was built.
     pub cached: bool,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn sha256_file(p: &Path) -> io::Result<String> {

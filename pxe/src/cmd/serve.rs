@@ -34,13 +34,12 @@ impl NodeLookup for PlanLookup {
         let bundle = self.bundle.get();
         let n = bundle.node_by_mac(mac)?;
         Some(NodeView {
-            hostname: n.hostname.clone(),
+            hostname: n.hostname.to_string(),
             inventory_ip: Some(n.ip),
             state: self.store.state(&n.hostname).unwrap_or_default(),
-            firmware: match n.firmware.as_str() {
-                "bios" => Firmware::Bios,
-                "uefi" => Firmware::Uefi,
-                _ => Firmware::Unknown,
+            firmware: match n.firmware {
+                images::bundle::Firmware::Bios => Firmware::Bios,
+                images::bundle::Firmware::Uefi => Firmware::Uefi,
             },
         })
     }

@@ -14,9 +14,7 @@
 //!   without NUL decodes as `None`, so we keep boot file names under 128 bytes
 //!   and fall back to option 67 for longer URLs.
 
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 pub use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::v4::{Flags, HType, UnknownOption};
@@ -33,65 +31,8 @@ pub const IPXE_NO_PXEDHCP: u8 = 176;
 /// PXE spec 2.1 vendor sub-option 6 (PXE_DISCOVERY_CONTROL).
 pub const PXE_DISCOVERY_CONTROL: u8 = 6;
 
-/// An Ethernet MAC address, shown lowercase colon-separated as iPXE prints
-/// `${net0/mac}` (so it can be used verbatim in per-MAC script URLs).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid MAC address {0:?} (expected six hex pairs separated by ':' or '-')")]
-pub struct MacParseError(String);
-
-impl FromStr for MacAddr {
-    type Err = MacParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || MacParseError(s.to_owned());
-        let mut out = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for b in &mut out {
-            let p = parts.next().ok_or_else(err)?;
-            // Two hex digits exactly: from_str_radix alone also takes a sign ("+a").
-            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Err(err());
-            }
-            *b = u8::from_str_radix(p, 16).map_err(|_| err())?;
-        }
-        if parts.next().is_some() {
-            return Err(err());
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-impl serde::Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+/// The workspace's one MAC type (`images::bundle::Mac`), under the name the DHCP code uses.
+pub use images::bundle::Mac as MacAddr;
 
 /// Which socket a request arrived on: the PXE spec answers differently on the
 /// DHCP port (67) and on the PXE boot-server port (4011).

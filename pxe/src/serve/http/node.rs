@@ -105,10 +105,7 @@ pub(super) async fn boot(
     };
     let text = String::from_utf8_lossy(&script);
     if !text.contains(INSTALL_SECRET_PLACEHOLDER) {
-        return internal(
-            &format!("{rel}"),
-            "no install secret placeholder in the script",
-        );
+        return internal(&rel, "no install secret placeholder in the script");
     }
     ipxe(
         text.replace(INSTALL_SECRET_PLACEHOLDER, secret.expose())
@@ -164,7 +161,7 @@ pub(super) async fn plan(
         report: format!("{base}{}", paths::install_events(&host, &secret)),
     };
     tracing::info!(node = host, client = %peer.ip(), "install plan served");
-    match bundle.install.install_plan(&node.hostname, sources) {
+    match bundle.plan.install_plan(&node.hostname, sources) {
         Some(plan) => Json(plan).into_response(),
         None => {
             // Both views come from the same plan.json: a node in one is in the other.
@@ -277,25 +274,53 @@ pub(super) async fn install_event(
     answer(&host, peer.ip(), &ev, r)
 }
 
+/// Why a first-boot report is refused.
+enum ReportRefusal {
+    /// No such node, or a wrong token: the same 404 as an unknown URL.
+    NotFound,
+    /// The right token from another address than the node's.
+    WrongAddress,
+    TooMany,
+}
+
+impl IntoResponse for ReportRefusal {
+    fn into_response(self) -> Response {
+        match self {
+            ReportRefusal::NotFound => not_found(),
+            ReportRefusal::WrongAddress => text(
+                StatusCode::FORBIDDEN,
+                "reports are accepted only from the node's inventory address\n",
+            ),
+            ReportRefusal::TooMany => text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many reports; slow down\n",
+            ),
+        }
+    }
+}
+
 /// The node behind a first-boot report: its report token, from its own inventory address.
-fn reporting_node(app: &HttpApp, host: &str, token: &str, peer: IpAddr) -> Result<(), Response> {
+fn reporting_node(
+    app: &HttpApp,
+    host: &str,
+    token: &str,
+    peer: IpAddr,
+) -> Result<(), ReportRefusal> {
     let bundle = app.bundle.get();
     let Some(node) = bundle.node(host) else {
-        return Err(not_found());
+        return Err(ReportRefusal::NotFound);
     };
     if !images::api_token::secrets_equal(&node.report_token, token) {
         tracing::warn!(node = host, client = %peer, "first-boot report with a wrong token");
-        return Err(not_found());
+        return Err(ReportRefusal::NotFound);
     }
     if peer != IpAddr::V4(node.ip) {
         tracing::warn!(node = host, client = %peer, inventory_ip = %node.ip, "first-boot report from another address than the node's: refused");
-        return Err(text(
-            StatusCode::FORBIDDEN,
-            "reports are accepted only from the node's inventory address\n",
-        ));
+        return Err(ReportRefusal::WrongAddress);
     }
     if !app.node_posts.allow(host) {
-        return Err(too_many(host, peer));
+        tracing::warn!(node = host, client = %peer, "node posting too fast: refused");
+        return Err(ReportRefusal::TooMany);
     }
     Ok(())
 }
@@ -308,7 +333,7 @@ pub(super) async fn report_event(
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = reporting_node(&app, &host, &token, peer.ip()) {
-        return r;
+        return r.into_response();
     }
     let ev: ReportEvent = match serde_json::from_slice(&body) {
         Ok(e) => e,
@@ -334,7 +359,7 @@ pub(super) async fn phone_home(
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = reporting_node(&app, &host, &token, peer.ip()) {
-        return r;
+        return r.into_response();
     }
     let booted = Event::Report(ReportEvent::Booted);
     let r = apply(&app, &host, booted.clone()).await;

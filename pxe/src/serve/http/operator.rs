@@ -111,7 +111,7 @@ fn view(app: &HttpApp, r: &NodeRecord) -> serde_json::Value {
         "hostname": r.hostname,
         "mac": n.map(|n| n.mac.to_string()),
         "ip": n.map(|n| n.ip),
-        "role": n.map(|n| n.role.clone()),
+        "role": n.map(|n| n.role),
         "state": r.state,
         "bytes_written": r.bytes_written,
         "bytes_total": r.bytes_total,
@@ -152,7 +152,12 @@ async fn reload(State(app): App) -> Response {
             );
         }
     };
-    let hosts: Vec<String> = new.plan.nodes.iter().map(|n| n.hostname.clone()).collect();
+    let hosts: Vec<String> = new
+        .plan
+        .nodes
+        .iter()
+        .map(|n| n.hostname.to_string())
+        .collect();
     let policy = app.new_nodes_for(&new.plan);
     let (store, id) = (app.store.clone(), new.id.clone());
     let reconciled = tokio::task::spawn_blocking(move || {

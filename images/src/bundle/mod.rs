@@ -11,6 +11,16 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod files;
+mod mac;
+mod plan;
+
+pub use mac::{Mac, MacError};
+pub use plan::{
+    Appliance, Artifact, Firmware, Hostname, Network, Plan, PlanError, PlanNode, Pool, Role,
+    check_label,
+};
+
 /// The version of `plan.json` this release writes and reads. 2: install secrets (no seed token
 /// in the bundle), per-node report tokens.
 pub const PLAN_VERSION: u32 = 2;
