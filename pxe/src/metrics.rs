@@ -91,6 +91,28 @@ pub fn render(
     }
     header(
         &mut o,
+        "ironseed_tftp_refused_per_address_total",
+        "counter",
+        "TFTP read requests refused because their address ran its share of transfers.",
+    );
+    let _ = writeln!(
+        o,
+        "ironseed_tftp_refused_per_address_total {}",
+        g(&tftp.refused_per_address)
+    );
+    header(
+        &mut o,
+        "ironseed_tftp_deadline_exceeded_total",
+        "counter",
+        "TFTP transfers cut because they ran past the per-transfer deadline.",
+    );
+    let _ = writeln!(
+        o,
+        "ironseed_tftp_deadline_exceeded_total {}",
+        g(&tftp.deadline_exceeded)
+    );
+    header(
+        &mut o,
         "ironseed_tftp_bytes_sent_total",
         "counter",
         "TFTP DATA payload bytes sent.",

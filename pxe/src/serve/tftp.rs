@@ -210,6 +210,11 @@ pub struct TftpStats {
     /// Transfers running now (a gauge; it also decides whether a transfer may poll
     /// for ACKs, see [`ack_poll_budget`]).
     pub active: AtomicU64,
+    /// Requests refused because their source address already ran
+    /// [`TftpConfig::max_per_address`] transfers (also counted in `refused`).
+    pub refused_per_address: AtomicU64,
+    /// Transfers cut at [`TftpConfig::deadline`] (also counted in `failed`).
+    pub deadline_exceeded: AtomicU64,
 }
 
 impl TftpStats {
@@ -228,6 +233,13 @@ pub struct TftpConfig {
     /// running transfer holds a thread of tokio's blocking pool (512 by default),
     /// so keep this well below the runtime's `max_blocking_threads`.
     pub max_transfers: usize,
+    /// Concurrent transfers from one source address, so one host (or one spoofer
+    /// that can receive at one address) cannot hold every slot. Firmware runs one
+    /// transfer at a time; EDK2's tsize probe and its real request overlap briefly.
+    pub max_per_address: usize,
+    /// A transfer still running after this long is cut, whatever its pace: the
+    /// bound on how long one slot can be held (see [`DEADLINE`]).
+    pub deadline: Duration,
     /// Retransmission timeout unless the client negotiates `timeout`.
     pub timeout: Duration,
     /// Retransmissions of the same window before the transfer is abandoned
@@ -249,12 +261,82 @@ impl Default for TftpConfig {
     fn default() -> Self {
         TftpConfig {
             max_transfers: 128,
+            max_per_address: MAX_PER_ADDRESS,
+            deadline: DEADLINE,
             timeout: Duration::from_secs(1),
             max_retries: 5,
             limits: Limits::default(),
             read_chunk: 64 * 1024,
             ack_poll: Duration::from_micros(200),
             stats: Arc::default(),
+        }
+    }
+}
+
+/// Default [`TftpConfig::max_per_address`].
+pub const MAX_PER_ADDRESS: usize = 4;
+
+/// Default [`TftpConfig::deadline`]. The largest file served over TFTP here is a
+/// 1-2 MiB iPXE binary, but the bound is sized for a 30 MiB file at RFC 1350's
+/// lock-step 512-byte blocks (61,440 round trips) over a link with a 10 ms round
+/// trip: 614 s. Fifteen minutes leaves half again on top; a never-ACKing client is
+/// dropped far sooner by the retry limit.
+pub const DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// Whether a read request may start a transfer, given how many run in total and
+/// from its source address.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    Start,
+    /// Every slot is taken.
+    Busy,
+    /// This address already runs its share.
+    AddressBusy,
+}
+
+/// Pure admission rule for a read request. The per-address share is checked first, so
+/// a host over its share is told so even when the server is also full.
+pub fn admit(running: usize, from_address: usize, cfg: &TftpConfig) -> Admission {
+    if from_address >= cfg.max_per_address.max(1) {
+        Admission::AddressBusy
+    } else if running >= cfg.max_transfers {
+        Admission::Busy
+    } else {
+        Admission::Start
+    }
+}
+
+/// Transfers running per source address; an [`AddressSlot`] gives its place back on drop.
+#[derive(Default)]
+struct PerAddress(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn count(&self, ip: IpAddr) -> usize {
+        self.0.lock().unwrap().get(&ip).copied().unwrap_or(0)
+    }
+
+    fn take(self: &Arc<Self>, ip: IpAddr) -> AddressSlot {
+        *self.0.lock().unwrap().entry(ip).or_default() += 1;
+        AddressSlot {
+            table: self.clone(),
+            ip,
+        }
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap();
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
         }
     }
 }
@@ -270,6 +352,7 @@ pub async fn run(
     let local_ip = socket.local_addr()?.ip();
     let cfg = Arc::new(cfg);
     let permits = Arc::new(Semaphore::new(cfg.max_transfers));
+    let per_address = Arc::new(PerAddress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     // Requests are small; a longer datagram is truncated and then fails to decode.
@@ -311,12 +394,28 @@ pub async fn run(
                 };
                 match packet {
                     Packet::Rrq(req) => {
+                        let running = cfg.max_transfers - permits.available_permits();
+                        match admit(running, per_address.count(peer.ip()), &cfg) {
+                            Admission::Start => {}
+                            Admission::Busy => {
+                                warn!(%peer, file = %req.filename, "tftp: busy, request refused");
+                                TftpStats::inc(&cfg.stats.refused);
+                                send_error(&socket, peer, ErrorCode::NotDefined, "server busy").await;
+                                continue;
+                            }
+                            Admission::AddressBusy => {
+                                warn!(%peer, file = %req.filename, limit = cfg.max_per_address, "tftp: too many transfers from this address, request refused");
+                                TftpStats::inc(&cfg.stats.refused);
+                                TftpStats::inc(&cfg.stats.refused_per_address);
+                                send_error(&socket, peer, ErrorCode::NotDefined, "too many transfers from this address").await;
+                                continue;
+                            }
+                        }
+                        // Only this loop takes permits, so the one counted free above is there.
                         let Ok(permit) = permits.clone().try_acquire_owned() else {
-                            warn!(%peer, file = %req.filename, "tftp: busy, request refused");
-                            TftpStats::inc(&cfg.stats.refused);
-                            send_error(&socket, peer, ErrorCode::NotDefined, "server busy").await;
                             continue;
                         };
+                        let slot = per_address.take(peer.ip());
                         TftpStats::inc(&cfg.stats.started);
                         tasks.spawn(transfer(
                             req,
@@ -325,7 +424,7 @@ pub async fn run(
                             provider.clone(),
                             cfg.clone(),
                             stop_rx.clone(),
-                            permit,
+                            (permit, slot),
                         ));
                     }
                     Packet::Wrq(req) => {
@@ -378,6 +477,8 @@ enum TransferError {
     ClientError { code: ErrorCode, msg: String },
     #[error("no acknowledgement after {0} retries")]
     Timeout(u32),
+    #[error("still running after {0:?}, cut")]
+    Deadline(Duration),
     #[error("refused: {0}")]
     Refused(String),
     #[error("server shutting down")]
@@ -393,7 +494,7 @@ async fn transfer(
     provider: Arc<dyn Provider>,
     cfg: Arc<TftpConfig>,
     stop: watch::Receiver<bool>,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, AddressSlot),
 ) {
     let started = Instant::now();
     let stats = cfg.stats.clone();
@@ -423,6 +524,9 @@ async fn transfer(
         }
         Err(e) => {
             TftpStats::inc(&stats.failed);
+            if matches!(e, TransferError::Deadline(_)) {
+                TftpStats::inc(&stats.deadline_exceeded);
+            }
             warn!(%peer, file, error = %e, "tftp: transfer failed");
         }
     }
@@ -531,6 +635,8 @@ struct Transfer {
     peer: SocketAddr,
     cfg: Arc<TftpConfig>,
     stop: watch::Receiver<bool>,
+    /// When the transfer is cut ([`TftpConfig::deadline`] after it started).
+    give_up: Instant,
     buf: Vec<u8>,
     /// The socket's current SO_RCVTIMEO, so it is only set when it changes.
     rcv_timeout: Option<Duration>,
@@ -556,6 +662,7 @@ impl Transfer {
     ) -> Self {
         Transfer {
             peer,
+            give_up: Instant::now() + cfg.deadline,
             cfg,
             stop,
             buf: vec![0u8; 2048],
@@ -730,6 +837,12 @@ impl Transfer {
                 return Err(TransferError::Shutdown);
             }
             let now = Instant::now();
+            if now >= self.give_up {
+                self.fail(ErrorCode::NotDefined, "transfer took too long");
+                return Err(TransferError::Deadline(self.cfg.deadline));
+            }
+            // No need to cut the wait at the give-up time: waits are sliced into
+            // STOP_POLL, so it is seen within one slice.
             if now >= deadline {
                 return Ok(Incoming::TimedOut);
             }
@@ -1224,6 +1337,47 @@ mod tests {
         }
         // A literal file named "..x" is not a parent reference.
         assert_eq!(ok("..x"), PathBuf::from("..x"));
+    }
+
+    /// Protects the transfer slots from one host: past its share an address is refused
+    /// even while slots are free, and a full server refuses everyone else as busy.
+    #[test]
+    fn admission_caps_each_address_then_the_server() {
+        let cfg = TftpConfig {
+            max_transfers: 10,
+            max_per_address: 4,
+            ..TftpConfig::default()
+        };
+        assert_eq!(admit(0, 0, &cfg), Admission::Start);
+        assert_eq!(admit(3, 3, &cfg), Admission::Start);
+        assert_eq!(admit(4, 4, &cfg), Admission::AddressBusy);
+        assert_eq!(admit(10, 4, &cfg), Admission::AddressBusy);
+        assert_eq!(admit(10, 0, &cfg), Admission::Busy);
+        assert_eq!(admit(9, 0, &cfg), Admission::Start);
+        // A zero share is taken as one: a misconfiguration must not refuse everything.
+        let zero = TftpConfig {
+            max_per_address: 0,
+            ..cfg
+        };
+        assert_eq!(admit(0, 0, &zero), Admission::Start);
+        assert_eq!(admit(1, 1, &zero), Admission::AddressBusy);
+    }
+
+    #[test]
+    fn address_slots_are_given_back_on_drop() {
+        let t = Arc::new(PerAddress::default());
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let a = t.take(ip);
+        let b = t.take(ip);
+        assert_eq!(t.count(ip), 2);
+        drop(a);
+        assert_eq!(t.count(ip), 1);
+        drop(b);
+        assert_eq!(t.count(ip), 0);
+        assert!(
+            t.0.lock().unwrap().is_empty(),
+            "no entry left per past client"
+        );
     }
 
     #[test]
