@@ -18,6 +18,7 @@ use pxe::net;
 use pxe::proto::dhcp::{MacAddr, RecvPort};
 use pxe::serve::dhcp::{DhcpContext, DhcpSocket, NodeLookup};
 use pxe::serve::http::HttpApp;
+use pxe::serve::http::limits::{self, Connections, HttpLimits};
 use pxe::serve::tftp::{TftpConfig, TftpStats};
 use pxe::state::Store;
 
@@ -74,6 +75,7 @@ fn tcp_listener(
 }
 
 pub async fn serve(a: &ServeArgs) -> Result<()> {
+    let nofile = net::raise_nofile().context("raising the open-file limit (RLIMIT_NOFILE)")?;
     let bundle = Bundle::load(&a.bundle).context("loading bundle")?;
     let plan = &bundle.plan;
     let root = nix::unistd::geteuid().is_root();
@@ -207,6 +209,35 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         .unwrap_or_else(images::catalog::default_artifacts_dir);
     tracing::info!(artifacts = %artifacts.display(), "serving /artifacts/ from");
     let tftp_stats = Arc::new(TftpStats::default());
+    let tftp_cfg = TftpConfig {
+        stats: tftp_stats.clone(),
+        max_per_address: a.tftp_max_per_address,
+        ..TftpConfig::default()
+    };
+    let max_connections = limits::fit_connections(
+        a.http_max_connections,
+        nofile,
+        limits::reserved_fds(tftp_cfg.max_transfers),
+    );
+    if max_connections < a.http_max_connections {
+        tracing::warn!(
+            nofile,
+            max_connections,
+            "the open-file limit lowers the HTTP connection cap (raise LimitNOFILE)"
+        );
+    }
+    let http_limits = HttpLimits {
+        max_connections,
+        max_per_address: a.http_max_per_address,
+        ..HttpLimits::default()
+    };
+    tracing::info!(
+        nofile,
+        max_connections,
+        max_per_address = http_limits.max_per_address,
+        tftp_max_per_address = tftp_cfg.max_per_address,
+        "connection limits"
+    );
     let app = Arc::new(HttpApp {
         bundle: live.clone(),
         arm_new: !a.no_arm,
@@ -216,6 +247,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         dhcp: dhcp_ctx.clone(),
         artifacts: Some(artifacts),
         boot_files: provider.clone(),
+        connections: Arc::new(Connections::new(http_limits)),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -225,10 +257,6 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         app,
         pxe::serve::stopped(stop_rx.clone()),
     ));
-    let tftp_cfg = TftpConfig {
-        stats: tftp_stats,
-        ..TftpConfig::default()
-    };
     tasks.spawn(pxe::serve::tftp::run(
         tftp,
         provider.clone(),

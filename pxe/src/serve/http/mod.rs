@@ -25,6 +25,7 @@ use crate::state::{Event, NodeRecord, Store, StoreError, TransitionError};
 use images::plan::{ImageRef, SeedUrls, Sources};
 
 mod files;
+pub mod limits;
 
 pub struct HttpApp {
     pub bundle: Arc<LiveBundle>,
@@ -39,6 +40,8 @@ pub struct HttpApp {
     /// The iPXE binaries, also served at `/<name>` for UEFI HTTP boot (client arch 16), whose
     /// DHCP answer is `http://server:port/<efi file>`.
     pub boot_files: Arc<crate::boot_files::BootFiles>,
+    /// Connection caps and timeouts, and the table of open connections (`limits`).
+    pub connections: Arc<limits::Connections>,
 }
 
 type App = State<Arc<HttpApp>>;
@@ -61,7 +64,30 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/{file}", get(boot_file))
         .layer(middleware::from_fn_with_state(app.clone(), count))
+        // Set explicitly (axum's default is 2 MB): bodies here are small events and forms.
+        // Routes that need less set their own, smaller limit.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            app.connections.limits.body_limit,
+        ))
+        .layer(middleware::from_fn_with_state(app.clone(), request_timeout))
         .with_state(app)
+}
+
+/// A request whose answer is not ready within the request timeout (typically a body that
+/// trickles in) gets 408 and the connection is closed: whatever of the body is left unread
+/// cannot be skipped safely.
+async fn request_timeout(State(app): App, req: Request, next: Next) -> Response {
+    let limit = app.connections.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::info!(?limit, "request not answered within the request timeout");
+            let mut r = text(StatusCode::REQUEST_TIMEOUT, "request timeout\n");
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    }
 }
 
 async fn count(State(app): App, req: Request, next: Next) -> Response {
@@ -538,12 +564,13 @@ pub fn form_fields(body: &[u8]) -> Vec<(String, String)> {
 
 async fn metrics_handler(State(app): App) -> Response {
     let dhcp = app.dhcp.as_ref().map(|d| d.counters.snapshot());
-    let body = metrics::render(
+    let mut body = metrics::render(
         dhcp.as_ref(),
         &app.tftp_stats,
         &app.counters,
         &app.store.all(),
     );
+    app.connections.render_metrics(&mut body);
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -560,7 +587,6 @@ pub async fn run(
     app: Arc<HttpApp>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -568,13 +594,9 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let front = files::front(listener, app.clone(), handoff_tx, stop_rx.clone());
-    let routed = axum::serve(
-        files::Handoffs::new(handoff_rx, local),
-        router(app).into_make_service_with_connect_info::<files::Peer>(),
-    )
-    .with_graceful_shutdown(crate::serve::stopped(stop_rx));
-    let ((), served) = tokio::join!(front, routed.into_future());
-    served
+    let routed = files::routed(handoff_rx, router(app), stop_rx);
+    tokio::join!(front, routed);
+    Ok(())
 }
 
 #[cfg(test)]
