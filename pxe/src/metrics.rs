@@ -69,6 +69,17 @@ pub fn render(
         for (dec, n) in &d.by_decision {
             let _ = writeln!(o, "ironseed_dhcp_decisions_total{{decision=\"{dec}\"}} {n}");
         }
+        header(
+            &mut o,
+            "ironseed_dhcp_declines_ignored_total",
+            "counter",
+            "DHCPDECLINEs ignored: not from the lease's client or without this server's identifier.",
+        );
+        let _ = writeln!(
+            o,
+            "ironseed_dhcp_declines_ignored_total {}",
+            d.declines_ignored
+        );
     }
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     header(

@@ -28,7 +28,7 @@ use crate::dhcp_policy::{
 };
 use crate::leases::LeaseStore;
 use crate::net::{ReplyRouting, reply_target};
-use crate::proto::dhcp::{self as codec, MacAddr, RecvPort, ReplyKind};
+use crate::proto::dhcp::{self as codec, MacAddr, MessageType, RecvPort, ReplyKind};
 
 /// What the server knows about a MAC; the node state machine implements it.
 pub trait NodeLookup: Send + Sync {
@@ -92,6 +92,8 @@ pub struct DhcpCounters {
     pub ignored: AtomicU64,
     pub send_errors: AtomicU64,
     pub panics: AtomicU64,
+    /// DECLINEs ignored: not from the lease's own client, or without our server identifier.
+    pub declines_ignored: AtomicU64,
     /// Replies sent, by client architecture (see [`ARCH_LABELS`]).
     pub replies_by_arch: [AtomicU64; 7],
     /// Decoded requests by policy decision (index: [`Reason::index`]).
@@ -108,6 +110,7 @@ pub struct CountersSnapshot {
     pub ignored: u64,
     pub send_errors: u64,
     pub panics: u64,
+    pub declines_ignored: u64,
     pub replies_by_arch: Vec<(&'static str, u64)>,
     pub by_decision: Vec<(&'static str, u64)>,
 }
@@ -124,6 +127,7 @@ impl DhcpCounters {
             ignored: g(&self.ignored),
             send_errors: g(&self.send_errors),
             panics: g(&self.panics),
+            declines_ignored: g(&self.declines_ignored),
             replies_by_arch: ARCH_LABELS
                 .iter()
                 .zip(&self.replies_by_arch)
@@ -200,13 +204,22 @@ impl DhcpContext {
             Some(s) => decide_explained(&req, node.as_ref(), &self.policy, &s.view(now)),
             None => decide_explained(&req, node.as_ref(), &self.policy, &NoLeases),
         };
+        let mut applied = false;
         if let Some(s) = store.as_mut()
             && let Some(action) = lease_effect(&req, reply.as_ref(), &self.policy)
             && s.apply(action, now)
         {
+            applied = true;
             self.dirty.store(true, Ordering::Relaxed);
         }
         drop(store);
+        if full && req.msg_type == MessageType::Decline && !applied {
+            c.declines_ignored.fetch_add(1, Ordering::Relaxed);
+            // Debug: every datagram already gets its info line below; a spoofed DECLINE
+            // flood shows in the counter.
+            debug!(mac = %req.mac, %src, requested = ?req.requested_ip, server_id = ?req.server_id,
+                  "dhcp: DECLINE ignored: not from the lease's client or not for this server");
+        }
         c.by_decision[why.index()].fetch_add(1, Ordering::Relaxed);
         let arch = req.client_arch;
         let host = node.as_ref().map_or("-", |n| n.hostname.as_str());
@@ -343,6 +356,7 @@ async fn serve_socket(
 mod tests {
     use super::*;
     use crate::dhcp_policy::{NodeState, PoolRange};
+    use crate::leases::LeaseState;
     use crate::proto::dhcp::{Architecture, DhcpOption, MessageType, client_message, encode};
     use std::net::Ipv4Addr;
 
@@ -467,5 +481,73 @@ mod tests {
             saved.contains("02:00:00:00:00:32") && saved.contains("10.77.1.100"),
             "{saved}"
         );
+    }
+
+    fn decline(mac: u8, ip: Ipv4Addr, server: Option<Ipv4Addr>) -> Vec<u8> {
+        let mut opts = vec![DhcpOption::RequestedIpAddress(ip)];
+        opts.extend(server.map(DhcpOption::ServerIdentifier));
+        encode(&client_message(
+            MacAddr([2, 0, 0, 0, 0, mac]),
+            9,
+            MessageType::Decline,
+            opts,
+        ))
+        .unwrap()
+    }
+
+    /// Protects the pool and bound clients: a DECLINE quarantines an address only when it
+    /// comes from the lease's own client (chaddr) and names this server (option 54); any
+    /// other is ignored and counted.
+    #[test]
+    fn decline_only_from_the_lease_holder_naming_this_server() {
+        let c = ctx(DhcpMode::Full);
+        let src = SRC.parse().unwrap();
+        let ours = Ipv4Addr::new(10, 77, 1, 1);
+        let ip = Ipv4Addr::new(10, 77, 1, 100);
+        assert!(matches!(
+            c.handle(RecvPort::Dhcp, &discover(50, false), src),
+            Outcome::Send { .. }
+        ));
+        let req = encode(&client_message(
+            MacAddr([2, 0, 0, 0, 0, 50]),
+            8,
+            MessageType::Request,
+            vec![
+                DhcpOption::ServerIdentifier(ours),
+                DhcpOption::RequestedIpAddress(ip),
+            ],
+        ))
+        .unwrap();
+        assert!(matches!(
+            c.handle(RecvPort::Dhcp, &req, src),
+            Outcome::Send { .. }
+        ));
+        let holder = MacAddr([2, 0, 0, 0, 0, 50]);
+        let state = |c: &DhcpContext| c.leases().lease_of(&holder).map(|l| l.state);
+        assert_eq!(state(&c), Some(LeaseState::Bound));
+        for (mac, server) in [
+            (51, Some(ours)),                          // another client
+            (50, None),                                // no server identifier
+            (50, Some(Ipv4Addr::new(10, 77, 1, 254))), // another server's
+        ] {
+            assert_eq!(
+                c.handle(RecvPort::Dhcp, &decline(mac, ip, server), src),
+                Outcome::Nothing
+            );
+            assert_eq!(state(&c), Some(LeaseState::Bound), "mac {mac} {server:?}");
+        }
+        assert_eq!(c.counters.snapshot().declines_ignored, 3);
+        // The holder naming us: quarantined, not counted as ignored.
+        c.handle(RecvPort::Dhcp, &decline(50, ip, Some(ours)), src);
+        assert_eq!(state(&c), None, "the address left the client");
+        assert_eq!(c.counters.snapshot().declines_ignored, 3);
+        match c.handle(RecvPort::Dhcp, &discover(52, false), src) {
+            Outcome::Send { bytes, .. } => assert_eq!(
+                codec::decode_reply(&bytes).unwrap().yiaddr(),
+                Ipv4Addr::new(10, 77, 1, 101),
+                "a declined address is not offered"
+            ),
+            Outcome::Nothing => panic!("no offer"),
+        }
     }
 }
