@@ -47,7 +47,7 @@ pub struct HttpApp {
 type App = State<Arc<HttpApp>>;
 
 pub fn router(app: Arc<HttpApp>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/boot.ipxe", get(boot_entry))
         .route("/boot/{file}", get(boot))
         .route("/plan/{host}/{token}", get(plan))
@@ -63,21 +63,33 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/{file}", get(boot_file))
-        .layer(middleware::from_fn_with_state(app.clone(), count))
-        // Set explicitly (axum's default is 2 MB): bodies here are small events and forms.
-        // Routes that need less set their own, smaller limit.
-        .layer(axum::extract::DefaultBodyLimit::max(
-            app.connections.limits.body_limit,
+        .layer(middleware::from_fn_with_state(app.clone(), count));
+    bounded(router, &app.connections.limits).with_state(app)
+}
+
+/// The request limits every route gets: the body size cap, set explicitly (axum's default
+/// is 2 MB; bodies here are small events and forms; routes that need less set their own,
+/// smaller limit) and the request timeout.
+fn bounded<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    limits: &limits::HttpLimits,
+) -> Router<S> {
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(limits.body_limit))
+        .layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            request_timeout,
         ))
-        .layer(middleware::from_fn_with_state(app.clone(), request_timeout))
-        .with_state(app)
 }
 
 /// A request whose answer is not ready within the request timeout (typically a body that
 /// trickles in) gets 408 and the connection is closed: whatever of the body is left unread
 /// cannot be skipped safely.
-async fn request_timeout(State(app): App, req: Request, next: Next) -> Response {
-    let limit = app.connections.limits.request_timeout;
+async fn request_timeout(
+    State(limit): State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => {
@@ -597,6 +609,69 @@ pub async fn run(
     let routed = files::routed(handoff_rx, router(app), stop_rx);
     tokio::join!(front, routed);
     Ok(())
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use axum::body::{Body, Bytes};
+    use axum::http::{Request, StatusCode, header};
+    use axum::routing::post;
+    use hyper::body::{Body as HttpBody, Frame};
+    use tower::ServiceExt;
+
+    use super::{Router, bounded, limits::HttpLimits};
+
+    /// A request body whose bytes never come.
+    struct Stalled;
+
+    impl HttpBody for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    fn app() -> Router {
+        let limits = HttpLimits {
+            request_timeout: Duration::from_millis(200),
+            ..HttpLimits::default()
+        };
+        bounded(
+            Router::new().route("/", post(|b: Bytes| async move { b.len().to_string() })),
+            &limits,
+        )
+    }
+
+    /// Protects the router from bodies that trickle or never come: the request is answered
+    /// 408 (and the connection closed) at the request timeout.
+    #[tokio::test]
+    async fn a_stalled_body_gets_408_at_the_request_timeout() {
+        let req = Request::post("/").body(Body::new(Stalled)).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), app().oneshot(req))
+            .await
+            .expect("no answer: the request timeout is missing")
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+    }
+
+    /// Protects memory: a body over 64 KiB is refused (413), one under is read.
+    #[tokio::test]
+    async fn bodies_are_capped_at_64_kib() {
+        let post = |n: usize| Request::post("/").body(Body::from(vec![b'x'; n])).unwrap();
+        let r = app().oneshot(post(64 << 10)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = app().oneshot(post((64 << 10) + 1)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
 }
 
 #[cfg(test)]
