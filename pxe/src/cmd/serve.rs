@@ -271,6 +271,10 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         ));
     }
 
+    // Before READY: whoever reads READY may signal at once, and a SIGTERM before the
+    // handlers exist kills the process without draining.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     // One line for scripts and tests that start the server with port 0.
     println!(
         "READY {}",
@@ -288,8 +292,6 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         %server_ip, http_port, tftp_port, dhcp = ?a.dhcp, "serving"
     );
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
