@@ -62,9 +62,11 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         .route("/api/v1/nodes/{name}/phone-home", post(phone_home))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/{file}", get(boot_file))
-        .layer(middleware::from_fn_with_state(app.clone(), count));
-    bounded(router, &app.connections.limits).with_state(app)
+        .route("/{file}", get(boot_file));
+    // Counted outside the limits, so their 408 and 413 answers show in the metrics.
+    bounded(router, &app.connections.limits)
+        .layer(middleware::from_fn_with_state(app.clone(), count))
+        .with_state(app)
 }
 
 /// The request limits every route gets: the body size cap, set explicitly (axum's default
