@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::dhcp_policy::{Reason, arch};
-use crate::serve::tftp::TftpStats;
 use crate::state::{NodeRecord, NodeState};
 
 /// HTTP requests by route group and status class.
@@ -176,6 +175,44 @@ pub fn render(
         let _ = writeln!(o, "ironseed_nodes{{state={label}}} {n}");
     }
     o
+}
+
+/// Counters a metrics endpoint can read while the server runs.
+#[derive(Debug, Default)]
+pub struct TftpStats {
+    /// Read requests accepted (a transfer task was started).
+    pub started: AtomicU64,
+    /// Transfers whose last block was acknowledged.
+    pub finished: AtomicU64,
+    /// Transfers that ended in an error on our side or by timeout.
+    pub failed: AtomicU64,
+    /// Transfers the client ended with an ERROR (EDK2's tsize probe counts here).
+    pub aborted_by_client: AtomicU64,
+    /// Requests refused before any data was sent: busy, write requests, malformed,
+    /// unsupported mode, not found, access violation.
+    pub refused: AtomicU64,
+    /// DATA payload bytes sent, retransmissions included.
+    pub bytes_sent: AtomicU64,
+    /// DATA or OACK packets sent again after a timeout.
+    pub retransmits: AtomicU64,
+    /// Transfers running now (a gauge; it also decides whether a transfer may poll
+    /// for ACKs, see [`crate::serve::tftp::ack_poll_budget`]).
+    pub active: AtomicU64,
+    /// Requests refused because their source address already ran
+    /// [`crate::serve::tftp::TftpConfig::max_per_address`] transfers (also counted in `refused`).
+    pub refused_per_address: AtomicU64,
+    /// Transfers cut at [`crate::serve::tftp::TftpConfig::deadline`] (also counted in `failed`).
+    pub deadline_exceeded: AtomicU64,
+}
+
+impl TftpStats {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
 }
 
 /// Architecture buckets for the counters (and later Prometheus labels).

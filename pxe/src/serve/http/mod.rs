@@ -18,9 +18,9 @@ use tower_http::services::ServeFile;
 
 use crate::boot_policy::{self, Script};
 use crate::bundle::{Bundle, LiveBundle, PlanNode};
+use crate::metrics::TftpStats;
 use crate::metrics::{self, HttpCounters};
 use crate::serve::dhcp::DhcpContext;
-use crate::serve::tftp::TftpStats;
 use crate::state::{Event, NodeRecord, Store, StoreError, TransitionError};
 use images::plan::{ImageRef, SeedUrls, Sources};
 
@@ -351,8 +351,8 @@ pub(crate) fn artifact_file(app: &HttpApp, path: &str) -> Result<PathBuf, NoArti
         return found.map(|a| a.path.clone()).ok_or(NoArtifact::NotFound);
     }
     let root = app.artifacts.as_ref().ok_or(NoArtifact::NoFolder)?;
-    let rel = crate::serve::tftp::relative_path(path).map_err(|e| match e {
-        crate::serve::tftp::ProviderError::AccessViolation(_) => NoArtifact::Outside,
+    let rel = crate::content::relative_path(path).map_err(|e| match e {
+        crate::content::ProviderError::AccessViolation(_) => NoArtifact::Outside,
         _ => NoArtifact::NotFound,
     })?;
     let (Ok(root_c), Ok(full)) = (root.canonicalize(), root.join(&rel).canonicalize()) else {
