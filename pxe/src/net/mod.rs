@@ -8,6 +8,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::proto::dhcp::{BootRequest, RecvPort, ReplyKind};
 
+pub mod gso;
+
 pub const DHCP_SERVER_PORT: u16 = 67;
 pub const DHCP_CLIENT_PORT: u16 = 68;
 /// PXE boot server port (PXE 2.1 §2.2.2).
