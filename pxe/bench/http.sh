@@ -46,7 +46,8 @@ chmod -R a+rX "$work"
 
 "$pxe_bin" serve --bundle "$work/bundle" --listen 127.0.0.1 --dhcp off \
     --http-port $P_IRON --tftp-port 0 --state "$work/state" --ipxe-dir "$work/ipxe" \
-    --artifacts "$work/artifacts" > "$work/pxe.out" 2> "$work/pxe.err" &
+    --artifacts "$work/artifacts" --http-max-per-address 4096 --http-max-connections 4096 \
+    > "$work/pxe.out" 2> "$work/pxe.err" &
 pids+=($!)
 iron_pid=$!
 cat > "$work/nginx.conf" <<CONF

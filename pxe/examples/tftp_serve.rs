@@ -51,6 +51,8 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = args.get(2) {
         cfg.max_transfers = n.parse()?;
     }
+    // Benchmark clients all run on this host: no per-address share.
+    cfg.max_per_address = cfg.max_transfers;
     let socket = tokio::net::UdpSocket::bind(addr).await?;
     let mut term = signal(SignalKind::terminate())?;
     let shutdown = async move {

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::serve::tftp::{BoxFuture, Content, Provider, ProviderError, relative_path};
+use crate::content::{BoxFuture, Content, Provider, ProviderError, relative_path};
 
 /// Larger files in the folder (ISO images) are not boot files; skip them.
 const MAX_FILE: u64 = 16 << 20;

@@ -111,6 +111,16 @@ pub struct ServeArgs {
     /// `installed` within it, or be armed again. Seconds, or with a unit: 90m, 2h.
     #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = parse_window)]
     pub install_window: std::time::Duration,
+    /// Open HTTP connections in total (lowered to fit under the open-file limit); when full, the
+    /// connection idle longest is closed for a new one. See docs/limits.md.
+    #[arg(long, default_value_t = 1024, value_name = "N", hide = true)]
+    pub http_max_connections: usize,
+    /// Open HTTP connections from one client address; more are reset at once.
+    #[arg(long, default_value_t = 64, value_name = "N", hide = true)]
+    pub http_max_per_address: usize,
+    /// Concurrent TFTP transfers from one client address; more get ERROR "too many transfers".
+    #[arg(long, default_value_t = pxe::serve::tftp::MAX_PER_ADDRESS, value_name = "N", hide = true)]
+    pub tftp_max_per_address: usize,
 }
 
 /// `--install-window`: `N` seconds, or `Ns`, `Nm`, `Nh`; from one minute to a week.

@@ -514,7 +514,8 @@ pub enum LeaseAction {
     },
     /// RELEASE (RFC 2131 §4.3.4): the client gives the address back.
     Release { mac: MacAddr, ip: Ipv4Addr },
-    /// DECLINE (§4.3.3): the address is in use by someone else; quarantine it.
+    /// DECLINE (§4.3.3): the address is in use by someone else; quarantine it. Applied only
+    /// to the declining client's own lease ([`crate::leases::LeaseStore::apply`]).
     Decline { mac: MacAddr, ip: Ipv4Addr },
     /// The client chose another server: drop our pending offer.
     Forget { mac: MacAddr },
@@ -546,7 +547,12 @@ pub fn lease_effect(
             mac,
             ip: req.ciaddr,
         }),
-        (MessageType::Decline, _) => req.requested_ip.map(|ip| LeaseAction::Decline { mac, ip }),
+        // §4.4.4: a DECLINE carries the server identifier of the server that leased the
+        // address. One without ours is not about our lease: quarantining on it would let
+        // any host take pool addresses out of service.
+        (MessageType::Decline, _) if req.server_id == Some(cfg.server_ip) => {
+            req.requested_ip.map(|ip| LeaseAction::Decline { mac, ip })
+        }
         _ => None,
     }
 }

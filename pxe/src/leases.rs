@@ -176,7 +176,13 @@ impl LeaseStore {
                 }
             }
             LeaseAction::Decline { mac, ip } => {
-                if !self.in_pool(ip) {
+                // Only the client holding a live lease on the address may decline it:
+                // otherwise any host could quarantine the whole pool, or take a bound
+                // address away from the node using it.
+                let own = self.by_ip.get(&ip).is_some_and(|l| {
+                    l.mac == mac && l.state != LeaseState::Declined && l.expires > now
+                });
+                if !self.in_pool(ip) || !own {
                     return false;
                 }
                 self.by_mac.remove(&mac);
@@ -404,6 +410,28 @@ mod tests {
         assert!(!s.view(6).may_ack(&A, a));
         assert_ne!(s.view(6).offer_for(&A, None), Some(a));
         assert!(s.view(5 + 600).may_ack(&B, a));
+    }
+
+    /// Protects the pool and bound nodes: a DECLINE from another client, for a free
+    /// address, or for a lease already over quarantines nothing and leaves the lease alone.
+    #[test]
+    fn only_the_lease_holder_may_decline() {
+        let mut s = store();
+        let a = offer(&mut s, A, 0).unwrap();
+        bind(&mut s, A, a, 0);
+        assert!(!s.apply(LeaseAction::Decline { mac: B, ip: a }, 5));
+        assert_eq!(s.lease_of(&A).unwrap().state, LeaseState::Bound);
+        assert!(s.view(6).may_ack(&A, a));
+        // A free pool address nobody holds.
+        let free = ip(102);
+        assert!(!s.apply(LeaseAction::Decline { mac: B, ip: free }, 5));
+        assert!(s.view(6).offer_for(&B, Some(free)) == Some(free));
+        // A's lease after it expired.
+        let expires = s.lease_of(&A).unwrap().expires;
+        assert!(!s.apply(LeaseAction::Decline { mac: A, ip: a }, expires));
+        // An offered (not yet bound) address may be declined by its client.
+        let b = offer(&mut s, B, 10).unwrap();
+        assert!(s.apply(LeaseAction::Decline { mac: B, ip: b }, 11));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod boot_files;
 pub mod boot_policy;
 pub mod bundle;
+pub mod content;
 pub mod dhcp_policy;
 pub mod leases;
 pub mod metrics;

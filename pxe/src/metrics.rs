@@ -3,8 +3,9 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::serve::dhcp::CountersSnapshot;
-use crate::serve::tftp::TftpStats;
+use serde::Serialize;
+
+use crate::dhcp_policy::{Reason, arch};
 use crate::state::{NodeRecord, NodeState};
 
 /// HTTP requests by route group and status class.
@@ -69,6 +70,17 @@ pub fn render(
         for (dec, n) in &d.by_decision {
             let _ = writeln!(o, "ironseed_dhcp_decisions_total{{decision=\"{dec}\"}} {n}");
         }
+        header(
+            &mut o,
+            "ironseed_dhcp_declines_ignored_total",
+            "counter",
+            "DHCPDECLINEs ignored: not from the lease's client or without this server's identifier.",
+        );
+        let _ = writeln!(
+            o,
+            "ironseed_dhcp_declines_ignored_total {}",
+            d.declines_ignored
+        );
     }
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     header(
@@ -89,6 +101,28 @@ pub fn render(
             "ironseed_tftp_transfers_total{{outcome=\"{outcome}\"}} {v}"
         );
     }
+    header(
+        &mut o,
+        "ironseed_tftp_refused_per_address_total",
+        "counter",
+        "TFTP read requests refused because their address ran its share of transfers.",
+    );
+    let _ = writeln!(
+        o,
+        "ironseed_tftp_refused_per_address_total {}",
+        g(&tftp.refused_per_address)
+    );
+    header(
+        &mut o,
+        "ironseed_tftp_deadline_exceeded_total",
+        "counter",
+        "TFTP transfers cut because they ran past the per-transfer deadline.",
+    );
+    let _ = writeln!(
+        o,
+        "ironseed_tftp_deadline_exceeded_total {}",
+        g(&tftp.deadline_exceeded)
+    );
     header(
         &mut o,
         "ironseed_tftp_bytes_sent_total",
@@ -141,4 +175,120 @@ pub fn render(
         let _ = writeln!(o, "ironseed_nodes{{state={label}}} {n}");
     }
     o
+}
+
+/// Counters a metrics endpoint can read while the server runs.
+#[derive(Debug, Default)]
+pub struct TftpStats {
+    /// Read requests accepted (a transfer task was started).
+    pub started: AtomicU64,
+    /// Transfers whose last block was acknowledged.
+    pub finished: AtomicU64,
+    /// Transfers that ended in an error on our side or by timeout.
+    pub failed: AtomicU64,
+    /// Transfers the client ended with an ERROR (EDK2's tsize probe counts here).
+    pub aborted_by_client: AtomicU64,
+    /// Requests refused before any data was sent: busy, write requests, malformed,
+    /// unsupported mode, not found, access violation.
+    pub refused: AtomicU64,
+    /// DATA payload bytes sent, retransmissions included.
+    pub bytes_sent: AtomicU64,
+    /// DATA or OACK packets sent again after a timeout.
+    pub retransmits: AtomicU64,
+    /// Transfers running now (a gauge; it also decides whether a transfer may poll
+    /// for ACKs, see [`crate::serve::tftp::ack_poll_budget`]).
+    pub active: AtomicU64,
+    /// Requests refused because their source address already ran
+    /// [`crate::serve::tftp::TftpConfig::max_per_address`] transfers (also counted in `refused`).
+    pub refused_per_address: AtomicU64,
+    /// Transfers cut at [`crate::serve::tftp::TftpConfig::deadline`] (also counted in `failed`).
+    pub deadline_exceeded: AtomicU64,
+}
+
+impl TftpStats {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Architecture buckets for the counters (and later Prometheus labels).
+pub const ARCH_LABELS: [&str; 7] = [
+    "bios", "efi_ia32", "efi_x64", "efi_bc", "efi_http", "other", "none",
+];
+
+pub(crate) fn arch_bucket(a: Option<u16>) -> usize {
+    match a {
+        Some(arch::BIOS) => 0,
+        Some(arch::EFI_IA32) => 1,
+        Some(arch::EFI_X64) => 2,
+        Some(arch::EFI_BC) => 3,
+        Some(arch::EFI_X64_HTTP) => 4,
+        Some(_) => 5,
+        None => 6,
+    }
+}
+
+/// Exchange counters; plain atomics so a metrics endpoint can read them live.
+#[derive(Default)]
+pub struct DhcpCounters {
+    pub received: AtomicU64,
+    pub malformed: AtomicU64,
+    pub offers: AtomicU64,
+    pub acks: AtomicU64,
+    pub naks: AtomicU64,
+    pub ignored: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub panics: AtomicU64,
+    /// DECLINEs ignored: not from the lease's own client, or without our server identifier.
+    pub declines_ignored: AtomicU64,
+    /// Replies sent, by client architecture (see [`ARCH_LABELS`]).
+    pub replies_by_arch: [AtomicU64; 7],
+    /// Decoded requests by policy decision (index: [`Reason::index`]).
+    pub by_decision: [AtomicU64; Reason::ALL.len()],
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CountersSnapshot {
+    pub received: u64,
+    pub malformed: u64,
+    pub offers: u64,
+    pub acks: u64,
+    pub naks: u64,
+    pub ignored: u64,
+    pub send_errors: u64,
+    pub panics: u64,
+    pub declines_ignored: u64,
+    pub replies_by_arch: Vec<(&'static str, u64)>,
+    pub by_decision: Vec<(&'static str, u64)>,
+}
+
+impl DhcpCounters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersSnapshot {
+            received: g(&self.received),
+            malformed: g(&self.malformed),
+            offers: g(&self.offers),
+            acks: g(&self.acks),
+            naks: g(&self.naks),
+            ignored: g(&self.ignored),
+            send_errors: g(&self.send_errors),
+            panics: g(&self.panics),
+            declines_ignored: g(&self.declines_ignored),
+            replies_by_arch: ARCH_LABELS
+                .iter()
+                .zip(&self.replies_by_arch)
+                .map(|(l, a)| (*l, g(a)))
+                .collect(),
+            by_decision: Reason::ALL
+                .iter()
+                .zip(&self.by_decision)
+                .map(|(r, a)| (r.label(), g(a)))
+                .collect(),
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -63,7 +63,7 @@ fn every_option_is_acknowledged() {
         &[
             ("blksize", "1468"),
             ("tsize", "0"),
-            ("timeout", "7"),
+            ("timeout", "5"),
             ("windowsize", "16"),
             ("x-unknown", "1"),
         ],
@@ -75,7 +75,7 @@ fn every_option_is_acknowledged() {
         opts(&[
             ("blksize", "1468"),
             ("tsize", "100000"),
-            ("timeout", "7"),
+            ("timeout", "5"),
             ("windowsize", "16")
         ])
     );
@@ -565,4 +565,79 @@ fn wire_bytes_of_a_request_are_what_firmware_sends() {
     // the bytes real clients send.
     let bytes = encode(&common::rrq("a", &[("tsize", "0")]));
     assert_eq!(bytes, b"\x00\x01a\x00octet\x00tsize\x000\x00");
+}
+
+/// Protects the transfer slots from a client that stalls without ever timing out (it
+/// asks for a long `timeout` or ACKs just often enough): the transfer is cut at the
+/// per-transfer deadline with an ERROR, however patient the retransmission timer is.
+#[test]
+fn a_transfer_is_cut_at_its_deadline() {
+    let data = pattern(100_000, 11);
+    let dir = root_with(&[("f.bin", &data)]);
+    let srv = TestServer::start_fs(
+        dir.path(),
+        TftpConfig {
+            deadline: Duration::from_secs(1),
+            ..patient()
+        },
+    );
+    let raw = Raw::new(srv.addr);
+    let t0 = std::time::Instant::now();
+    raw.rrq("f.bin", &[]);
+    // DATA 1 arrives and is never acknowledged; the next resend would be 30 s away.
+    assert!(matches!(raw.recv().0, Packet::Data { block: 1, .. }));
+    let (code, msg) = raw.expect_error();
+    let took = t0.elapsed();
+    println!("deadline 1 s: transfer cut after {took:?}");
+    assert_eq!(
+        (code, msg.as_str()),
+        (ErrorCode::NotDefined, "transfer took too long")
+    );
+    assert!(took < Duration::from_secs(10), "cut after {took:?}");
+    srv.wait_stat(|s| s.deadline_exceeded.load(Ordering::Relaxed), 1);
+    assert_eq!(srv.stats.failed.load(Ordering::Relaxed), 1);
+}
+
+/// Protects the slots from one host: past its share of transfers a source address is
+/// refused at once, while another address is still served and the stalled transfers run on.
+#[test]
+fn one_address_gets_only_its_share_of_transfers() {
+    let data = pattern(10_000, 12);
+    let dir = root_with(&[("f.bin", &data)]);
+    let srv = TestServer::start_fs(
+        dir.path(),
+        TftpConfig {
+            max_per_address: 2,
+            ..patient()
+        },
+    );
+    // Two stalled transfers from 127.0.0.1 (first DATA never acknowledged).
+    let stalled: Vec<Raw> = (0..2)
+        .map(|_| {
+            let r = Raw::new(srv.addr);
+            r.rrq("f.bin", &[]);
+            assert!(matches!(r.recv().0, Packet::Data { block: 1, .. }));
+            r
+        })
+        .collect();
+    let third = Raw::new(srv.addr);
+    third.rrq("f.bin", &[]);
+    assert_eq!(
+        third.expect_error(),
+        (
+            ErrorCode::NotDefined,
+            "too many transfers from this address".to_string()
+        )
+    );
+    assert_eq!(srv.stats.refused_per_address.load(Ordering::Relaxed), 1);
+    // Another address (all of 127/8 is loopback) is not affected.
+    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    other.set_read_timeout(Some(common::RECV_WAIT)).unwrap();
+    let raw = Raw {
+        sock: other,
+        server: srv.addr,
+    };
+    raw.rrq("f.bin", &[]);
+    assert_eq!(receive(&raw).unwrap().data, data);
+    drop(stalled);
 }

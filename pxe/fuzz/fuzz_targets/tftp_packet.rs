@@ -19,21 +19,25 @@ const LIMITS: [Limits; 4] = [
         max_blksize: MAX_BLKSIZE,
         max_windowsize: 64,
         max_window_bytes: 1 << 20,
+        max_timeout_secs: 5,
     },
     Limits {
         max_blksize: 1024,
         max_windowsize: 4,
         max_window_bytes: 4096,
+        max_timeout_secs: 1,
     },
     Limits {
         max_blksize: 0,
         max_windowsize: 0,
         max_window_bytes: 0,
+        max_timeout_secs: 0,
     },
     Limits {
         max_blksize: u16::MAX,
         max_windowsize: u16::MAX,
         max_window_bytes: usize::MAX,
+        max_timeout_secs: u8::MAX,
     },
 ];
 

@@ -18,6 +18,7 @@ use pxe::net;
 use pxe::proto::dhcp::{MacAddr, RecvPort};
 use pxe::serve::dhcp::{DhcpContext, DhcpSocket, NodeLookup};
 use pxe::serve::http::HttpApp;
+use pxe::serve::http::limits::{self, Connections, HttpLimits};
 use pxe::serve::tftp::{TftpConfig, TftpStats};
 use pxe::state::{NewNodes, Store};
 
@@ -62,6 +63,7 @@ fn tcp_listener(
 }
 
 pub async fn serve(a: &ServeArgs) -> Result<()> {
+    let nofile = net::raise_nofile().context("raising the open-file limit (RLIMIT_NOFILE)")?;
     let bundle = Bundle::load(&a.bundle).context("loading bundle")?;
     let plan = &bundle.plan;
     let root = nix::unistd::geteuid().is_root();
@@ -225,6 +227,35 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
 
     tracing::info!(artifacts = %artifacts.display(), "serving /artifacts/ from");
     let tftp_stats = Arc::new(TftpStats::default());
+    let tftp_cfg = TftpConfig {
+        stats: tftp_stats.clone(),
+        max_per_address: a.tftp_max_per_address,
+        ..TftpConfig::default()
+    };
+    let max_connections = limits::fit_connections(
+        a.http_max_connections,
+        nofile,
+        limits::reserved_fds(tftp_cfg.max_transfers),
+    );
+    if max_connections < a.http_max_connections {
+        tracing::warn!(
+            nofile,
+            max_connections,
+            "the open-file limit lowers the HTTP connection cap (raise LimitNOFILE)"
+        );
+    }
+    let http_limits = HttpLimits {
+        max_connections,
+        max_per_address: a.http_max_per_address,
+        ..HttpLimits::default()
+    };
+    tracing::info!(
+        nofile,
+        max_connections,
+        max_per_address = http_limits.max_per_address,
+        tftp_max_per_address = tftp_cfg.max_per_address,
+        "connection limits"
+    );
     let app = Arc::new(HttpApp {
         bundle: live.clone(),
         arm_new: a.arm_new,
@@ -236,6 +267,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         boot_files: provider.clone(),
         api_token,
         node_posts: pxe::ratelimit::node_posts(),
+        connections: Arc::new(Connections::new(http_limits)),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -245,10 +277,6 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         app,
         pxe::serve::stopped(stop_rx.clone()),
     ));
-    let tftp_cfg = TftpConfig {
-        stats: tftp_stats,
-        ..TftpConfig::default()
-    };
     tasks.spawn(pxe::serve::tftp::run(
         tftp,
         provider.clone(),
@@ -267,6 +295,10 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         ));
     }
 
+    // Before READY: whoever reads READY may signal at once, and a SIGTERM before the
+    // handlers exist kills the process without draining.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     // One line for scripts and tests that start the server with port 0.
     println!(
         "READY {}",
@@ -285,8 +317,6 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         %server_ip, http_port, tftp_port, dhcp = ?a.dhcp, "serving"
     );
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),

@@ -423,6 +423,7 @@ fn release_and_decline_effects() {
     req.msg_type = MessageType::Decline;
     req.ciaddr = Ipv4Addr::UNSPECIFIED;
     req.requested_ip = Some(POOL_IP);
+    req.server_id = Some(c.server_ip);
     assert_eq!(
         lease_effect(&req, None, &c),
         Some(LeaseAction::Decline {
@@ -430,6 +431,13 @@ fn release_and_decline_effects() {
             ip: POOL_IP
         })
     );
+    // Protects the pool: a DECLINE without our server identifier (RFC 2131 §4.4.4) is not
+    // about our lease and quarantines nothing.
+    for other in [None, Some(Ipv4Addr::new(10, 77, 1, 254))] {
+        req.server_id = other;
+        assert_eq!(lease_effect(&req, None, &c), None, "server id {other:?}");
+    }
+    req.server_id = Some(c.server_ip);
     // Proxy mode never touches leases.
     assert_eq!(lease_effect(&req, None, &cfg(DhcpMode::Proxy, true)), None);
 }

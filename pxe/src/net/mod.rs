@@ -8,6 +8,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::proto::dhcp::{BootRequest, RecvPort, ReplyKind};
 
+pub mod gso;
+
 pub const DHCP_SERVER_PORT: u16 = 67;
 pub const DHCP_CLIENT_PORT: u16 = 68;
 /// PXE boot server port (PXE 2.1 §2.2.2).
@@ -29,6 +31,23 @@ pub fn udp_socket(iface: Option<&str>, addr: SocketAddrV4) -> io::Result<tokio::
     sock.set_nonblocking(true)?;
     sock.bind(&SocketAddr::V4(addr).into())?;
     tokio::net::UdpSocket::from_std(sock.into())
+}
+
+/// Raise this process's soft `RLIMIT_NOFILE` to its hard limit and return the new soft
+/// limit. The soft default is 1024 (systemd and most shells), which 1,100 idle HTTP
+/// connections used up; the hard limit (systemd: 524288) is what the administrator allows.
+/// Every socket and file of the server counts, so the HTTP connection cap is fitted under it.
+pub fn raise_nofile() -> io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    // An unlimited hard limit cannot be the soft one: the kernel caps descriptors at
+    // fs.nr_open, 1048576 by default.
+    let want = hard.min(1 << 20);
+    if soft >= want {
+        return Ok(soft);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard).map_err(io::Error::from)?;
+    Ok(want)
 }
 
 /// The first IPv4 address of `iface` (getifaddrs), for option 54 and siaddr.
@@ -139,6 +158,19 @@ mod tests {
         q.port = RecvPort::PxeBoot;
         let src4011: SocketAddr = "10.77.1.50:4011".parse().unwrap();
         assert_eq!(reply_target(&q, ReplyKind::Ack, src4011, &r), src4011);
+    }
+
+    /// Protects against descriptor exhaustion at the soft default: the soft limit ends at
+    /// the hard one.
+    #[test]
+    fn nofile_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // Start below the hard limit (lowering the soft limit is always allowed).
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(512), hard).unwrap();
+        let want = hard.min(1 << 20);
+        assert_eq!(raise_nofile().unwrap(), want);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (want, hard));
     }
 
     #[test]

@@ -305,7 +305,15 @@ pub struct Limits {
     /// Upper bound on `blksize × windowsize`: the server buffers one window for
     /// retransmission, so this bounds memory per transfer.
     pub max_window_bytes: usize,
+    /// Longest RFC 2349 `timeout` (seconds) acknowledged. A client asking for more gets no
+    /// `timeout` in the OACK and the server's own timeout: a never-ACKing client asking 255 s
+    /// would otherwise hold a transfer slot for hours (255 s doubled per retry).
+    pub max_timeout_secs: u8,
 }
+
+/// Default for [`Limits::max_timeout_secs`]: iPXE and EDK2 never send `timeout`; tftp-hpa
+/// and curl ask for 1-5 s when told to.
+pub const MAX_TIMEOUT_SECS: u8 = 5;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -313,6 +321,7 @@ impl Default for Limits {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
             max_window_bytes: 1 << 20,
+            max_timeout_secs: MAX_TIMEOUT_SECS,
         }
     }
 }
@@ -337,8 +346,10 @@ pub struct Negotiated {
 ///   (RFC 2348 lets the server answer with a smaller value); below 8 is ignored.
 /// - `windowsize` 1..=65535, lowered to the server maximum and to what fits into
 ///   `max_window_bytes`; 0 is ignored.
-/// - `timeout` 1..=255 seconds, accepted unchanged (RFC 2349 does not let the
-///   server pick a different value); anything else is ignored.
+/// - `timeout` 1..=`max_timeout_secs` seconds, accepted unchanged; anything else,
+///   larger values included, is not acknowledged (RFC 2349 §"Timeout Interval Option":
+///   the OACK value "must match the value specified by the client", so the server cannot
+///   answer with a smaller one) and the server keeps its own timeout.
 /// - `tsize` only as `0` in a read request, answered with `file_size`.
 pub fn negotiate(requested: &[(String, String)], limits: &Limits, file_size: u64) -> Negotiated {
     let mut out = Negotiated {
@@ -377,7 +388,7 @@ pub fn negotiate(requested: &[(String, String)], limits: &Limits, file_size: u64
                 let Ok(v) = value.parse::<u64>() else {
                     continue;
                 };
-                if !(1..=255).contains(&v) {
+                if !(1..=u64::from(limits.max_timeout_secs.max(1))).contains(&v) {
                     continue;
                 }
                 out.timeout_secs = Some(v as u8);
@@ -709,11 +720,39 @@ mod tests {
     #[test]
     fn timeout_in_range_only() {
         assert_eq!(neg(&[("timeout", "1")]).timeout_secs, Some(1));
-        assert_eq!(neg(&[("timeout", "255")]).timeout_secs, Some(255));
+        assert_eq!(neg(&[("timeout", "5")]).timeout_secs, Some(5));
         for bad in ["0", "256", "1.5", ""] {
             let n = neg(&[("timeout", bad)]);
             assert_eq!((n.timeout_secs, n.oack.len()), (None, 0), "timeout {bad:?}");
         }
+    }
+
+    /// Protects the transfer slots: a client asking `timeout 255` and never ACKing would
+    /// hold a slot for 255 s per retry, doubling (hours). Past the limit the option is not
+    /// acknowledged at all (RFC 2349 forbids answering another value) and the other options
+    /// still are.
+    #[test]
+    fn a_long_timeout_is_not_acknowledged() {
+        for long in ["6", "30", "255"] {
+            let n = neg(&[("blksize", "1468"), ("timeout", long), ("tsize", "0")]);
+            assert_eq!(n.timeout_secs, None, "timeout {long}");
+            assert_eq!(n.oack, opts(&[("blksize", "1468"), ("tsize", "1000")]));
+        }
+        let limits = Limits {
+            max_timeout_secs: 255,
+            ..Limits::default()
+        };
+        let n = negotiate(&opts(&[("timeout", "255")]), &limits, 0);
+        assert_eq!(n.timeout_secs, Some(255));
+        // A zero limit still lets a 1 s timeout through rather than none at all.
+        let limits = Limits {
+            max_timeout_secs: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            negotiate(&opts(&[("timeout", "1")]), &limits, 0).timeout_secs,
+            Some(1)
+        );
     }
 
     #[test]

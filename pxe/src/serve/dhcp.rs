@@ -14,21 +14,22 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::dhcp_policy::{
-    DhcpMode, DhcpPolicyConfig, NoLeases, NodeView, Reason, arch, decide_explained, lease_effect,
+    DhcpMode, DhcpPolicyConfig, NoLeases, NodeView, decide_explained, lease_effect,
 };
 use crate::leases::LeaseStore;
+use crate::metrics::arch_bucket;
+pub use crate::metrics::{ARCH_LABELS, CountersSnapshot, DhcpCounters};
 use crate::net::{ReplyRouting, reply_target};
-use crate::proto::dhcp::{self as codec, MacAddr, RecvPort, ReplyKind};
+use crate::proto::dhcp::{self as codec, MacAddr, MessageType, RecvPort, ReplyKind};
 
 /// What the server knows about a MAC; the node state machine implements it.
 pub trait NodeLookup: Send + Sync {
@@ -62,80 +63,6 @@ impl Clock for SystemClock {
 pub struct DhcpSocket {
     pub socket: UdpSocket,
     pub port: RecvPort,
-}
-
-/// Architecture buckets for the counters (and later Prometheus labels).
-pub const ARCH_LABELS: [&str; 7] = [
-    "bios", "efi_ia32", "efi_x64", "efi_bc", "efi_http", "other", "none",
-];
-
-fn arch_bucket(a: Option<u16>) -> usize {
-    match a {
-        Some(arch::BIOS) => 0,
-        Some(arch::EFI_IA32) => 1,
-        Some(arch::EFI_X64) => 2,
-        Some(arch::EFI_BC) => 3,
-        Some(arch::EFI_X64_HTTP) => 4,
-        Some(_) => 5,
-        None => 6,
-    }
-}
-
-/// Exchange counters; plain atomics so a metrics endpoint can read them live.
-#[derive(Default)]
-pub struct DhcpCounters {
-    pub received: AtomicU64,
-    pub malformed: AtomicU64,
-    pub offers: AtomicU64,
-    pub acks: AtomicU64,
-    pub naks: AtomicU64,
-    pub ignored: AtomicU64,
-    pub send_errors: AtomicU64,
-    pub panics: AtomicU64,
-    /// Replies sent, by client architecture (see [`ARCH_LABELS`]).
-    pub replies_by_arch: [AtomicU64; 7],
-    /// Decoded requests by policy decision (index: [`Reason::index`]).
-    pub by_decision: [AtomicU64; Reason::ALL.len()],
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct CountersSnapshot {
-    pub received: u64,
-    pub malformed: u64,
-    pub offers: u64,
-    pub acks: u64,
-    pub naks: u64,
-    pub ignored: u64,
-    pub send_errors: u64,
-    pub panics: u64,
-    pub replies_by_arch: Vec<(&'static str, u64)>,
-    pub by_decision: Vec<(&'static str, u64)>,
-}
-
-impl DhcpCounters {
-    pub fn snapshot(&self) -> CountersSnapshot {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CountersSnapshot {
-            received: g(&self.received),
-            malformed: g(&self.malformed),
-            offers: g(&self.offers),
-            acks: g(&self.acks),
-            naks: g(&self.naks),
-            ignored: g(&self.ignored),
-            send_errors: g(&self.send_errors),
-            panics: g(&self.panics),
-            replies_by_arch: ARCH_LABELS
-                .iter()
-                .zip(&self.replies_by_arch)
-                .map(|(l, a)| (*l, g(a)))
-                .collect(),
-            by_decision: Reason::ALL
-                .iter()
-                .zip(&self.by_decision)
-                .map(|(r, a)| (r.label(), g(a)))
-                .collect(),
-        }
-    }
 }
 
 /// Everything the loop needs; shared by the per-socket tasks.
@@ -200,13 +127,22 @@ impl DhcpContext {
             Some(s) => decide_explained(&req, node.as_ref(), &self.policy, &s.view(now)),
             None => decide_explained(&req, node.as_ref(), &self.policy, &NoLeases),
         };
+        let mut applied = false;
         if let Some(s) = store.as_mut()
             && let Some(action) = lease_effect(&req, reply.as_ref(), &self.policy)
             && s.apply(action, now)
         {
+            applied = true;
             self.dirty.store(true, Ordering::Relaxed);
         }
         drop(store);
+        if full && req.msg_type == MessageType::Decline && !applied {
+            c.declines_ignored.fetch_add(1, Ordering::Relaxed);
+            // Debug: every datagram already gets its info line below; a spoofed DECLINE
+            // flood shows in the counter.
+            debug!(mac = %req.mac, %src, requested = ?req.requested_ip, server_id = ?req.server_id,
+                  "dhcp: DECLINE ignored: not from the lease's client or not for this server");
+        }
         c.by_decision[why.index()].fetch_add(1, Ordering::Relaxed);
         let arch = req.client_arch;
         let host = node.as_ref().map_or("-", |n| n.hostname.as_str());
@@ -343,6 +279,7 @@ async fn serve_socket(
 mod tests {
     use super::*;
     use crate::dhcp_policy::{NodeState, PoolRange};
+    use crate::leases::LeaseState;
     use crate::proto::dhcp::{Architecture, DhcpOption, MessageType, client_message, encode};
     use std::net::Ipv4Addr;
 
@@ -467,5 +404,73 @@ mod tests {
             saved.contains("02:00:00:00:00:32") && saved.contains("10.77.1.100"),
             "{saved}"
         );
+    }
+
+    fn decline(mac: u8, ip: Ipv4Addr, server: Option<Ipv4Addr>) -> Vec<u8> {
+        let mut opts = vec![DhcpOption::RequestedIpAddress(ip)];
+        opts.extend(server.map(DhcpOption::ServerIdentifier));
+        encode(&client_message(
+            MacAddr([2, 0, 0, 0, 0, mac]),
+            9,
+            MessageType::Decline,
+            opts,
+        ))
+        .unwrap()
+    }
+
+    /// Protects the pool and bound clients: a DECLINE quarantines an address only when it
+    /// comes from the lease's own client (chaddr) and names this server (option 54); any
+    /// other is ignored and counted.
+    #[test]
+    fn decline_only_from_the_lease_holder_naming_this_server() {
+        let c = ctx(DhcpMode::Full);
+        let src = SRC.parse().unwrap();
+        let ours = Ipv4Addr::new(10, 77, 1, 1);
+        let ip = Ipv4Addr::new(10, 77, 1, 100);
+        assert!(matches!(
+            c.handle(RecvPort::Dhcp, &discover(50, false), src),
+            Outcome::Send { .. }
+        ));
+        let req = encode(&client_message(
+            MacAddr([2, 0, 0, 0, 0, 50]),
+            8,
+            MessageType::Request,
+            vec![
+                DhcpOption::ServerIdentifier(ours),
+                DhcpOption::RequestedIpAddress(ip),
+            ],
+        ))
+        .unwrap();
+        assert!(matches!(
+            c.handle(RecvPort::Dhcp, &req, src),
+            Outcome::Send { .. }
+        ));
+        let holder = MacAddr([2, 0, 0, 0, 0, 50]);
+        let state = |c: &DhcpContext| c.leases().lease_of(&holder).map(|l| l.state);
+        assert_eq!(state(&c), Some(LeaseState::Bound));
+        for (mac, server) in [
+            (51, Some(ours)),                          // another client
+            (50, None),                                // no server identifier
+            (50, Some(Ipv4Addr::new(10, 77, 1, 254))), // another server's
+        ] {
+            assert_eq!(
+                c.handle(RecvPort::Dhcp, &decline(mac, ip, server), src),
+                Outcome::Nothing
+            );
+            assert_eq!(state(&c), Some(LeaseState::Bound), "mac {mac} {server:?}");
+        }
+        assert_eq!(c.counters.snapshot().declines_ignored, 3);
+        // The holder naming us: quarantined, not counted as ignored.
+        c.handle(RecvPort::Dhcp, &decline(50, ip, Some(ours)), src);
+        assert_eq!(state(&c), None, "the address left the client");
+        assert_eq!(c.counters.snapshot().declines_ignored, 3);
+        match c.handle(RecvPort::Dhcp, &discover(52, false), src) {
+            Outcome::Send { bytes, .. } => assert_eq!(
+                codec::decode_reply(&bytes).unwrap().yiaddr(),
+                Ipv4Addr::new(10, 77, 1, 101),
+                "a declined address is not offered"
+            ),
+            Outcome::Nothing => panic!("no offer"),
+        }
     }
 }

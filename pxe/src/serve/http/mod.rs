@@ -22,12 +22,13 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use crate::bundle::{LiveBundle, Plan};
+use crate::metrics::TftpStats;
 use crate::metrics::{self, HttpCounters};
 use crate::serve::dhcp::DhcpContext;
-use crate::serve::tftp::TftpStats;
 use crate::state::{NewNodes, Store};
 
 mod files;
+pub mod limits;
 pub mod node;
 pub mod operator;
 
@@ -50,6 +51,8 @@ pub struct HttpApp {
     pub api_token: String,
     /// Per-node limit on what nodes post.
     pub node_posts: crate::ratelimit::PerKey,
+    /// Connection caps and timeouts, and the table of open connections (`limits`).
+    pub connections: Arc<limits::Connections>,
 }
 
 impl HttpApp {
@@ -74,7 +77,7 @@ type App = State<Arc<HttpApp>>;
 
 pub fn router(app: Arc<HttpApp>) -> Router {
     let events = DefaultBodyLimit::max(node::EVENT_BODY_MAX);
-    Router::new()
+    let router = Router::new()
         .route("/boot.ipxe", get(node::boot_entry))
         .route("/boot/{file}", get(node::boot))
         .route("/plan/{host}/{secret}", get(node::plan))
@@ -95,9 +98,46 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         .nest("/api/v1", operator::router(app.clone()))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/{file}", get(boot_file))
+        .route("/{file}", get(boot_file));
+    // Counted outside the limits, so their 408 and 413 answers show in the metrics.
+    bounded(router, &app.connections.limits)
         .layer(middleware::from_fn_with_state(app.clone(), count))
         .with_state(app)
+}
+
+/// The request limits every route gets: the body size cap, set explicitly (axum's default
+/// is 2 MB; bodies here are small events and forms; routes that need less set their own,
+/// smaller limit) and the request timeout.
+fn bounded<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    limits: &limits::HttpLimits,
+) -> Router<S> {
+    router
+        .layer(axum::extract::DefaultBodyLimit::max(limits.body_limit))
+        .layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            request_timeout,
+        ))
+}
+
+/// A request whose answer is not ready within the request timeout (typically a body that
+/// trickles in) gets 408 and the connection is closed: whatever of the body is left unread
+/// cannot be skipped safely.
+async fn request_timeout(
+    State(limit): State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::info!(?limit, "request not answered within the request timeout");
+            let mut r = text(StatusCode::REQUEST_TIMEOUT, "request timeout\n");
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    }
 }
 
 async fn count(State(app): App, req: Request, next: Next) -> Response {
@@ -177,8 +217,8 @@ pub(crate) fn artifact_file(app: &HttpApp, path: &str) -> Result<PathBuf, NoArti
         return found.map(|a| a.path.clone()).ok_or(NoArtifact::NotFound);
     }
     let root = app.artifacts.as_ref().ok_or(NoArtifact::NoFolder)?;
-    let rel = crate::serve::tftp::relative_path(path).map_err(|e| match e {
-        crate::serve::tftp::ProviderError::AccessViolation(_) => NoArtifact::Outside,
+    let rel = crate::content::relative_path(path).map_err(|e| match e {
+        crate::content::ProviderError::AccessViolation(_) => NoArtifact::Outside,
         _ => NoArtifact::NotFound,
     })?;
     let (Ok(root_c), Ok(full)) = (root.canonicalize(), root.join(&rel).canonicalize()) else {
@@ -215,12 +255,13 @@ async fn artifact(State(app): App, UrlPath(path): UrlPath<String>, req: Request)
 
 async fn metrics_handler(State(app): App) -> Response {
     let dhcp = app.dhcp.as_ref().map(|d| d.counters.snapshot());
-    let body = metrics::render(
+    let mut body = metrics::render(
         dhcp.as_ref(),
         &app.tftp_stats,
         &app.counters,
         &app.store.all(),
     );
+    app.connections.render_metrics(&mut body);
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -237,7 +278,6 @@ pub async fn run(
     app: Arc<HttpApp>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -245,11 +285,70 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let front = files::front(listener, app.clone(), handoff_tx, stop_rx.clone());
-    let routed = axum::serve(
-        files::Handoffs::new(handoff_rx, local),
-        router(app).into_make_service_with_connect_info::<files::Peer>(),
-    )
-    .with_graceful_shutdown(crate::serve::stopped(stop_rx));
-    let ((), served) = tokio::join!(front, routed.into_future());
-    served
+    let routed = files::routed(handoff_rx, router(app), stop_rx);
+    tokio::join!(front, routed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use axum::body::{Body, Bytes};
+    use axum::http::{Request, StatusCode, header};
+    use axum::routing::post;
+    use hyper::body::{Body as HttpBody, Frame};
+    use tower::ServiceExt;
+
+    use super::{Router, bounded, limits::HttpLimits};
+
+    /// A request body whose bytes never come.
+    struct Stalled;
+
+    impl HttpBody for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    fn app() -> Router {
+        let limits = HttpLimits {
+            request_timeout: Duration::from_millis(200),
+            ..HttpLimits::default()
+        };
+        bounded(
+            Router::new().route("/", post(|b: Bytes| async move { b.len().to_string() })),
+            &limits,
+        )
+    }
+
+    /// Protects the router from bodies that trickle or never come: the request is answered
+    /// 408 (and the connection closed) at the request timeout.
+    #[tokio::test]
+    async fn a_stalled_body_gets_408_at_the_request_timeout() {
+        let req = Request::post("/").body(Body::new(Stalled)).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), app().oneshot(req))
+            .await
+            .expect("no answer: the request timeout is missing")
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(r.headers()[header::CONNECTION], "close");
+    }
+
+    /// Protects memory: a body over 64 KiB is refused (413), one under is read.
+    #[tokio::test]
+    async fn bodies_are_capped_at_64_kib() {
+        let post = |n: usize| Request::post("/").body(Body::from(vec![b'x'; n])).unwrap();
+        let r = app().oneshot(post(64 << 10)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = app().oneshot(post((64 << 10) + 1)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
 }
