@@ -1,0 +1,140 @@
+//! First-boot reports against the real `pxe serve` on loopback: accepted only with the node's
+//! report token and from its inventory address (the lab's nodes live in 127.0.20.0/24, which a
+//! test can send from without root), capped in size, rate-limited per node, and a flood of them
+//! neither evicts the lifecycle record nor slows the boot path.
+
+#[path = "servecommon/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{IMAGE_SHA256, Server, lab, request_from};
+
+fn installed(s: &Server, lab: &common::Lab, host: &str) {
+    let secret = s.secret_from_boot(&lab.mac(host));
+    for ev in [
+        r#"{"event":"installing","disk":"/dev/vda","total":10}"#.to_string(),
+        format!(r#"{{"event":"installed","sha256":"{IMAGE_SHA256}"}}"#),
+    ] {
+        assert_eq!(s.install_event(host, &secret, &ev), 200, "{ev}");
+    }
+}
+
+#[test]
+fn phone_home_from_the_node_address_boots_it_and_reports_are_capped() {
+    let lab = lab();
+    let s = Server::start(&lab, &[]);
+    installed(&s, &lab, "k3s1");
+    let ip = lab.ip("k3s1");
+    // Another node's address with k3s1's token: refused.
+    let other: std::net::Ipv4Addr = lab.ip("k3s2").parse().unwrap();
+    let token = lab.report_token("k3s1");
+    let (st, _) = request_from(
+        other,
+        s.http,
+        "POST",
+        &format!("/report/k3s1/{token}/phone-home"),
+        "hostname=k3s1",
+        &[],
+    );
+    assert_eq!(st, 403);
+    // Another node's token from k3s1's address: the same 404 as an unknown node.
+    let (st, _) = request_from(
+        ip.parse().unwrap(),
+        s.http,
+        "POST",
+        &format!("/report/k3s1/{}/phone-home", lab.report_token("k3s2")),
+        "hostname=k3s1",
+        &[],
+    );
+    assert_eq!(st, 404);
+    assert_eq!(s.state("k3s1"), "installed");
+
+    assert_eq!(
+        s.report(&lab, "k3s1", "phone-home", "instance_id=x&hostname=k3s1&fqdn=k3s1.lab"),
+        200
+    );
+    assert_eq!(s.state("k3s1"), "booted");
+    let last = s.node("k3s1")["timeline"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["detail"],
+        format!("phone-home: hostname=k3s1 fqdn=k3s1.lab address={ip}")
+    );
+    // First boot cannot claim install events, and nothing can claim `arm`.
+    for bad in [
+        format!(r#"{{"event":"installed","sha256":"{IMAGE_SHA256}"}}"#),
+        r#"{"event":"arm"}"#.to_string(),
+        r#"{"event":"failed","reason":"x"}"#.to_string(),
+    ] {
+        assert_eq!(s.report(&lab, "k3s1", "events", &bad), 400, "{bad}");
+    }
+    // A note is cut to 256 printable bytes; a body over 4 KiB is refused.
+    let long = format!(
+        r#"{{"event":"note","kind":"k","detail":"\u001b[2J{}"}}"#,
+        "y".repeat(3000)
+    );
+    assert_eq!(s.report(&lab, "k3s1", "events", &long), 200);
+    let last = s.node("k3s1")["timeline"].as_array().unwrap().last().unwrap().clone();
+    let detail = last["detail"].as_str().unwrap();
+    assert!(detail.len() <= 256 && !detail.contains('\u{1b}'), "{detail}");
+    let huge = format!(
+        r#"{{"event":"note","kind":"k","detail":"{}"}}"#,
+        "z".repeat(5000)
+    );
+    assert_eq!(s.report(&lab, "k3s1", "events", &huge), 413);
+}
+
+/// Protects the boot path and the record: a node flooding notes is rate-limited (429), its
+/// lifecycle entries stay, and `/boot` keeps answering meanwhile.
+#[test]
+fn a_note_flood_is_limited_and_does_not_slow_the_boot_path() {
+    let lab = lab();
+    let s = Server::start(&lab, &[]);
+    installed(&s, &lab, "k3s1");
+    let port = s.http;
+    let ip: std::net::Ipv4Addr = lab.ip("k3s1").parse().unwrap();
+    let path = format!("/report/k3s1/{}/events", lab.report_token("k3s1"));
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut limited) = (0, 0);
+                for i in 0..250 {
+                    let body = format!(r#"{{"event":"note","kind":"spam","detail":"{i}"}}"#);
+                    match request_from(ip, port, "POST", &path, &body, &[]).0 {
+                        200 => ok += 1,
+                        429 => limited += 1,
+                        other => panic!("note answered {other}"),
+                    }
+                }
+                (ok, limited)
+            })
+        })
+        .collect();
+    let mac = lab.mac("k3s2");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert!(s.boot_script(&mac).contains("k3s2"));
+        slowest = slowest.max(t.elapsed());
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for h in flood {
+        let (o, l) = h.join().unwrap();
+        ok += o;
+        limited += l;
+    }
+    eprintln!("note flood: {ok} accepted, {limited} refused (429); slowest /boot {slowest:?}");
+    assert_eq!(ok + limited, 1000);
+    assert!(limited >= 800, "{ok} accepted: no rate limit");
+    assert!(slowest < Duration::from_secs(2), "/boot took {slowest:?} under a note flood");
+    let events: Vec<String> = s.node("k3s1")["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["event"].as_str().unwrap().to_string())
+        .collect();
+    for want in ["arm", "script-served", "installing", "installed"] {
+        assert!(events.iter().any(|e| e == want), "{want} evicted: {events:?}");
+    }
+}
