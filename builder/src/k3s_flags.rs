@@ -1,9 +1,10 @@
 //! Config-file keys accepted by `k3s server` and `k3s agent` (flag names without `--`).
 //! Source: k3s-io/k3s pkg/cli/cmds/server.go + pkg/cli/cmds/agent.go (urfave/cli v1 era, ~v1.30/v1.31:
-//! has etcd-s3-config-secret, etcd-s3-proxy, supervisor-metrics, node-internal-dns; stored-index blob ids
-//! 2828888998 / 2541003485, commit not exposed by the index), cross-checked against k3s-io/docs
-//! docs/cli/server.md@02434960d6d5881e47ae8a1c857c4b51f23deec6 and docs/cli/agent.md@1f023c058c5f999a8857644625779e7298d13936,
-//! which add `nonroot-devices` and `secrets-encryption-provider`. See NOTES.md.
+//! has etcd-s3-config-secret, etcd-s3-proxy, supervisor-metrics, node-internal-dns), cross-checked
+//! against the k3s-io/docs pages
+//! https://github.com/k3s-io/docs/blob/02434960d6d5881e47ae8a1c857c4b51f23deec6/docs/cli/server.md
+//! and https://github.com/k3s-io/docs/blob/1f023c058c5f999a8857644625779e7298d13936/docs/cli/agent.md,
+//! which add `nonroot-devices` and `secrets-encryption-provider`.
 //! k3s drops unknown keys with only a warning,
 //! so ironseed checks every key it renders against these lists.
 //!

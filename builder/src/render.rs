@@ -105,9 +105,10 @@ pub fn seed_image_path(hostname: &str) -> String {
     format!("usb/{hostname}-cidata.img")
 }
 
-/// A disaster restore (domain.md §3): one surviving server forgets its peers and restores an
-/// etcd snapshot. k3s refuses the reset while `server:` is set, so that node's config has no
-/// `server:` (and never `cluster-init`), but the cluster's old token.
+/// A disaster restore (docs/reference.md "k3s rebuild and restore"): one surviving server
+/// forgets its peers and restores an etcd snapshot. k3s refuses the reset while `server:` is
+/// set, so that node's config has no `server:` (and never `cluster-init`), but the cluster's old
+/// token.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterReset {
     pub node: String,

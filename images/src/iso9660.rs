@@ -2,9 +2,9 @@
 //! Ridge names (so `user-data` keeps its lowercase and dash; plain ISO9660 allows neither), fixed
 //! timestamps, byte-identical output for the same input.
 //!
-//! Why not hadris-iso (../shared/docs/crates.md): 2.5 stamps `now()` into the volume descriptor
-//! and every directory record, so two renders differ; 3.0 fixes that but is a release candidate.
-//! The volume needed here is ~25 sectors and this file writes all of them.
+//! Why not hadris-iso (docs/reference.md "Crate notes"): 2.5 stamps `now()` into the volume
+//! descriptor and every directory record, so two renders differ; 3.0 fixes that but is a
+//! release candidate. The volume needed here is ~25 sectors and this file writes all of them.
 //!
 //! Layout (2048-byte sectors): 0–15 system area (zero), 16 primary volume descriptor,
 //! 17 terminator, 18 L path table, 19 M path table, 20 root directory, 21 Rock Ridge

@@ -10,7 +10,8 @@
 //!        p2    ironseed-image: the compressed golden image, raw from the partition's first byte
 //!              (its length and sha256 are in plan.json; the partition is rounded up to a MiB)
 //! ```
-//! Built like the golden image's ESP (docs/pxe-lab.md): no root, no loop devices, no mounts —
+//! Built like the golden image's ESP (docs/reference.md "Building disk images without root, loop
+//! devices or mounts"): no root, no loop devices, no mounts —
 //! `mkfs.vfat` on a file, `syslinux --install`, `mcopy`, `sfdisk` on the image file. Partition
 //! GUIDs and the FAT serial are derived from the node's name: the same node gets the same IDs,
 //! and two sticks never collide in `/dev/disk/by-partuuid`.

@@ -68,7 +68,8 @@ impl Target for std::fs::File {
     /// fallocate(FALLOC_FL_ZERO_RANGE): on a block device the kernel turns it into
     /// BLKZEROOUT (write-zeroes or unmap on the device, a real zero-fill where it has neither),
     /// so a reused disk still reads back zeroes. Writing a raw image's gigabyte of empty
-    /// filesystem through write() dominated install time under emulation (pxe-lab.md).
+    /// filesystem through write() dominated install time under emulation
+    /// (docs/reference.md "Golden image recipe").
     fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<bool> {
         use nix::fcntl::{FallocateFlags, fallocate};
         match fallocate(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP benchmark: `pxe serve` against nginx (sendfile) serving the same artifact file, with the
 # same client (curl to /dev/null), one stream and 50 at once, in interleaved rounds (only ratios
-# from one run mean anything on this noisy 2-core machine; see ../shared/docs/peers.md).
+# from one run mean anything on this noisy 2-core machine; docs/reference.md "Benchmark method").
 #
 #   bash pxe/bench/http.sh                 # installs nginx-light if missing (root)
 #   ROUNDS=5 SIZE_MB=512 CONC=50 bash pxe/bench/http.sh

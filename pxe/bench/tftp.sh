@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TFTP benchmark: ironseed's server against tftpd-hpa, atftpd and dnsmasq, with
-# the same clients and the same file, in interleaved rounds (peers.md: only
-# ratios from one run mean anything on this noisy 2-core machine).
+# the same clients and the same file, in interleaved rounds (only ratios from
+# one run mean anything on this noisy 2-core machine: docs/reference.md "Benchmark method").
 #
 #   bash pxe/bench/tftp.sh            # needs root (network namespace for dnsmasq)
 #   ROUNDS=5 SIZE_MB=64 CONC=50 CONC_MB=30 CONC_ROUNDS=2 bash pxe/bench/tftp.sh
@@ -51,7 +51,7 @@ if [[ -z ${IRON_BIN:-} ]]; then
     (cd "$here" && cargo build --release -q -p pxe --example tftp_serve)
 fi
 
-# atftpd conflicts with tftpd-hpa as a package: unpack it instead (peers.md).
+# atftpd conflicts with tftpd-hpa as a package: unpack it instead.
 atftpd_bin="$here/target/bench-peers/usr/sbin/atftpd"
 if [[ ! -x $atftpd_bin ]]; then
     echo "== unpacking atftpd" >&2

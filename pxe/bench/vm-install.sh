@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark: one VM from blank disk to "cloud-init finished" over the network, ironseed against
-# the reference of ../shared/docs/pxe-lab.md (dnsmasq for DHCP, the lab's stateful python
-# http.server stand-in, its busybox installer doing `wget | dd` plus a read-back check), in one
-# run with rounds interleaved. Same VM (SeaBIOS + iPXE ROM, TCG, 1 GiB, 2 vCPU, blank 4 GiB
-# virtio disk), same golden image (`builder images build debian-12`), same seed (the reference
-# gets the image with the node's CIDATA seed already in its slot, as `builder render --usb`
-# makes it), same first boot. Only the provisioning differs.
+# the reference lab (docs/reference.md "The reference lab": dnsmasq for DHCP, the lab's
+# stateful python http.server stand-in, its busybox installer doing `wget | dd` plus a
+# read-back check), in one run with rounds interleaved. Same VM (SeaBIOS + iPXE ROM, TCG,
+# 1 GiB, 2 vCPU, blank 4 GiB virtio disk), same golden image (`builder images build
+# debian-12`), same seed (the reference gets the image with the node's CIDATA seed already in
+# its slot, as `builder render --usb` makes it), same first boot. Only the provisioning differs.
 #
 #   sudo pxe/bench/vm-install.sh [ROUNDS]      (default 1 round = one VM per flow, ~5 min)
 #

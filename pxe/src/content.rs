@@ -88,8 +88,8 @@ pub trait Provider: Send + Sync {
 /// firmware sometimes asks for `/undionly.kpxe`, and DHCP option 67 is often
 /// written that way). The joined path is then canonicalized and must still lie
 /// under the canonical root, which refuses symlinks that point out of the root
-/// (crates.md: every surveyed crate followed them). Symlinks that stay inside the
-/// root are served. Known gap: a symlink swapped between the check and the open
+/// (every surveyed crate followed them: docs/reference.md "Crate notes"). Symlinks that stay
+/// inside the root are served. Known gap: a symlink swapped between the check and the open
 /// is not detected; the root is expected to be writable only by the operator.
 pub struct FsProvider {
     root: PathBuf,

@@ -51,7 +51,7 @@ until grep -q READY "$WORK/srv.out"; do sleep 0.2; done
 if [ "$MODE" = uefi ]; then
   cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars.fd"
   # romfile= (empty): no iPXE ROM, EDK2's PXE client; IPv6 PXE off so the
-  # IPv4 entry is tried first (shared/docs/pxe-lab.md).
+  # IPv4 entry is tried first (docs/reference.md "Firmware behaviour").
   FW=(-machine q35,accel=tcg
       -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd
       -drive if=pflash,format=raw,unit=1,file="$WORK/vars.fd"

@@ -105,7 +105,7 @@ fn edk2_requests_decode_to_boot_requests() {
 
 #[test]
 fn ipxe_requests_decode_to_boot_requests() {
-    // Real iPXE (qemu's NIC ROM), captured when qemu is available; see CAPTURE.md.
+    // Real iPXE (qemu's NIC ROM), captured when qemu is available; see pxe/testdata/CAPTURE.md.
     for bin in captures() {
         let name = bin.file_stem().unwrap().to_string_lossy().into_owned();
         if !name.starts_with("ipxe_") {

@@ -405,7 +405,8 @@ struct VmRun {
 /// `dhcp_serve` (the VM's MAC in the inventory at 10.77.<net>.10). In proxy
 /// mode a dnsmasq plays the LAN's router, handing out addresses without any
 /// boot options. Return what went over the wire and the serial console.
-/// TCG only: this kernel's /dev/kvm is a slow nested layer (pxe-lab.md).
+/// TCG only: this kernel's /dev/kvm is a slow nested layer (docs/reference.md "qemu: TCG, not
+/// KVM").
 fn boot_vm(net: u8, vm_mac: &str, uefi: bool, proxy: bool, until: Until) -> VmRun {
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("{}{net}", std::process::id() % 100_000);

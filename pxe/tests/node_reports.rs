@@ -51,11 +51,21 @@ fn phone_home_from_the_node_address_boots_it_and_reports_are_capped() {
     assert_eq!(s.state("k3s1"), "installed");
 
     assert_eq!(
-        s.report(&lab, "k3s1", "phone-home", "instance_id=x&hostname=k3s1&fqdn=k3s1.lab"),
+        s.report(
+            &lab,
+            "k3s1",
+            "phone-home",
+            "instance_id=x&hostname=k3s1&fqdn=k3s1.lab"
+        ),
         200
     );
     assert_eq!(s.state("k3s1"), "booted");
-    let last = s.node("k3s1")["timeline"].as_array().unwrap().last().unwrap().clone();
+    let last = s.node("k3s1")["timeline"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(
         last["detail"],
         format!("phone-home: hostname=k3s1 fqdn=k3s1.lab address={ip}")
@@ -74,9 +84,17 @@ fn phone_home_from_the_node_address_boots_it_and_reports_are_capped() {
         "y".repeat(3000)
     );
     assert_eq!(s.report(&lab, "k3s1", "events", &long), 200);
-    let last = s.node("k3s1")["timeline"].as_array().unwrap().last().unwrap().clone();
+    let last = s.node("k3s1")["timeline"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     let detail = last["detail"].as_str().unwrap();
-    assert!(detail.len() <= 256 && !detail.contains('\u{1b}'), "{detail}");
+    assert!(
+        detail.len() <= 256 && !detail.contains('\u{1b}'),
+        "{detail}"
+    );
     let huge = format!(
         r#"{{"event":"note","kind":"k","detail":"{}"}}"#,
         "z".repeat(5000)
@@ -127,7 +145,10 @@ fn a_note_flood_is_limited_and_does_not_slow_the_boot_path() {
     eprintln!("note flood: {ok} accepted, {limited} refused (429); slowest /boot {slowest:?}");
     assert_eq!(ok + limited, 1000);
     assert!(limited >= 800, "{ok} accepted: no rate limit");
-    assert!(slowest < Duration::from_secs(2), "/boot took {slowest:?} under a note flood");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "/boot took {slowest:?} under a note flood"
+    );
     let events: Vec<String> = s.node("k3s1")["timeline"]
         .as_array()
         .unwrap()
@@ -135,6 +156,9 @@ fn a_note_flood_is_limited_and_does_not_slow_the_boot_path() {
         .map(|t| t["event"].as_str().unwrap().to_string())
         .collect();
     for want in ["arm", "script-served", "installing", "installed"] {
-        assert!(events.iter().any(|e| e == want), "{want} evicted: {events:?}");
+        assert!(
+            events.iter().any(|e| e == want),
+            "{want} evicted: {events:?}"
+        );
     }
 }

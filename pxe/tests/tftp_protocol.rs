@@ -276,7 +276,8 @@ fn netascii_and_malformed_requests_are_refused() {
 
 #[test]
 fn tsize_probe_then_real_request() {
-    // EDK2 (pxe-lab.md item 7): RRQ tsize only, read OACK, ERROR 8, RRQ again.
+    // EDK2 (docs/reference.md "Firmware behaviour" 7): RRQ tsize only, read OACK, ERROR 8,
+    // RRQ again.
     let data = pattern(50_000, 8);
     let dir = root_with(&[("snponly.efi", &data)]);
     let srv = TestServer::start_fs(dir.path(), patient());

@@ -13,7 +13,7 @@
 //! `pxe serve` runs in proxy mode, as it would beside a router: it never hands out addresses,
 //! so the "router" namespace runs dnsmasq with a plain address pool (no boot options). dnsmasq
 //! also sends IPv6 router advertisements, because iPXE otherwise waits 13–17 s at
-//! "Configuring" for one (docs: pxe-lab.md).
+//! "Configuring" for one (docs/reference.md "Firmware behaviour").
 //!
 //! Cases, all against one server and one bundle rendered by the real `builder`:
 //! - BIOS (SeaBIOS + qemu's iPXE NIC ROM), known MAC: the install script is served (serial

@@ -1,6 +1,8 @@
 //! Shared helpers for the cross-crate tests in `tests/tests/`: render the test fixtures through
 //! the builder library exactly as the CLI does, without touching the disk.
 
+pub mod docs;
+
 use std::path::{Path, PathBuf};
 
 use builder::diag::Diagnostics;
@@ -118,7 +120,7 @@ pub fn k3s_from_user_data(f: &Fixture, host: &str) -> serde_json::Value {
 }
 
 /// Flags that must match on every server: a joining server compares them with the cluster's
-/// ("critical configuration value mismatch", domain.md §3).
+/// ("critical configuration value mismatch", docs/reference.md "k3s rebuild and restore").
 pub const CRITICAL: &[&str] = &[
     "agent-token",
     "cluster-cidr",

@@ -1,5 +1,6 @@
 //! Renders of `builder rebuild` (a node in join form) and `builder recover` (one server in
-//! cluster-reset form), parsed back: the k3s HA pitfalls of domain.md §3 must not be possible.
+//! cluster-reset form), parsed back: the k3s HA pitfalls of docs/reference.md "k3s rebuild and
+//! restore" must not be possible.
 
 use builder::render::{ClusterReset, RenderOptions};
 use ironseed_tests::{

@@ -9,7 +9,7 @@
 //! ```
 //! The seed slot means no per-node root filesystem is ever built or mounted: cloud-init 22.4
 //! finds a FAT volume labelled CIDATA on any partition (`[seed=/dev/sda2]`), network-config
-//! included (docs/pxe-lab.md).
+//! included (docs/reference.md "Golden image recipe").
 
 pub const SECTOR: u64 = 512;
 pub const MIB: u64 = 1 << 20;

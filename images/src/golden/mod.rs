@@ -1,7 +1,7 @@
 //! The golden node image: Debian bookworm from Debian's archive by debootstrap, made bootable
 //! in BIOS and UEFI mode without root-only kernel features (no loop devices, no mounts — this
 //! kernel cannot mount vfat, and a build host should not need to), then compressed with its
-//! sha256. The recipe follows docs/pxe-lab.md, measured on this kind of machine.
+//! sha256. The recipe: docs/reference.md "Golden image recipe", measured on this kind of machine.
 //!
 //! Needs root (debootstrap creates device nodes and files owned by other users; `chroot` runs
 //! update-initramfs) and Debian's debootstrap, dosfstools, mtools, syslinux, syslinux-common,
@@ -77,7 +77,7 @@ pub const DEBIAN_12: Recipe = Recipe {
         "kmod",
         "cloud-init",
         // debootstrap's resolver does not follow Provides: python3-cryptography fails to
-        // configure without it (pxe-lab.md).
+        // configure without it (docs/reference.md "Golden image recipe").
         "python3-cffi-backend",
         "cloud-guest-utils",
         "openssh-server",

@@ -3,7 +3,7 @@
 //! Pure: no sockets, no clock, no lookups. The server loop (`serve::dhcp`) and
 //! the fuzz target both go through [`decode_request`] and [`encode_reply`].
 //!
-//! dhcproto quirks handled here (see shared/docs/crates.md):
+//! dhcproto quirks handled here (docs/reference.md "Crate notes"):
 //! - it does not check the magic cookie, nor op/htype/hlen: we do, before decoding;
 //! - one option whose length does not fit its type (e.g. option 93 with 1 byte)
 //!   silently ends option parsing, and a few wrong lengths trip `debug_assert!`s

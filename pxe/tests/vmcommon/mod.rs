@@ -491,7 +491,8 @@ pub enum Firmware {
 }
 
 /// The qemu machine for `fw`, always TCG (/dev/kvm on this kind of machine is a broken nested
-/// layer: SeaBIOS 15× slower, OVMF dies with "KVM internal error"; pxe-lab.md). UEFI: OVMF's
+/// layer: SeaBIOS 15× slower, OVMF dies with "KVM internal error"; docs/reference.md "qemu: TCG,
+/// not KVM"). UEFI: OVMF's
 /// code read-only and `vars`, the machine's own NVRAM copy.
 pub fn machine_args(cmd: &mut Command, fw: Firmware, vars: &Path) {
     match fw {
