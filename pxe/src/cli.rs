@@ -71,7 +71,8 @@ pub struct ServeArgs {
     /// TFTP port (the firmware always asks on 69).
     #[arg(long, default_value_t = 69, value_name = "N")]
     pub tftp_port: u16,
-    /// HTTP port. Default: 80 as root, 8080 otherwise; 0 picks a free port.
+    /// HTTP port. Default: the bundle's appliance.http_port, the port every URL in the bundle
+    /// names; 0 picks a free port.
     #[arg(long, value_name = "N")]
     pub http_port: Option<u16>,
     /// DHCP server port (67; the proxy also listens on 4011). Only tests change it.

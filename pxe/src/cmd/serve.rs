@@ -90,7 +90,9 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     } else {
         server_ip
     };
-    let http_port = a.http_port.unwrap_or(if root { 80 } else { 8080 });
+    // The bundle's URLs (boot scripts, plans, seeds, reports) all name the appliance's port:
+    // serving any other by default would send every node to a closed port.
+    let http_port = a.http_port.unwrap_or(plan.appliance.http_port);
     let state_dir = a
         .state
         .clone()
