@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod facts;
 pub mod files;
 mod mac;
 mod plan;
