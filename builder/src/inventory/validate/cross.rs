@@ -1,10 +1,12 @@
 //! Rules that look at several sections at once: duplicates, the VIP against node addresses,
-//! HA shape.
+//! HA shape. They compare the values the sections parsed ([`NodeKeys`], the model), never
+//! re-parse the raw strings: one parser, one notion of "the same MAC".
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use super::Ctx;
+use super::nodes::NodeKeys;
 use crate::diag::Span;
 use crate::inventory::model::*;
 use crate::inventory::profiles::span;
@@ -17,10 +19,10 @@ pub(super) fn cross_checks(
     net: &Network,
     cl: &Cluster,
     app: &Appliance,
-    _nodes: &[Node],
+    keys: &[NodeKeys],
 ) {
     let mut hostnames: HashMap<&str, (usize, &S<String>)> = HashMap::new();
-    let mut macs: HashMap<String, (usize, String)> = HashMap::new();
+    let mut macs: HashMap<Mac, (usize, &str)> = HashMap::new();
     let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
     ips.insert(net.gateway, "the gateway (network.gateway)".into());
     ips.insert(app.ip, "the appliance (appliance.ip)".into());
@@ -47,7 +49,7 @@ pub(super) fn cross_checks(
             format!("{} is inside the DHCP pool", app.ip),
         );
     }
-    for (i, sn) in raw.nodes.iter().enumerate() {
+    for (i, (sn, k)) in raw.nodes.iter().zip(keys).enumerate() {
         let n = &sn.value;
         let name = n.hostname.value.as_str();
         if let Some((j, _)) = hostnames.get(name) {
@@ -59,29 +61,20 @@ pub(super) fn cross_checks(
         } else {
             hostnames.insert(name, (i, &n.hostname));
         }
-        let all_macs = std::iter::once(("mac".to_string(), &n.mac)).chain(
-            n.extra_macs
-                .iter()
-                .enumerate()
-                .map(|(j, m)| (format!("extra_macs[{j}]"), m)),
-        );
-        for (field, m) in all_macs {
-            let Ok(mac) = m.value.parse::<Mac>() else {
-                continue;
-            };
-            let key = mac.to_string();
-            if let Some((j, other)) = macs.get(&key) {
-                let at = &raw.nodes[*j].value.mac;
-                c.err(m, format!("nodes[{i}].{field}"), format!(
-                    "duplicate MAC {key}: node `{name}` and node `{other}` (nodes[{j}], {}:{}) both claim it",
+        for &(field, mac) in &k.macs {
+            if let Some(&(j, other)) = macs.get(&mac) {
+                // Where the first claimant's `mac` stands (also when it claimed it as an extra).
+                let at = &raw.nodes[j].value.mac;
+                c.err(field.of(n), format!("nodes[{i}].{}", field.path()), format!(
+                    "duplicate MAC {mac}: node `{name}` and node `{other}` (nodes[{j}], {}:{}) both claim it",
                     at.referenced.line(),
                     at.referenced.column()
                 ));
             } else {
-                macs.insert(key, (i, name.to_string()));
+                macs.insert(mac, (i, name));
             }
         }
-        if let Ok(ip) = n.ip.value.parse::<Ipv4Addr>() {
+        if let Some(ip) = k.ip {
             if ip == cl.api.vip {
                 c.err(&n.ip, format!("nodes[{i}].ip"), format!(
                     "{ip} is the API VIP (cluster.api.vip); kube-vip moves the VIP between servers, so no node may own it"
@@ -98,16 +91,17 @@ pub(super) fn cross_checks(
             }
         }
     }
-    let servers: Vec<(usize, &S<RawNode>)> = raw
+    let servers: Vec<&S<RawNode>> = raw
         .nodes
         .iter()
-        .enumerate()
-        .filter(|(_, n)| n.value.role.value == "server")
+        .zip(keys)
+        .filter(|(_, k)| k.role == Some(Role::Server))
+        .map(|(n, _)| n)
         .collect();
     let count = servers.len();
     let first_span = servers
         .first()
-        .map(|(_, n)| span(c.file, *n))
+        .map(|n| span(c.file, *n))
         .unwrap_or_else(|| span(c.file, &raw.cluster.name));
     match count {
         0 => c.d.error(Span::new(c.file, raw.cluster.name.referenced.line(), 1), "nodes", "no node has role server: a k3s cluster needs at least one"),
@@ -117,5 +111,42 @@ pub(super) fn cross_checks(
             n - 1, n - 1, n + 1
         )),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::inventory::{self, DEFAULT_INVENTORY, ProfileSet};
+    use crate::templates::Templates;
+
+    /// The cross checks see every entry's parsed addresses, not only the nodes that made it
+    /// into the model: a node that fails another rule (an unknown profile) and takes another
+    /// node's MAC, spelled differently, gets both errors in one run.
+    #[test]
+    fn a_node_failing_another_rule_still_gets_its_duplicate_mac_reported() {
+        let text = DEFAULT_INVENTORY.replacen(
+            "    profile: optiplex\n    mac: d8:9e:f3:20:00:22",
+            "    profile: nope\n    mac: D8-9E-F3-20-00-21",
+            1,
+        );
+        assert_ne!(text, DEFAULT_INVENTORY);
+        let mut d = crate::diag::Diagnostics::default();
+        let set = ProfileSet::load(&[], &mut d);
+        let (inv, d) = inventory::load("inv.yaml", &text, &set, &Templates::embedded());
+        assert!(inv.is_none());
+        let errs: Vec<_> = d
+            .errors()
+            .map(|e| (e.path.clone(), e.message.clone()))
+            .collect();
+        assert!(
+            errs.iter()
+                .any(|(p, m)| p == "nodes[4].profile" && m.contains("unknown hardware profile")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|(p, m)| p == "nodes[4].mac" && m.contains("duplicate MAC d8:9e:f3:20:00:21")),
+            "{errs:?}"
+        );
     }
 }

@@ -76,7 +76,7 @@ pub fn validate(
     let appliance = appliance(&mut c, &raw.appliance, network.as_ref());
     let ssh = ssh(&mut c, &raw.ssh);
     let os = os(&raw.os);
-    let nodes = nodes(
+    let (nodes, keys) = nodes(
         &mut c,
         raw,
         profiles,
@@ -84,9 +84,9 @@ pub fn validate(
         network.as_ref(),
         cluster.as_ref(),
     );
-    let nfs = nfs(&mut c, raw, &nodes, network.as_ref());
+    let nfs = nfs(&mut c, raw, &nodes, &keys, network.as_ref());
     if let (Some(net), Some(cl), Some(app)) = (&network, &cluster, &appliance) {
-        cross_checks(&mut c, raw, net, cl, app, &nodes);
+        cross_checks(&mut c, raw, net, cl, app, &keys);
     }
     if c.d.has_errors() {
         return None;

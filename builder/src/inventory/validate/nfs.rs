@@ -1,6 +1,7 @@
 //! `nfs:`: exports on the nfs nodes, and the optional secondary copy.
 
 use super::Ctx;
+use super::nodes::NodeKeys;
 use crate::inventory::model::*;
 use crate::inventory::raw::*;
 
@@ -8,13 +9,16 @@ pub(super) fn nfs(
     c: &mut Ctx,
     raw: &RawInventory,
     nodes: &[Node],
+    keys: &[NodeKeys],
     net: Option<&Network>,
 ) -> Option<Nfs> {
     let nfs_nodes: Vec<(usize, &S<RawNode>)> = raw
         .nodes
         .iter()
+        .zip(keys)
         .enumerate()
-        .filter(|(_, n)| n.value.role.value == "nfs")
+        .filter(|(_, (_, k))| k.role == Some(Role::Nfs))
+        .map(|(i, (n, _))| (i, n))
         .collect();
     let Some(r) = &raw.nfs else {
         if let Some((i, n)) = nfs_nodes.first() {

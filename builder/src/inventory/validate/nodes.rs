@@ -12,6 +12,39 @@ use crate::inventory::profiles::{
 use crate::inventory::raw::*;
 use crate::k3s_flags;
 
+/// The typed values of one `nodes:` entry that the rules across entries compare
+/// ([`super::cross`]). Kept for every entry, also one that fails other rules, so that its
+/// duplicate address is still reported in the same run.
+pub(super) struct NodeKeys {
+    pub role: Option<Role>,
+    /// Its valid MACs in inventory order.
+    pub macs: Vec<(MacField, Mac)>,
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Which of a node's MAC fields.
+#[derive(Clone, Copy)]
+pub(super) enum MacField {
+    Mac,
+    Extra(usize),
+}
+
+impl MacField {
+    pub fn path(self) -> String {
+        match self {
+            MacField::Mac => "mac".into(),
+            MacField::Extra(j) => format!("extra_macs[{j}]"),
+        }
+    }
+
+    pub fn of(self, n: &RawNode) -> &S<String> {
+        match self {
+            MacField::Mac => &n.mac,
+            MacField::Extra(j) => &n.extra_macs[j],
+        }
+    }
+}
+
 pub(super) fn nodes(
     c: &mut Ctx,
     raw: &RawInventory,
@@ -19,8 +52,9 @@ pub(super) fn nodes(
     templates: &dyn TemplateCatalog,
     net: Option<&Network>,
     cluster: Option<&Cluster>,
-) -> Vec<Node> {
+) -> (Vec<Node>, Vec<NodeKeys>) {
     let mut out = Vec::new();
+    let mut keys = Vec::new();
     let mut first_server_seen = false;
     for (i, sn) in raw.nodes.iter().enumerate() {
         let n = &sn.value;
@@ -59,14 +93,17 @@ pub(super) fn nodes(
         };
         let mac: Option<Mac> = c.parse(&n.mac, &p("mac"), "a MAC address");
         let mut extra_macs = Vec::new();
+        let mut macs: Vec<(MacField, Mac)> = mac.map(|m| (MacField::Mac, m)).into_iter().collect();
         for (j, m) in n.extra_macs.iter().enumerate() {
             if let Some(m) =
                 c.parse::<Mac>(m, &format!("nodes[{i}].extra_macs[{j}]"), "a MAC address")
             {
                 extra_macs.push(m);
+                macs.push((MacField::Extra(j), m));
             }
         }
         let ip: Option<Ipv4Addr> = c.parse(&n.ip, &p("ip"), "an IPv4 address");
+        keys.push(NodeKeys { role, macs, ip });
         if let (Some(ip), Some(net)) = (ip, net) {
             if !host_in(&net.subnet, ip) {
                 c.err(
@@ -268,7 +305,7 @@ pub(super) fn nodes(
             k3s_extra,
         });
     }
-    out
+    (out, keys)
 }
 
 /// Keys rendered from the inventory; an override would break the critical-flag match or the VIP.
