@@ -2,16 +2,16 @@
 //! codec: every option, every error path, rollover, windows and retransmission.
 //! No external binaries needed.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Raw, TestServer, get, pattern, receive};
 use pxe::proto::tftp::{ErrorCode, Mode, Packet, Request, encode};
 use pxe::serve::tftp::{BoxFuture, Content, Provider, ProviderError, TftpConfig, TftpStats};
+use support::tftp::{Raw, TestServer, get, pattern, receive};
 
 fn opts(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -563,6 +563,6 @@ fn provider_generates_content_per_client() {
 fn wire_bytes_of_a_request_are_what_firmware_sends() {
     // Guards encode() against accidental changes: the bytes the tests send are
     // the bytes real clients send.
-    let bytes = encode(&common::rrq("a", &[("tsize", "0")]));
+    let bytes = encode(&support::tftp::rrq("a", &[("tsize", "0")]));
     assert_eq!(bytes, b"\x00\x01a\x00octet\x00tsize\x000\x00");
 }

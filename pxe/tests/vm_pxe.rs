@@ -35,12 +35,11 @@
 //! Needs root, iproute2, qemu-system-x86_64, ipxe-qemu, ipxe, ovmf and dnsmasq (tests/packages.txt).
 //! Without them the test is skipped loudly, except under `CI=true`, where it fails.
 
-mod dhcpcommon;
-mod vmcommon;
+mod support;
 
 use std::time::Instant;
 
-use vmcommon::*;
+use support::vm::*;
 
 const BIOS_MAC: &str = "52:54:00:88:00:11";
 const UEFI_MAC: &str = "52:54:00:88:00:21";
@@ -202,7 +201,11 @@ fn pxe_serve_boots_real_firmware() {
         installed.push("vm-uefi1");
     }
     for node in &installed {
-        let mac = if *node == "vm-bios1" { BIOS_MAC } else { UEFI_MAC };
+        let mac = if *node == "vm-bios1" {
+            BIOS_MAC
+        } else {
+            UEFI_MAC
+        };
         let secret = install_secret(&ns, mac);
         post_event(
             &ns,
