@@ -469,3 +469,15 @@ fn started_as_root_it_serves_as_the_unprivileged_user() {
     assert_eq!(meta(&lab.state).uid(), user.uid.as_raw());
     assert_eq!(meta(&lab.state).mode() & 0o7777, 0o700);
 }
+
+/// SIGTERM at once after READY drains and exits 0: the handler is in place before READY is
+/// printed (when it was installed after, the default action now and then killed the server,
+/// status 15, on a loaded machine).
+#[test]
+fn sigterm_right_after_ready_is_a_clean_shutdown() {
+    let lab = lab();
+    for _ in 0..30 {
+        let status = Server::start(&lab, &[]).stop();
+        assert!(status.success(), "{status:?}");
+    }
+}

@@ -264,6 +264,9 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         ));
     }
 
+    // Before READY: a SIGTERM right after it must drain, not kill (the default action).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     // One line for scripts and tests that start the server with port 0.
     println!(
         "READY {}",
@@ -282,8 +285,6 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         %server_ip, http_port, tftp_port, dhcp = ?a.dhcp, "serving"
     );
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
