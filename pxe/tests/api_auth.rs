@@ -4,9 +4,7 @@
 
 mod support;
 
-use support::serve;
-
-use support::serve::{Server, lab, request};
+use support::serve::{self, Server, lab, request};
 
 /// Every operator route with a real node name in it.
 fn operator_paths() -> Vec<String> {

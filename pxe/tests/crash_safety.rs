@@ -3,13 +3,11 @@
 
 mod support;
 
-use support::serve;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use support::serve::{Server, http, lab, request};
+use support::serve::{self, Server, http, lab, request};
 
 #[test]
 fn sigkill_mid_install_resumes_and_never_installs_twice() {

@@ -4,8 +4,6 @@
 
 mod support;
 
-use support::serve;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -13,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::serve::{Server, lab};
+use support::serve::{self, Server, lab};
 
 /// 9 MiB + 123 bytes: several sendfile chunks and socket-buffer refills, and no round size.
 fn pattern(len: usize) -> Vec<u8> {

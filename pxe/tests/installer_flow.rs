@@ -4,7 +4,6 @@
 
 mod support;
 
-use support::serve;
 #[path = "../../images/tests/support/golden.rs"]
 mod golden;
 
@@ -15,7 +14,7 @@ use std::process::Command;
 
 use images::disk::Disk;
 use sha2::Digest;
-use support::serve::{Server, lab};
+use support::serve::{self, Server, lab};
 
 const MIB: u64 = 1 << 20;
 

@@ -5,8 +5,6 @@
 
 mod support;
 
-use support::serve;
-
 use support::builder_bin;
 
 use std::path::Path;
@@ -19,7 +17,7 @@ use builder::render::{self, RenderOptions};
 use builder::secrets::Secrets;
 use builder::templates::Templates;
 use serde_json::Value;
-use support::serve::{Lab, Server};
+use support::serve::{self, Lab, Server};
 
 fn render_into(bundle: &Path, text: &str, secrets: &Secrets, opts: &RenderOptions) {
     let templates = Templates::embedded();

@@ -3,9 +3,7 @@
 
 mod support;
 
-use support::serve;
-
-use support::serve::{Server, lab};
+use support::serve::{self, Server, lab};
 
 #[test]
 fn install_once_flow_from_armed_to_booted_and_re_arm() {
