@@ -14,19 +14,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::dhcp_policy::{
-    DhcpMode, DhcpPolicyConfig, NoLeases, NodeView, decide_explained, lease_effect,
+    DhcpMode, DhcpPolicyConfig, NoLeases, NodeView, Reason, arch, decide_explained, lease_effect,
 };
 use crate::leases::LeaseStore;
-use crate::metrics::{DhcpCounters, arch_bucket};
 use crate::net::{ReplyRouting, reply_target};
 use crate::proto::dhcp::{self as codec, MacAddr, RecvPort, ReplyKind};
 
@@ -62,6 +62,80 @@ impl Clock for SystemClock {
 pub struct DhcpSocket {
     pub socket: UdpSocket,
     pub port: RecvPort,
+}
+
+/// Architecture buckets for the counters (and later Prometheus labels).
+pub const ARCH_LABELS: [&str; 7] = [
+    "bios", "efi_ia32", "efi_x64", "efi_bc", "efi_http", "other", "none",
+];
+
+fn arch_bucket(a: Option<u16>) -> usize {
+    match a {
+        Some(arch::BIOS) => 0,
+        Some(arch::EFI_IA32) => 1,
+        Some(arch::EFI_X64) => 2,
+        Some(arch::EFI_BC) => 3,
+        Some(arch::EFI_X64_HTTP) => 4,
+        Some(_) => 5,
+        None => 6,
+    }
+}
+
+/// Exchange counters; plain atomics so a metrics endpoint can read them live.
+#[derive(Default)]
+pub struct DhcpCounters {
+    pub received: AtomicU64,
+    pub malformed: AtomicU64,
+    pub offers: AtomicU64,
+    pub acks: AtomicU64,
+    pub naks: AtomicU64,
+    pub ignored: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub panics: AtomicU64,
+    /// Replies sent, by client architecture (see [`ARCH_LABELS`]).
+    pub replies_by_arch: [AtomicU64; 7],
+    /// Decoded requests by policy decision (index: [`Reason::index`]).
+    pub by_decision: [AtomicU64; Reason::ALL.len()],
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CountersSnapshot {
+    pub received: u64,
+    pub malformed: u64,
+    pub offers: u64,
+    pub acks: u64,
+    pub naks: u64,
+    pub ignored: u64,
+    pub send_errors: u64,
+    pub panics: u64,
+    pub replies_by_arch: Vec<(&'static str, u64)>,
+    pub by_decision: Vec<(&'static str, u64)>,
+}
+
+impl DhcpCounters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersSnapshot {
+            received: g(&self.received),
+            malformed: g(&self.malformed),
+            offers: g(&self.offers),
+            acks: g(&self.acks),
+            naks: g(&self.naks),
+            ignored: g(&self.ignored),
+            send_errors: g(&self.send_errors),
+            panics: g(&self.panics),
+            replies_by_arch: ARCH_LABELS
+                .iter()
+                .zip(&self.replies_by_arch)
+                .map(|(l, a)| (*l, g(a)))
+                .collect(),
+            by_decision: Reason::ALL
+                .iter()
+                .zip(&self.by_decision)
+                .map(|(r, a)| (r.label(), g(a)))
+                .collect(),
+        }
+    }
 }
 
 /// Everything the loop needs; shared by the per-socket tasks.
