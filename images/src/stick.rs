@@ -17,13 +17,14 @@
 //! and two sticks never collide in `/dev/disk/by-partuuid`.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use crate::golden::layout::{self as glayout, MIB, SECTOR, TYPE_ESP, TYPE_LINUX_DATA};
+use crate::golden::assemble::{self, EspSpec, SYSLINUX_MBR, SYSTEMD_BOOT, copy_into};
+use crate::golden::layout::{self as glayout, MIB, TYPE_ESP, TYPE_LINUX_DATA};
 use crate::plan::{self, InstallPlan};
 
 /// The installer's kernel command line on the stick: both consoles (the last `console=` gets
@@ -134,6 +135,15 @@ pub struct StickInputs<'a> {
     pub work: &'a Path,
 }
 
+impl From<assemble::AssembleError> for StickError {
+    fn from(e: assemble::AssembleError) -> Self {
+        match e {
+            assemble::AssembleError::Tool(t, s, o) => StickError::Tool(t, s, o),
+            assemble::AssembleError::Io(c, e) => StickError::Io(c, e),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StickError {
     #[error("missing on this machine: {0} (apt-get install {1})")]
@@ -158,9 +168,6 @@ fn io_ctx(ctx: impl Into<String>) -> impl FnOnce(io::Error) -> StickError {
     let ctx = ctx.into();
     move |e| StickError::Io(ctx, e)
 }
-
-const SYSLINUX_MBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
-const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
 const NEEDS: &[(&str, &str)] = &[
     ("mkfs.vfat", "dosfstools"),
@@ -219,10 +226,6 @@ fn run(cmd: &mut Command) -> Result<(), StickError> {
     Ok(())
 }
 
-/// Timestamps of what syslinux (through mtools), mmd and mcopy write: 1980-01-01, the FAT epoch
-/// (mtools honours SOURCE_DATE_EPOCH), so the same inputs give the same stick byte for byte.
-const EPOCH: &str = "315532800";
-
 #[derive(Debug, Clone)]
 pub struct StickBuilt {
     pub layout: StickLayout,
@@ -254,75 +257,28 @@ pub fn build(
     let esp_len = (payload + 32 * MIB).max(128 * MIB);
     let l = layout(esp_len, image_len);
 
-    // ESP as a file.
     log("ESP: mkfs.vfat, syslinux, systemd-boot, installer, plan and seed");
-    let esp = i.work.join("esp.img");
-    let _ = fs::remove_file(&esp);
-    run(Command::new("mkfs.vfat")
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .args(["-F", "32", "-n", "IRONSEED", "-i", &ids.esp_serial])
-        // Fixed times for what mkfs writes (the volume label entry); -i still sets the serial.
-        .arg("--invariant")
-        // Hidden sectors = the partition's start: syslinux's VBR finds itself when gptmbr.bin
-        // chains into it.
-        .args(["-h", &(l.esp_start / SECTOR).to_string(), "-C"])
-        .arg(&esp)
-        .arg((l.esp_len / 1024).to_string()))?;
-    run(Command::new("syslinux")
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .arg("--install")
-        .arg(&esp))?;
-    let files = i.work.join("esp-files");
-    fs::create_dir_all(&files).map_err(io_ctx(format!("creating {}", files.display())))?;
-    let text = |n: &str, c: &[u8]| -> Result<PathBuf, StickError> {
-        let p = files.join(n);
-        fs::write(&p, c).map_err(io_ctx(format!("writing {}", p.display())))?;
-        Ok(p)
-    };
     let title = format!("ironseed offline installer for {}", i.plan.hostname);
-    let mut put: Vec<(PathBuf, String)> = vec![
-        (i.vmlinuz.to_path_buf(), "vmlinuz".into()),
-        (i.initrd.to_path_buf(), "initrd.img".into()),
-        (
-            text("syslinux.cfg", glayout::syslinux_cfg(&cmdline).as_bytes())?,
-            "syslinux.cfg".into(),
-        ),
-        (PathBuf::from(SYSTEMD_BOOT), "EFI/BOOT/BOOTX64.EFI".into()),
-        (
-            text("loader.conf", glayout::loader_conf().as_bytes())?,
-            "loader/loader.conf".into(),
-        ),
-        (
-            text(
-                "ironseed.conf",
-                glayout::loader_entry(&title, &cmdline).as_bytes(),
-            )?,
-            "loader/entries/ironseed.conf".into(),
-        ),
-    ];
     let mut plan_json = serde_json::to_vec_pretty(i.plan).expect("a plan serialises");
     plan_json.push(b'\n');
-    put.push((
-        text("plan.json", &plan_json)?,
-        format!("{}/plan.json", plan::STICK_DIR),
-    ));
-    for (name, bytes) in i.seed {
-        put.push((text(name, bytes)?, format!("{}/{name}", plan::STICK_DIR)));
-    }
-    run(Command::new("mmd")
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .arg("-i")
-        .arg(&esp)
-        .args(["::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"])
-        .arg(format!("::/{}", plan::STICK_DIR)))?;
-    for (src, dst) in &put {
-        run(Command::new("mcopy")
-            .env("SOURCE_DATE_EPOCH", EPOCH)
-            .args(["-o", "-i"])
-            .arg(&esp)
-            .arg(src)
-            .arg(format!("::/{dst}")))?;
-    }
+    let [s0, s1, s2] = i.seed;
+    let esp = assemble::build_esp(
+        &EspSpec {
+            label: "IRONSEED",
+            serial: &ids.esp_serial,
+            start: l.esp_start,
+            len: l.esp_len,
+            reproducible: true,
+            cmdline: &cmdline,
+            title: &title,
+            kernel: i.vmlinuz,
+            initrd: i.initrd,
+            extra_dir: Some(plan::STICK_DIR),
+            extra: &[("plan.json", &plan_json), s0, s1, s2],
+        },
+        i.work,
+        &mut run,
+    )?;
 
     // The disk image: GPT, ESP, image, boot code.
     let name = out
@@ -346,29 +302,7 @@ pub fn build(
                 .map_err(io_ctx(format!("sizing {}", tmp.display())))?;
         }
         log("partition table (sfdisk)");
-        let mut sf = Command::new("sfdisk")
-            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-            .arg(&tmp)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(io_ctx("starting sfdisk"))?;
-        sf.stdin
-            .take()
-            .expect("piped")
-            .write_all(sfdisk_script(&l, &ids).as_bytes())
-            .map_err(io_ctx("feeding sfdisk"))?;
-        let o = sf
-            .wait_with_output()
-            .map_err(io_ctx("waiting for sfdisk"))?;
-        if !o.status.success() {
-            return Err(StickError::Tool(
-                "sfdisk".into(),
-                o.status.to_string(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-            ));
-        }
+        assemble::partition(&tmp, &sfdisk_script(&l, &ids))?;
         let mut img = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -397,12 +331,7 @@ pub fn build(
                 actual: format!("{actual} ({n} bytes)"),
             });
         }
-        // BIOS: gptmbr.bin in the MBR's code area (the partition table starts at byte 446).
-        let mbr = fs::read(SYSLINUX_MBR).map_err(io_ctx(format!("reading {SYSLINUX_MBR}")))?;
-        img.seek(SeekFrom::Start(0))
-            .and_then(|_| img.write_all(&mbr[..mbr.len().min(440)]))
-            .and_then(|_| img.sync_all())
-            .map_err(io_ctx("writing the boot code"))?;
+        assemble::write_boot_code(&mut img)?;
         fs::rename(&tmp, out).map_err(io_ctx(format!("moving the image to {}", out.display())))
     })();
     let _ = fs::remove_file(&esp);
@@ -427,30 +356,6 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
         Ok(n)
-    }
-}
-
-/// Copy all of `src` into `dst` at `offset`, leaving all-zero MiBs as holes (the file stays
-/// sparse: the ESP is mostly empty). Returns the bytes copied.
-fn copy_into(src: &mut dyn Read, dst: &mut File, offset: u64) -> io::Result<u64> {
-    let mut buf = vec![0u8; MIB as usize];
-    let mut done = 0u64;
-    loop {
-        let mut n = 0;
-        while n < buf.len() {
-            match src.read(&mut buf[n..])? {
-                0 => break,
-                k => n += k,
-            }
-        }
-        if n == 0 {
-            return Ok(done);
-        }
-        if buf[..n].iter().any(|b| *b != 0) {
-            dst.seek(SeekFrom::Start(offset + done))?;
-            dst.write_all(&buf[..n])?;
-        }
-        done += n as u64;
     }
 }
 

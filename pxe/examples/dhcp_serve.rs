@@ -14,11 +14,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use ipnet::Ipv4Net;
-use pxe::dhcp_policy::{DhcpMode, DhcpPolicyConfig, Firmware, NodeState, NodeView, PoolRange};
+use pxe::dhcp_policy::{DhcpMode, DhcpPolicyConfig, Firmware, NodeView, PoolRange};
 use pxe::leases::LeaseStore;
 use pxe::net::{self, ReplyRouting};
 use pxe::proto::dhcp::{MacAddr, RecvPort};
 use pxe::serve::dhcp::{DhcpContext, DhcpSocket, run};
+use pxe::state::NodeState;
 use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 

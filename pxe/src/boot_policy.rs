@@ -1,7 +1,7 @@
 //! What a PXE-booting machine is told over HTTP, as a pure function of what the server knows.
 //! Install-once lives here: only a node armed for install ever gets the installer.
 
-use crate::dhcp_policy::NodeState;
+use crate::state::NodeState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Script {

@@ -3,7 +3,8 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+use pxe::dhcp_policy::DhcpMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,16 +42,6 @@ pub enum Command {
 pub struct ReaderArgs {
     #[arg(long, value_name = "DIR")]
     pub bundle: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DhcpMode {
-    /// Answer PXE clients only, with boot information and no address (a router hands out addresses).
-    Proxy,
-    /// Be the DHCP server: inventory MACs get their inventory IPs, others the optional pool.
-    Full,
-    /// No DHCP (another server points clients at this one).
-    Off,
 }
 
 #[derive(Debug, Args)]

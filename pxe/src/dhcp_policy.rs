@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::proto::dhcp::{
     BootInfo, BootRequest, LeaseParams, MacAddr, MessageType, RecvPort, Reply, ReplyKind,
 };
+use crate::state::NodeState;
 
 /// RFC 4578 §2.1 / IANA processor architecture types we act on.
 pub mod arch {
@@ -41,43 +42,17 @@ pub mod arch {
     pub const EFI_X64_HTTP: u16 = 16;
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// `pxe serve --dhcp`. The variants' doc comments are the `--help` text of the flag's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DhcpMode {
-    /// Answer only boot clients, with boot info and no address (a router on the LAN hands out addresses).
+    /// Answer PXE clients only, with boot information and no address (a router hands out addresses).
     #[default]
     Proxy,
-    /// Be the LAN's DHCP server: static leases for inventory MACs, an optional pool.
+    /// Be the DHCP server: inventory MACs get their inventory IPs, others the optional pool.
     Full,
-    /// No DHCP at all.
+    /// No DHCP (another server points clients at this one).
     Off,
-}
-
-/// Node lifecycle as the state machine reports it (owned elsewhere).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeState {
-    #[default]
-    Armed,
-    Booting,
-    Installing,
-    Installed,
-    Booted,
-    Failed,
-    /// Not armed for install (served with `--no-arm`): boots its local disk.
-    Disarmed,
-}
-
-impl NodeState {
-    /// Whether a PXE boot of this node gets the installer. Booting and Installing stay armed:
-    /// a node that PXE-boots again mid-install was interrupted, and its disk is not bootable
-    /// (the installer writes the first MiB last).
-    pub fn install_armed(self) -> bool {
-        matches!(
-            self,
-            NodeState::Armed | NodeState::Booting | NodeState::Installing
-        )
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

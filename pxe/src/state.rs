@@ -15,8 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use images::bundle::{InstallEvent, NOTE_MAX, ReportEvent, printable};
 use serde::{Deserialize, Serialize};
 
-pub use crate::dhcp_policy::NodeState;
-
 pub const STATE_FILE: &str = "nodes.json";
 /// Lifecycle entries (arm, booting, installed, ...) kept per node; older ones go first.
 const LIFECYCLE_CAP: usize = 200;
@@ -25,6 +23,33 @@ const LIFECYCLE_CAP: usize = 200;
 const NOTES_CAP: usize = 50;
 /// How long an install secret lives unless `pxe serve --install-window` says otherwise.
 pub const DEFAULT_INSTALL_WINDOW: Duration = Duration::from_secs(2 * 3600);
+
+/// A node's install lifecycle; [`apply`] moves it, the DHCP and boot policies read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Armed,
+    Booting,
+    Installing,
+    Installed,
+    Booted,
+    Failed,
+    /// Not armed for install (served with `--no-arm`): boots its local disk.
+    Disarmed,
+}
+
+impl NodeState {
+    /// Whether a PXE boot of this node gets the installer. Booting and Installing stay armed:
+    /// a node that PXE-boots again mid-install was interrupted, and its disk is not bootable
+    /// (the installer writes the first MiB last).
+    pub fn install_armed(self) -> bool {
+        matches!(
+            self,
+            NodeState::Armed | NodeState::Booting | NodeState::Installing
+        )
+    }
+}
 
 /// An install secret. Never printed: `Debug` is redacted, and the API shows only whether a node
 /// has one.

@@ -2,10 +2,9 @@
 //! from the router's own route list (`operator::routes()`), so a route added later is covered
 //! here without anyone remembering to add it.
 
-#[path = "servecommon/mod.rs"]
-mod common;
+mod support;
 
-use common::{Server, lab, request};
+use support::serve::{self, Server, lab, request};
 
 /// Every operator route with a real node name in it.
 fn operator_paths() -> Vec<String> {
@@ -92,7 +91,7 @@ fn cross_origin_requests_are_refused_even_with_the_token() {
     // The server's own origin (its dashboard, later) is fine.
     let own = format!("Origin: http://127.0.0.1:{}", s.http);
     let host = format!("Host: 127.0.0.1:{}", s.http);
-    let (st, body) = common::request_raw(s.http, "GET", "/api/v1/nodes", &[&auth, &own, &host]);
+    let (st, body) = serve::request_raw(s.http, "GET", "/api/v1/nodes", &[&auth, &own, &host]);
     assert_eq!(st, 200, "{body}");
 }
 

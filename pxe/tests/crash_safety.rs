@@ -1,14 +1,13 @@
 //! `kill -9` at the worst moments: the restarted server resumes from a consistent state, every
 //! event it acknowledged survives, and no node is installed twice.
 
-#[path = "servecommon/mod.rs"]
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{Server, http, lab, request};
+use support::serve::{self, Server, http, lab, request};
 
 #[test]
 fn sigkill_mid_install_resumes_and_never_installs_twice() {
@@ -52,7 +51,7 @@ fn sigkill_mid_install_resumes_and_never_installs_twice() {
     );
     let installed = format!(
         r#"{{"event":"installed","sha256":"{}"}}"#,
-        common::IMAGE_SHA256
+        serve::IMAGE_SHA256
     );
     assert_eq!(s.install_event("k3s2", &secret, &installed), 200);
     s.kill9();
@@ -106,14 +105,14 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_event() {
                 };
                 let installed = format!(
                     r#"{{"event":"installed","sha256":"{}"}}"#,
-                    common::IMAGE_SHA256
+                    serve::IMAGE_SHA256
                 );
                 while !stop.load(Ordering::SeqCst) {
                     let _ = std::panic::catch_unwind(|| {
                         request(port, "POST", "/api/v1/nodes/k3s-master2/arm", "", &[&auth])
                     });
                     let (_, script) = try_http("GET", &format!("/boot/{mac}.ipxe"), "");
-                    let Some(secret) = common::secret_in(&script) else {
+                    let Some(secret) = serve::secret_in(&script) else {
                         continue;
                     };
                     let events = format!("/install/k3s-master2/{secret}/events");
@@ -184,6 +183,6 @@ fn sigkill_mid_tftp_transfer_then_a_fresh_transfer_is_byte_exact() {
     );
     let s = Server::start(&lab, &[]);
     let again = lab.dir.path().join("full");
-    assert!(common::tftp_get(s.tftp, "undionly.kpxe", &again));
+    assert!(serve::tftp_get(s.tftp, "undionly.kpxe", &again));
     assert_eq!(std::fs::read(&again).unwrap(), want);
 }

@@ -9,14 +9,13 @@
 //! datagrams in order, so if any hostile datagram had been answered, that
 //! answer would arrive before the answer to the valid probe sent last.
 
-#[path = "dhcpcommon/mod.rs"]
-mod common;
+mod support;
 
 use std::net::UdpSocket;
 
-use common::{Server, mac, plain_discover, pxe_discover};
 use pxe::proto::dhcp::{self, HEADER_LEN, MAGIC_COOKIE};
 use serde_json::json;
+use support::dhcp::{Server, mac, plain_discover, pxe_discover};
 
 const DHCP_PORT: u16 = 46810;
 const CLIENT_PORT: u16 = 46811;

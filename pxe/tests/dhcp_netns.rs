@@ -20,19 +20,20 @@
 //! With `IRONSEED_REGEN_TESTDATA=1` the captured datagrams are written to
 //! `pxe/testdata/` for the codec golden tests (see testdata/CAPTURE.md).
 
-#[path = "dhcpcommon/mod.rs"]
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::time::Duration;
 
-use common::netns::{Capture, Frame, Lab, Netns, in_netns, netns_available, udhcpc, write_hook};
-use common::{Reaped, Server, mac, plain_discover, pxe_discover, wait_until};
 use pxe::proto::dhcp::{self, DhcpOption, Message, MessageType, OptionCode};
 use serde_json::json;
 use socket2::{Domain, Protocol, Socket, Type};
+use support::dhcp::{Server, mac, plain_discover, pxe_discover};
+use support::netns::{Capture, Frame, Lab, Netns, in_netns, netns_available, udhcpc, write_hook};
+use support::vm::{Firmware, OVMF_CODE, OVMF_VARS, machine_args};
+use support::{Proc, wait_until};
 
 const KNOWN_MAC: &str = "52:54:00:77:00:0a";
 const UNKNOWN_MAC: &str = "52:54:00:77:00:99";
@@ -360,7 +361,8 @@ fn proxy_mode_answers_pxe_clients_only() {
 }
 
 /// qemu with the iPXE NIC ROMs (Debian qemu-system-x86 + ipxe-qemu) and,
-/// for UEFI, OVMF. Like root, required under CI=true, a loud skip otherwise.
+/// for UEFI, OVMF. Like root, required under CI=true, a loud skip otherwise
+/// ([`support::skip`]).
 fn qemu_available(test: &str, uefi: bool) -> bool {
     let ok = std::process::Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -375,17 +377,10 @@ fn qemu_available(test: &str, uefi: bool) -> bool {
     if ok {
         return true;
     }
-    let why = format!("{test}: needs qemu-system-x86_64, ipxe-qemu (and ovmf for UEFI)");
-    assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "CI=true but {why}"
-    );
-    eprintln!("SKIP: {why}");
-    false
+    support::skip(&format!(
+        "{test}: needs qemu-system-x86_64, ipxe-qemu (and ovmf for UEFI)"
+    ))
 }
-
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// What to wait for before stopping a VM.
 enum Until<'a> {
@@ -418,7 +413,8 @@ fn boot_vm(net: u8, vm_mac: &str, uefi: bool, proxy: bool, until: Until) -> VmRu
     let _router = proxy.then(|| {
         // dnsmasq writes to stderr in --no-daemon mode: a file, not a pipe.
         let log = dir.path().join("router.log");
-        let mut r = Reaped::new(
+        let mut r = Proc::new(
+            "dnsmasq",
             std::process::Command::new("ip")
                 .args([
                     "netns",
@@ -475,22 +471,15 @@ fn boot_vm(net: u8, vm_mac: &str, uefi: bool, proxy: bool, until: Until) -> VmRu
     if uefi {
         let vars = dir.path().join("vars.fd");
         std::fs::copy(OVMF_VARS, &vars).unwrap();
-        cmd.args(["-machine", "q35,accel=tcg", "-drive"])
-            .arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ))
-            // IPv4 PXE first: no IPv6 PXE/network stack entries.
-            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
+        machine_args(&mut cmd, Firmware::Uefi, &vars);
+        // IPv4 PXE first: no IPv6 PXE/network stack entries.
+        cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
             .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"])
             // romfile= (empty): EDK2's own PXE client instead of the iPXE ROM.
             .args(["-device", &format!("{nic},romfile=")]);
     } else {
-        cmd.args(["-machine", "pc,accel=tcg", "-device", &nic]);
+        machine_args(&mut cmd, Firmware::Bios, Path::new(""));
+        cmd.args(["-device", &nic]);
     }
     let serial = dir.path().join("serial.log");
     cmd.args([
@@ -512,7 +501,7 @@ fn boot_vm(net: u8, vm_mac: &str, uefi: bool, proxy: bool, until: Until) -> VmRu
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::null())
     .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap());
-    let mut vm = Reaped::new(cmd.spawn().expect("spawning qemu"));
+    let mut vm = Proc::new("qemu", cmd.spawn().expect("spawning qemu"));
     let read_serial = || {
         std::fs::read(&serial)
             .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))

@@ -6,16 +6,15 @@
 //!
 //! Latencies are printed (`--nocapture`); the asserted bounds are loose functional ones.
 
-#[path = "servecommon/mod.rs"]
-mod common;
+mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, lab};
 use pxe::proto::tftp::{Packet, decode, encode};
+use support::serve::{self as common, Server, lab};
 
 /// curl must be there: in CI a missing client is a failure, locally a loud skip.
 fn have_curl() -> bool {

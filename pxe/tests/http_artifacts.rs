@@ -2,8 +2,7 @@
 //! fast path and, on the same connections, the router behind it: byte-exact bodies, ranges and
 //! resume, HEAD, If-Range, keep-alive and pipelining across the hand-off, and the metrics.
 
-#[path = "servecommon/mod.rs"]
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Server, lab};
+use support::serve::{self, Server, lab};
 
 /// 9 MiB + 123 bytes: several sendfile chunks and socket-buffer refills, and no round size.
 fn pattern(len: usize) -> Vec<u8> {
@@ -80,7 +79,7 @@ fn connect(s: &Server) -> (TcpStream, BufReader<TcpStream>) {
     (tcp, r)
 }
 
-fn setup() -> (common::Lab, Vec<u8>, Server) {
+fn setup() -> (serve::Lab, Vec<u8>, Server) {
     let lab = lab();
     let art = lab.dir.path().join("artifacts");
     std::fs::create_dir_all(art.join("images")).unwrap();

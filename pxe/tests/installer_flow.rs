@@ -2,8 +2,8 @@
 //! regular file standing in for the node's disk: plan, disk selection, verified image stream,
 //! progress reports, the seed dropped into the image's `cidata` partition, and `installed`.
 
-#[path = "servecommon/mod.rs"]
-mod common;
+mod support;
+
 #[path = "../../images/tests/support/golden.rs"]
 mod golden;
 
@@ -12,9 +12,9 @@ use std::io;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Server, lab};
 use images::disk::Disk;
 use sha2::Digest;
+use support::serve::{self, Server, lab};
 
 const MIB: u64 = 1 << 20;
 
@@ -45,7 +45,7 @@ impl images::install::Machine for FileDisk {
     }
 }
 
-fn setup(sidecar_ok: bool) -> (common::Lab, Server, Vec<u8>, PathBuf) {
+fn setup(sidecar_ok: bool) -> (serve::Lab, Server, Vec<u8>, PathBuf) {
     let lab = lab();
     let art = lab.dir.path().join("artifacts");
     std::fs::create_dir_all(art.join("images")).unwrap();
@@ -74,7 +74,7 @@ fn setup(sidecar_ok: bool) -> (common::Lab, Server, Vec<u8>, PathBuf) {
 
 /// The plan URL as the install script gives it to the installer kernel, with the appliance
 /// address rewritten to this test server.
-fn plan_url(lab: &common::Lab, s: &Server, host: &str) -> String {
+fn plan_url(lab: &serve::Lab, s: &Server, host: &str) -> String {
     // The node first PXE-boots (booting), as in real life; its script carries the secret.
     let secret = s.secret_from_boot(&lab.mac(host));
     s.url(&format!("/plan/{host}/{secret}"))

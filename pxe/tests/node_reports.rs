@@ -3,12 +3,11 @@
 //! test can send from without root), capped in size, rate-limited per node, and a flood of them
 //! neither evicts the lifecycle record nor slows the boot path.
 
-#[path = "servecommon/mod.rs"]
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{IMAGE_SHA256, Server, lab, request_from};
+use support::serve::{self as common, IMAGE_SHA256, Server, lab, request_from};
 
 fn installed(s: &Server, lab: &common::Lab, host: &str) {
     let secret = s.secret_from_boot(&lab.mac(host));

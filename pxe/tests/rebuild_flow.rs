@@ -3,10 +3,9 @@
 //! the installer, the old one does not), and the real `builder rebuild` drives it all, with
 //! `--watch` following the node to booted. Loopback ports 18610–18619.
 
-#[path = "servecommon/mod.rs"]
-mod common;
+mod support;
 
-use common::builder_exe::builder_bin;
+use support::builder_bin;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -17,8 +16,8 @@ use builder::inventory::{self, ProfileSet};
 use builder::render::{self, RenderOptions};
 use builder::secrets::Secrets;
 use builder::templates::Templates;
-use common::{Lab, Server};
 use serde_json::Value;
+use support::serve::{self, Lab, Server};
 
 fn render_into(bundle: &Path, text: &str, secrets: &Secrets, opts: &RenderOptions) {
     let templates = Templates::embedded();
@@ -32,7 +31,7 @@ fn render_into(bundle: &Path, text: &str, secrets: &Secrets, opts: &RenderOption
 
 /// A lab whose bundle is rendered by the library from `text`, with fixed secrets.
 fn lab_from(text: &str, secrets: &Secrets) -> Lab {
-    let lab = common::lab();
+    let lab = serve::lab();
     render_into(&lab.bundle, text, secrets, &RenderOptions::default());
     let plan =
         serde_json::from_slice(&std::fs::read(lab.bundle.join("plan.json")).unwrap()).unwrap();
@@ -47,14 +46,14 @@ fn install(s: &Server, lab: &Lab, host: &str, mac: &str) {
 /// The install script as served: the bundle's file with the live secret where its placeholder
 /// is.
 fn served_form(file: &str, served: &str) -> String {
-    let secret = common::secret_in(served).expect("an install script");
+    let secret = serve::secret_in(served).expect("an install script");
     file.replace("@IRONSEED_INSTALL_SECRET@", &secret)
 }
 
 #[test]
 fn reload_serves_the_new_mac_and_keeps_node_states() {
     let secrets = Secrets::generate();
-    let inv = common::loopback_inventory();
+    let inv = serve::loopback_inventory();
     let lab = lab_from(&inv, &secrets);
     let s = Server::start_on(&lab, 18610, 18611, &[]);
     let old = "d8:9e:f3:20:00:21";
@@ -141,9 +140,9 @@ fn builder(bin: &Path, dir: &Path, args: &[&str], token: Option<&str>) -> Output
 #[test]
 fn builder_rebuild_with_a_new_mac_re_arms_the_node_and_watches_it_boot() {
     let bin = builder_bin();
-    let lab = common::lab();
+    let lab = serve::lab();
     let dir = lab.dir.path();
-    let inv = common::loopback_inventory();
+    let inv = serve::loopback_inventory();
     std::fs::write(dir.join("lab.yaml"), &inv).unwrap();
     std::fs::remove_dir_all(&lab.bundle).unwrap();
     let o = builder(
@@ -320,7 +319,7 @@ fn install_after_rearm(s: &Server, lab: &Lab, host: &str, mac: &str) {
         r#"{"event":"progress","written":500,"total":1000}"#.to_string(),
         format!(
             r#"{{"event":"installed","sha256":"{}"}}"#,
-            common::IMAGE_SHA256
+            serve::IMAGE_SHA256
         ),
     ] {
         assert_eq!(s.install_event(host, &secret, &ev), 200, "{ev}");

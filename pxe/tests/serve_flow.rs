@@ -1,10 +1,9 @@
 //! `pxe serve` end to end on loopback (DHCP off): the install-once flow a node goes through,
 //! driven over HTTP the way iPXE, the installer and cloud-init drive it.
 
-#[path = "servecommon/mod.rs"]
-mod common;
+mod support;
 
-use common::{Server, lab};
+use support::serve::{self, Server, lab};
 
 #[test]
 fn install_once_flow_from_armed_to_booted_and_re_arm() {
@@ -27,7 +26,7 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
     let (st, body) = s.anon_get(&format!("/boot/{mac}.ipxe"));
     assert_eq!(st, 200);
     assert!(body.contains("ironseed: installing k3s1"), "{body}");
-    let secret = common::secret_in(&body).unwrap();
+    let secret = serve::secret_in(&body).unwrap();
     assert_eq!(secret.len(), 64, "{body}");
     let on_disk = std::fs::read_to_string(lab.bundle.join("ipxe/k3s1.ipxe")).unwrap();
     assert!(!on_disk.contains(&secret) && on_disk.contains("@IRONSEED_INSTALL_SECRET@"));
@@ -39,7 +38,7 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
     // Real iPXE percent-encodes the colons of ${net0/mac} in the request (captured by the DHCP
     // firmware tests); upper case and dashes also occur. The same secret while it lives.
     let (_, enc) = s.anon_get(&format!("/boot/{}.ipxe", mac.replace(':', "%3A")));
-    assert_eq!(common::secret_in(&enc).as_deref(), Some(secret.as_str()));
+    assert_eq!(serve::secret_in(&enc).as_deref(), Some(secret.as_str()));
     let (_, again) = s.anon_get(&format!(
         "/boot/{}.ipxe",
         mac.to_uppercase().replace(':', "-")
@@ -52,7 +51,7 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
     let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
     assert_eq!(plan["hostname"], "k3s1");
     assert_eq!(plan["install_disk"]["by_path"], "pci-0000:02:00.0-nvme-1");
-    assert_eq!(plan["image"]["sha256"], common::IMAGE_SHA256);
+    assert_eq!(plan["image"]["sha256"], serve::IMAGE_SHA256);
     assert!(
         plan["seed"]["network-config"]
             .as_str()
@@ -149,7 +148,7 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
             &secret,
             &format!(
                 r#"{{"event":"installed","sha256":"{}"}}"#,
-                common::IMAGE_SHA256
+                serve::IMAGE_SHA256
             )
         ),
         200
@@ -284,7 +283,7 @@ fn install_once_flow_from_armed_to_booted_and_re_arm() {
 #[test]
 fn by_default_nothing_is_armed_until_pxe_arm() {
     let lab = lab();
-    let s = Server::spawn(common::Server::command_default_arming(&lab, &[]));
+    let s = Server::spawn(serve::Server::command_default_arming(&lab, &[]));
     let mac = lab.mac("k3s-master1");
     let nodes: serde_json::Value = serde_json::from_str(&s.get("/api/v1/nodes").1).unwrap();
     for n in nodes["nodes"].as_array().unwrap() {
@@ -323,7 +322,7 @@ fn by_default_nothing_is_armed_until_pxe_arm() {
 /// nodes) arms nothing even under `--arm-new`, and says so.
 #[test]
 fn a_lost_state_folder_with_a_joined_bundle_arms_nothing() {
-    let lab = common::lab_with_joined(&["k3s-master2"]);
+    let lab = serve::lab_with_joined(&["k3s-master2"]);
     let mut cmd = Server::command(&lab, &[]);
     cmd.env("RUST_LOG", "info");
     let s = Server::spawn_capturing(cmd);
@@ -373,7 +372,7 @@ fn ipxe_binaries_are_served_over_tftp_and_artifacts_over_http_with_ranges() {
     let s = Server::start(&lab, &["--artifacts", art.to_str().unwrap()]);
     let out = lab.dir.path().join("got.kpxe");
     assert!(
-        common::tftp_get(s.tftp, "undionly.kpxe", &out),
+        serve::tftp_get(s.tftp, "undionly.kpxe", &out),
         "curl tftp failed"
     );
     assert_eq!(
@@ -467,4 +466,16 @@ fn started_as_root_it_serves_as_the_unprivileged_user() {
     assert_eq!(meta(&lab.state.join("nodes.json")).uid(), user.uid.as_raw());
     assert_eq!(meta(&lab.state).uid(), user.uid.as_raw());
     assert_eq!(meta(&lab.state).mode() & 0o7777, 0o700);
+}
+
+/// SIGTERM at once after READY drains and exits 0: the handler is in place before READY is
+/// printed (when it was installed after, the default action now and then killed the server,
+/// status 15, on a loaded machine).
+#[test]
+fn sigterm_right_after_ready_is_a_clean_shutdown() {
+    let lab = lab();
+    for _ in 0..30 {
+        let status = Server::start(&lab, &[]).stop();
+        assert!(status.success(), "{status:?}");
+    }
 }

@@ -3,14 +3,15 @@
 //! and `atftp` (windowsize 16), path traversal through real clients, and 50
 //! concurrent transfers. Every transfer is compared byte for byte.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::Ordering;
 
-use common::{TestServer, pattern, require_bin};
 use pxe::serve::tftp::TftpConfig;
+use support::require_bin;
+use support::tftp::{TestServer, pattern};
 
 /// The three clients, as the command line that downloads `remote` to `local`.
 #[derive(Clone, Copy, Debug)]

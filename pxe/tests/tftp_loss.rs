@@ -3,7 +3,7 @@
 //! generator, so the drop pattern for a given packet sequence is reproducible;
 //! which packets get dropped still depends on retransmission timing.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{TestServer, pattern, require_bin};
 use pxe::serve::tftp::TftpConfig;
+use support::require_bin;
+use support::tftp::{TestServer, pattern};
 
 /// splitmix64: tiny, seeded, good enough to pick packets to drop.
 struct Rng(u64);

@@ -2,16 +2,16 @@
 //! codec: every option, every error path, rollover, windows and retransmission.
 //! No external binaries needed.
 
-mod common;
+mod support;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Raw, TestServer, get, pattern, receive};
 use pxe::proto::tftp::{ErrorCode, Mode, Packet, Request, encode};
 use pxe::serve::tftp::{BoxFuture, Content, Provider, ProviderError, TftpConfig, TftpStats};
+use support::tftp::{Raw, TestServer, get, pattern, receive};
 
 fn opts(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -564,7 +564,7 @@ fn provider_generates_content_per_client() {
 fn wire_bytes_of_a_request_are_what_firmware_sends() {
     // Guards encode() against accidental changes: the bytes the tests send are
     // the bytes real clients send.
-    let bytes = encode(&common::rrq("a", &[("tsize", "0")]));
+    let bytes = encode(&support::tftp::rrq("a", &[("tsize", "0")]));
     assert_eq!(bytes, b"\x00\x01a\x00octet\x00tsize\x000\x00");
 }
 
@@ -633,7 +633,9 @@ fn one_address_gets_only_its_share_of_transfers() {
     assert_eq!(srv.stats.refused_per_address.load(Ordering::Relaxed), 1);
     // Another address (all of 127/8 is loopback) is not affected.
     let other = UdpSocket::bind("127.0.0.2:0").unwrap();
-    other.set_read_timeout(Some(common::RECV_WAIT)).unwrap();
+    other
+        .set_read_timeout(Some(support::tftp::RECV_WAIT))
+        .unwrap();
     let raw = Raw {
         sock: other,
         server: srv.addr,

@@ -6,13 +6,12 @@
 //! systemd is not PID 1 where these tests run (containers), so the unit is not started with
 //! `systemd-run`; the capability test reproduces its bounding set with setpriv(1) instead.
 
-#[path = "servecommon/mod.rs"]
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Server, lab};
+use support::serve::{Server, lab};
 
 fn unit() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ironseed-pxe.service"))
@@ -237,7 +236,7 @@ fn the_unprivileged_drop_in_is_enough_to_bind_and_reload_without_root() {
     }
     let dropin = unprivileged();
     dropin_flags(&dropin);
-    common::service_user::ensure_service_user();
+    support::ensure_service_user();
     let user = nix::unistd::User::from_name("ironseed").unwrap().unwrap();
     let lab = lab();
     // What the install steps do for this mode: the bundle and (StateDirectory=) the state

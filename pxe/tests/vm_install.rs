@@ -29,15 +29,14 @@
 //! Needs root, the vm_pxe packages, and debootstrap, syslinux, systemd-boot-efi, mtools,
 //! dosfstools, cpio, kmod (tests/packages.txt), plus Debian's archive for debootstrap.
 
-mod dhcpcommon;
-mod vmcommon;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vmcommon::*;
+use support::vm::*;
 
 const NODE: &str = "vm-bios1";
 const NODE_MAC: &str = "52:54:00:88:00:11";

@@ -19,15 +19,14 @@
 //! Needs root (the golden image build), qemu and the image tools of tests/packages.txt;
 //! skipped loudly without them, failing under CI=true.
 
-mod dhcpcommon;
-mod vmcommon;
+mod support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use vmcommon::*;
+use support::vm::*;
 
 struct Node {
     host: &'static str,

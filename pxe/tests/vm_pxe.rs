@@ -35,12 +35,11 @@
 //! Needs root, iproute2, qemu-system-x86_64, ipxe-qemu, ipxe, ovmf and dnsmasq (tests/packages.txt).
 //! Without them the test is skipped loudly, except under `CI=true`, where it fails.
 
-mod dhcpcommon;
-mod vmcommon;
+mod support;
 
 use std::time::Instant;
 
-use vmcommon::*;
+use support::vm::*;
 
 const BIOS_MAC: &str = "52:54:00:88:00:11";
 const UEFI_MAC: &str = "52:54:00:88:00:21";

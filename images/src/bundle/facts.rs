@@ -186,7 +186,9 @@ mod tests {
         };
         let json = serde_json::to_vec(&f).unwrap();
         assert_eq!(Facts::from_json(&json).unwrap(), f);
-        let old = String::from_utf8(json).unwrap().replace(r#""version":1"#, r#""version":9"#);
+        let old = String::from_utf8(json)
+            .unwrap()
+            .replace(r#""version":1"#, r#""version":9"#);
         assert!(matches!(
             Facts::from_json(old.as_bytes()),
             Err(FactsError::Version { found: 9, .. })

@@ -11,10 +11,11 @@
 //! happens in a separate folder, the compressed image is written to `images/.partial/` and
 //! renamed into place, then its `.sha256` and `.inputs` files.
 
+pub mod assemble;
 pub mod layout;
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -176,6 +177,15 @@ pub enum Event {
     Bytes { done: u64, total: u64 },
 }
 
+impl From<assemble::AssembleError> for GoldenError {
+    fn from(e: assemble::AssembleError) -> Self {
+        match e {
+            assemble::AssembleError::Tool(t, s, o) => GoldenError::Tool(t, s, o),
+            assemble::AssembleError::Io(c, e) => GoldenError::Io(c, e),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GoldenError {
     #[error("building an image needs root (debootstrap, chroot); run it with sudo")]
@@ -254,11 +264,8 @@ const NEEDS: &[(&str, &str)] = &[
     ("/usr/bin/mcopy", "mtools"),
     ("/usr/bin/mmd", "mtools"),
     ("/usr/bin/syslinux", "syslinux"),
-    ("/usr/lib/syslinux/mbr/gptmbr.bin", "syslinux-common"),
-    (
-        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-        "systemd-boot-efi",
-    ),
+    (assemble::SYSLINUX_MBR, "syslinux-common"),
+    (assemble::SYSTEMD_BOOT, "systemd-boot-efi"),
 ];
 
 fn check_host() -> Result<(), GoldenError> {
@@ -375,29 +382,6 @@ fn tree_bytes(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-/// Copy `src` into `dst` at `offset`, leaving all-zero blocks as holes (the raw image stays
-/// sparse on disk).
-fn copy_into(src: &Path, dst: &mut File, offset: u64) -> Result<(), GoldenError> {
-    let mut f = File::open(src).map_err(io_ctx(format!("opening {}", src.display())))?;
-    let mut buf = vec![0u8; MIB as usize];
-    let mut pos = offset;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(io_ctx(format!("reading {}", src.display())))?;
-        if n == 0 {
-            break;
-        }
-        if buf[..n].iter().any(|b| *b != 0) {
-            dst.seek(SeekFrom::Start(pos))
-                .and_then(|_| dst.write_all(&buf[..n]))
-                .map_err(io_ctx("writing the raw image"))?;
-        }
-        pos += n as u64;
-    }
-    Ok(())
 }
 
 const PHASES: usize = 6;
@@ -546,60 +530,25 @@ fn build_in(
 
     next(on, "EFI system partition (syslinux + systemd-boot)");
     let cmdline = layout::kernel_cmdline(&IDS, &[]);
-    let esp = work.join("esp.img");
     let esp_len = 128 * MIB;
-    run(
-        Command::new("mkfs.vfat")
-            .args(["-F", "32", "-n", "ESP", "-i", IDS.esp_serial])
-            // Hidden sectors = the partition's start, so the FAT boot sector (syslinux's
-            // VBR) finds itself when gptmbr.bin chains into it.
-            .args(["-h", "2048", "-C"])
-            .arg(&esp)
-            .arg((esp_len / 1024).to_string()),
-        on,
+    let esp = assemble::build_esp(
+        &assemble::EspSpec {
+            label: "ESP",
+            serial: IDS.esp_serial,
+            // The ESP's place does not depend on the root's size, not known yet.
+            start: layout::layout(esp_len, 0).esp_start,
+            len: esp_len,
+            reproducible: false,
+            cmdline: &cmdline,
+            title: r.description,
+            kernel: &kernel,
+            initrd: &initrd,
+            extra_dir: None,
+            extra: &[],
+        },
+        work,
+        &mut |c| run(c, on),
     )?;
-    run(Command::new("syslinux").arg("--install").arg(&esp), on)?;
-    let texts = work.join("esp-files");
-    fs::create_dir_all(&texts).map_err(io_ctx("creating esp-files"))?;
-    let t = |n: &str, c: &str| -> Result<PathBuf, GoldenError> {
-        let p = texts.join(n);
-        fs::write(&p, c).map_err(io_ctx(format!("writing {}", p.display())))?;
-        Ok(p)
-    };
-    let syslinux_cfg = t("syslinux.cfg", &layout::syslinux_cfg(&cmdline))?;
-    let loader = t("loader.conf", layout::loader_conf())?;
-    let entry = t(
-        "ironseed.conf",
-        &layout::loader_entry(r.description, &cmdline),
-    )?;
-    run(
-        Command::new("mmd").arg("-i").arg(&esp).args([
-            "::/EFI",
-            "::/EFI/BOOT",
-            "::/loader",
-            "::/loader/entries",
-        ]),
-        on,
-    )?;
-    let efi = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
-    for (src, dst) in [
-        (kernel.as_path(), "::/vmlinuz"),
-        (initrd.as_path(), "::/initrd.img"),
-        (syslinux_cfg.as_path(), "::/syslinux.cfg"),
-        (Path::new(efi), "::/EFI/BOOT/BOOTX64.EFI"),
-        (loader.as_path(), "::/loader/loader.conf"),
-        (entry.as_path(), "::/loader/entries/ironseed.conf"),
-    ] {
-        run(
-            Command::new("mcopy")
-                .arg("-o")
-                .arg("-i")
-                .arg(&esp)
-                .arg(src)
-                .arg(dst),
-            on,
-        )?;
-    }
 
     next(on, "root filesystem (mkfs.ext4 -d)");
     // Room for first boot (cloud-init state, logs, the seed's packages) before the installer
@@ -625,42 +574,17 @@ fn build_in(
         let f = File::create(&raw).map_err(io_ctx("creating the raw image"))?;
         f.set_len(l.total).map_err(io_ctx("sizing the raw image"))?;
     }
-    let mut sf = Command::new("sfdisk");
-    sf.args(["--quiet", "--no-reread", "--no-tell-kernel"])
-        .arg(&raw)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = sf.spawn().map_err(io_ctx("starting sfdisk"))?;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(layout::sfdisk_script(&l, &IDS).as_bytes())
-        .map_err(io_ctx("feeding sfdisk"))?;
-    let outp = child
-        .wait_with_output()
-        .map_err(io_ctx("waiting for sfdisk"))?;
-    if !outp.status.success() {
-        return Err(GoldenError::Tool(
-            "sfdisk".into(),
-            outp.status.to_string(),
-            String::from_utf8_lossy(&outp.stderr).into_owned(),
-        ));
-    }
+    assemble::partition(&raw, &layout::sfdisk_script(&l, &IDS))?;
     let mut img = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&raw)
         .map_err(io_ctx("opening the raw image"))?;
-    copy_into(&esp, &mut img, l.esp_start)?;
-    copy_into(&rootfs, &mut img, l.root_start)?;
-    // BIOS: gptmbr.bin in the MBR's code area (not the partition table after byte 440).
-    let mbr = fs::read("/usr/lib/syslinux/mbr/gptmbr.bin").map_err(io_ctx("reading gptmbr.bin"))?;
-    img.seek(SeekFrom::Start(0))
-        .and_then(|_| img.write_all(&mbr[..mbr.len().min(440)]))
-        .and_then(|_| img.sync_all())
-        .map_err(io_ctx("writing the boot code"))?;
+    for (part, at) in [(&esp, l.esp_start), (&rootfs, l.root_start)] {
+        let mut f = File::open(part).map_err(io_ctx(format!("opening {}", part.display())))?;
+        assemble::copy_into(&mut f, &mut img, at).map_err(io_ctx("writing the raw image"))?;
+    }
+    assemble::write_boot_code(&mut img)?;
     drop(img);
     let _ = fs::remove_file(&rootfs);
     let _ = fs::remove_file(&esp);

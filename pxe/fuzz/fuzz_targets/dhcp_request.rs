@@ -11,7 +11,8 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, LazyLock};
 
 use libfuzzer_sys::fuzz_target;
-use pxe::dhcp_policy::{DhcpMode, DhcpPolicyConfig, Firmware, NodeState, NodeView, PoolRange};
+use pxe::dhcp_policy::{DhcpMode, DhcpPolicyConfig, Firmware, NodeView, PoolRange};
+use pxe::state::NodeState;
 use pxe::leases::LeaseStore;
 use pxe::proto::dhcp::{self, MacAddr, RecvPort};
 use pxe::serve::dhcp::{DhcpContext, Outcome};

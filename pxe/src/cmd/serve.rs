@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use pxe::boot_files::BootFiles;
 use pxe::bundle::{Bundle, LiveBundle};
-use pxe::dhcp_policy::{self, DhcpPolicyConfig, Firmware, NodeView, PoolRange};
+use pxe::dhcp_policy::{DhcpMode, DhcpPolicyConfig, Firmware, NodeView, PoolRange};
 use pxe::leases::LeaseStore;
 use pxe::metrics::HttpCounters;
 use pxe::net;
@@ -22,7 +22,7 @@ use pxe::serve::http::limits::{self, Connections, HttpLimits};
 use pxe::serve::tftp::{TftpConfig, TftpStats};
 use pxe::state::{NewNodes, Store};
 
-use crate::cli::{DhcpMode, ServeArgs};
+use crate::cli::ServeArgs;
 
 /// DHCP's view of the nodes: the plan's MACs with the live install state.
 struct PlanLookup {
@@ -165,11 +165,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
             format!("http://{server_ip}:{http_port}")
         };
         let mut policy = DhcpPolicyConfig::proxy(server_ip, plan.network.subnet, http_base);
-        policy.mode = match a.dhcp {
-            DhcpMode::Proxy => dhcp_policy::DhcpMode::Proxy,
-            DhcpMode::Full => dhcp_policy::DhcpMode::Full,
-            DhcpMode::Off => dhcp_policy::DhcpMode::Off,
-        };
+        policy.mode = a.dhcp;
         policy.efi_file = a.efi_file.clone();
         policy.gateway = Some(plan.network.gateway);
         policy.dns = plan.network.dns.clone();
@@ -185,7 +181,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
             .chain([server_ip, plan.api_vip, plan.network.gateway])
             .collect();
         let mut leases = LeaseStore::new(policy.pool, reserved);
-        if policy.mode == dhcp_policy::DhcpMode::Full {
+        if policy.mode == DhcpMode::Full {
             leases.load(&state_dir).context("loading DHCP leases")?;
         }
         dhcp_sockets.push(DhcpSocket {
@@ -193,7 +189,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
                 .with_context(|| format!("binding DHCP port {}", a.dhcp_port))?,
             port: RecvPort::Dhcp,
         });
-        if policy.mode == dhcp_policy::DhcpMode::Proxy {
+        if policy.mode == DhcpMode::Proxy {
             // PXE spec: after the proxy offer the client asks the boot server on 4011.
             dhcp_sockets.push(DhcpSocket {
                 socket: net::udp_socket(

@@ -278,9 +278,10 @@ async fn serve_socket(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dhcp_policy::{NodeState, PoolRange};
+    use crate::dhcp_policy::PoolRange;
     use crate::leases::LeaseState;
     use crate::proto::dhcp::{Architecture, DhcpOption, MessageType, client_message, encode};
+    use crate::state::NodeState;
     use std::net::Ipv4Addr;
 
     struct FixedClock(u64);

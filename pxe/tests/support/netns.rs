@@ -1,9 +1,9 @@
-//! Network-namespace lab for DHCP tests: two namespaces joined by a veth
-//! pair, a tcpdump capture, a client thread inside a namespace, and Drop
-//! guards that delete everything they created.
+//! Network namespaces (deleted on drop), a thread inside one, and the DHCP tests' lab: two
+//! namespaces joined by a veth pair, a tcpdump capture, busybox udhcpc as a client.
 //!
-//! Names: namespaces and veths start with `dhc` (shared machine convention);
-//! addresses come from 10.77.0.0/16 only, and never leave the namespaces.
+//! Names: the DHCP lab's namespaces and veths start with `dhc`, the VM lab's with `vmt`
+//! (shared machine convention); the DHCP lab's addresses come from 10.77.0.0/16 only, and
+//! never leave the namespaces.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -12,10 +12,11 @@ use std::process::{Command, Stdio};
 
 use nix::sched::{CloneFlags, setns};
 
+use super::run;
+
 /// Root and `ip netns` are needed. In CI (`CI=true`) their absence is a
 /// failure; locally, not being root is a loud skip.
 pub fn netns_available(test: &str) -> bool {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let root = nix::unistd::geteuid().is_root();
     let ip_ok = Command::new("ip")
         .args(["netns", "list"])
@@ -28,24 +29,11 @@ pub fn netns_available(test: &str) -> bool {
     }
     let why =
         format!("{test}: needs root and iproute2 `ip netns` (root={root}, ip netns ok={ip_ok})");
-    if ci {
-        panic!("CI=true but {why}");
-    }
     assert!(
         ip_ok || !root,
         "running as root but `ip netns` fails: {why}"
     );
-    eprintln!("SKIP: {why}");
-    false
-}
-
-pub fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().expect(cmd[0]);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    super::skip(&why)
 }
 
 /// A network namespace, deleted on drop.
@@ -58,16 +46,14 @@ impl Netns {
             .args(["netns", "del", &name])
             .stderr(Stdio::null())
             .status();
-        run(&["ip", "netns", "add", &name]);
+        run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Netns(name);
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
 
     pub fn ip(&self, args: &[&str]) {
-        let mut v = vec!["ip", "-n", &self.0];
-        v.extend_from_slice(args);
-        run(&v);
+        run(Command::new("ip").args(["-n", &self.0]).args(args));
     }
 }
 
@@ -96,10 +82,10 @@ impl Lab {
         let (srv_if, cli_if) = (format!("dhc{tag}s"), format!("dhc{tag}c"));
         // Create the pair directly inside the namespaces: nothing ever
         // appears on the host's side.
-        run(&[
-            "ip", "-n", &srv.0, "link", "add", &srv_if, "type", "veth", "peer", "name", &cli_if,
-            "netns", &cli.0,
-        ]);
+        run(Command::new("ip").args([
+            "-n", &srv.0, "link", "add", &srv_if, "type", "veth", "peer", "name", &cli_if, "netns",
+            &cli.0,
+        ]));
         srv.ip(&["addr", "add", &format!("10.77.{net}.1/24"), "dev", &srv_if]);
         srv.ip(&["link", "set", &srv_if, "up"]);
         cli.ip(&["link", "set", &cli_if, "address", client_mac]);
@@ -148,7 +134,7 @@ pub struct Frame {
 /// A tcpdump capture inside a namespace; stopped and parsed by
 /// [`Capture::stop`], killed on drop otherwise.
 pub struct Capture {
-    child: super::Reaped,
+    child: super::Proc,
     file: PathBuf,
 }
 
@@ -190,7 +176,7 @@ impl Capture {
             }
         });
         Capture {
-            child: super::Reaped::new(child),
+            child: super::Proc::new("tcpdump", child),
             file,
         }
     }

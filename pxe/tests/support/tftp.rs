@@ -1,8 +1,6 @@
-//! Shared harness for the TFTP integration tests: a server on 127.0.0.1 with an
-//! ephemeral port in its own runtime thread, a small blocking TFTP client built on
-//! the crate's codec, deterministic test data and the client-binary check.
-// Each test file uses a different subset of this module.
-#![allow(dead_code)]
+//! The TFTP integration tests' harness: a server on 127.0.0.1 with an ephemeral port in its
+//! own runtime thread, a small blocking TFTP client built on the crate's codec, and
+//! deterministic test data.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -110,22 +108,6 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-/// True if `bin` is on PATH. Missing in CI (CI=true) is a failure; locally the
-/// test prints SKIP and passes.
-pub fn require_bin(bin: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(bin).is_file()))
-        .unwrap_or(false);
-    if found {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{bin} is required in CI (see tests/packages.txt)");
-    }
-    eprintln!("SKIP: {bin} not installed");
-    false
 }
 
 /// A raw client socket: send packets, receive decoded packets with their source.

@@ -1,17 +1,14 @@
 //! Harness for tests that run the real `pxe serve` binary on loopback against a bundle rendered
 //! by the real builder library: start, wait for READY, talk HTTP, kill (gracefully or -9).
-#![allow(dead_code)]
 
-pub mod builder_exe;
-pub mod service_user;
-
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::{ensure_service_user, exchange, read_reply};
 use builder::diag::Diagnostics;
 use builder::inventory::{self, DEFAULT_INVENTORY, ProfileSet};
 use builder::render::{self, RenderOptions};
@@ -155,7 +152,20 @@ impl Server {
 
     /// The same on fixed ports (tests that hand the URL to another program before starting).
     pub fn command_on(lab: &Lab, http: u16, tftp: u16, extra: &[&str]) -> Command {
-        service_user::ensure_service_user();
+        let mut c = Self::base_command(lab, http, tftp, extra);
+        c.arg("--arm-new").args(extra);
+        c
+    }
+
+    /// The same without `--arm-new`: what an operator gets by default.
+    pub fn command_default_arming(lab: &Lab, extra: &[&str]) -> Command {
+        let mut c = Self::base_command(lab, 0, 0, extra);
+        c.args(extra);
+        c
+    }
+
+    fn base_command(lab: &Lab, http: u16, tftp: u16, extra: &[&str]) -> Command {
+        ensure_service_user();
         let mut c = Command::new(env!("CARGO_BIN_EXE_pxe"));
         c.args(["serve", "--listen", "127.0.0.1", "--dhcp", "off"])
             .args(["--http-port", &http.to_string()])
@@ -165,30 +175,10 @@ impl Server {
             .arg("--state")
             .arg(&lab.state)
             .arg("--ipxe-dir")
-            .arg(&lab.ipxe)
-            .arg("--arm-new")
-            .args(extra);
+            .arg(&lab.ipxe);
         if !extra.contains(&"--artifacts") {
             c.arg("--artifacts").arg(&lab.artifacts);
         }
-        c
-    }
-
-    /// The same without `--arm-new`: what an operator gets by default.
-    pub fn command_default_arming(lab: &Lab, extra: &[&str]) -> Command {
-        service_user::ensure_service_user();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pxe"));
-        c.args(["serve", "--listen", "127.0.0.1", "--dhcp", "off"])
-            .args(["--http-port", "0", "--tftp-port", "0"])
-            .arg("--bundle")
-            .arg(&lab.bundle)
-            .arg("--state")
-            .arg(&lab.state)
-            .arg("--ipxe-dir")
-            .arg(&lab.ipxe)
-            .arg("--artifacts")
-            .arg(&lab.artifacts)
-            .args(extra);
         c
     }
 
@@ -386,13 +376,9 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
 
 /// One request with extra header lines (`Name: value`).
 pub fn request(port: u16, method: &str, path: &str, body: &str, headers: &[&str]) -> (u16, String) {
-    exchange(
-        TcpStream::connect(("127.0.0.1", port)).unwrap(),
-        method,
-        path,
-        body,
-        headers,
-    )
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    exchange(s, "t", method, path, body, headers)
 }
 
 /// A request whose header lines are all given (no default `Host`).
@@ -423,55 +409,9 @@ pub fn request_from(
         .unwrap();
     sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
         .unwrap();
-    exchange(sock.into(), method, path, body, headers)
-}
-
-fn exchange(
-    mut s: TcpStream,
-    method: &str,
-    path: &str,
-    body: &str,
-    headers: &[&str],
-) -> (u16, String) {
+    let s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    read_reply(s)
-}
-
-fn read_reply(mut s: TcpStream) -> (u16, String) {
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut b: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = b.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        b = &rest[n + 2..];
-    }
-    out
+    exchange(s, "t", method, path, body, headers)
 }
 
 /// Fetch a file over TFTP with curl (octet mode, blksize 1468).

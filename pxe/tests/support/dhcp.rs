@@ -1,44 +1,28 @@
-//! Shared harness for the DHCP integration tests: spawning the example
-//! server, building client datagrams, and cleanup guards.
-#![allow(dead_code)] // each test binary uses a different subset
-
-pub mod netns;
+//! The DHCP integration tests' harness: spawning the example server and building client
+//! datagrams.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::sync::OnceLock;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use super::{Proc, rand_suffix, wait_until};
 use pxe::proto::dhcp::{Architecture, DhcpOption, MacAddr, MessageType, client_message, encode};
 
-/// Path of the `dhcp_serve` example, building it if `cargo test` was asked
-/// for this test target only (then examples are not built).
+/// Path of the `dhcp_serve` example (examples are not built for a single test target).
 pub fn dhcp_serve_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        // target/<profile>/deps/<test-binary>
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-        let bin = profile_dir.join("examples").join("dhcp_serve");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "pxe", "--example", "dhcp_serve"]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let st = cmd.status().expect("running cargo build for dhcp_serve");
-            assert!(st.success(), "building the dhcp_serve example failed");
-        }
-        bin
+        super::workspace_bin(
+            &["-p", "pxe", "--example", "dhcp_serve"],
+            "examples/dhcp_serve",
+        )
     })
 }
 
 /// A running `dhcp_serve`; SIGTERM + wait on drop.
 pub struct Server {
-    child: Reaped,
+    child: Proc,
     stdout: BufReader<ChildStdout>,
     pub ready: serde_json::Value,
     pub log: PathBuf,
@@ -72,7 +56,7 @@ impl Server {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         let mut s = Server {
-            child: Reaped::new(child),
+            child: Proc::new("dhcp_serve", child),
             stdout,
             ready: serde_json::Value::Null,
             log,
@@ -129,60 +113,6 @@ impl Server {
             .unwrap_or_else(|| panic!("no COUNTERS line, got {line:?}"));
         serde_json::from_str(json).unwrap()
     }
-}
-
-/// Poll `cond` every 100 ms. `alive` is checked between polls so a dead
-/// client fails the test at once; the 10-minute deadline only guards
-/// against a hung test on a loaded machine (no timing is asserted).
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool, mut alive: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    while !cond() {
-        assert!(alive(), "gave up waiting for {what}: a process exited");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {what} after 10 min"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-/// A child process (VM, router, capture) killed with SIGTERM and reaped on drop.
-pub struct Reaped(Option<Child>);
-
-impl Reaped {
-    pub fn new(child: Child) -> Reaped {
-        Reaped(Some(child))
-    }
-
-    pub fn alive(&mut self) -> bool {
-        self.0
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
-    }
-
-    /// SIGTERM and wait now; returns the child for callers that read its output.
-    pub fn stop(&mut self) -> Option<Child> {
-        let mut c = self.0.take()?;
-        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-        let _ = c.wait();
-        Some(c)
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-pub fn rand_suffix() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 pub fn mac(last: u8) -> MacAddr {

@@ -2,25 +2,19 @@
 //! namespaces (the PXE segment with a bridge and taps, a "home router" running dnsmasq for
 //! addresses and IPv6 RAs), `pxe serve` on the bridge, and qemu VMs under TCG whose serial
 //! consoles are waited on for markers with generous deadlines (never fixed sleeps).
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-#[path = "../servecommon/builder_exe.rs"]
-mod builder_exe;
-#[path = "../servecommon/service_user.rs"]
-mod service_user;
-
-use crate::dhcpcommon::netns::{Netns, in_netns};
-pub use builder_exe::builder_bin;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::Value;
+
+use super::netns::{Netns, in_netns};
+pub use super::{Proc, builder_bin, run};
+use super::{ensure_service_user, exchange};
 
 pub const SERVER: &str = "10.88.0.1";
 pub const HTTP_PORT: u16 = 8088;
@@ -41,7 +35,6 @@ pub const IPXE_DIR: &str = "/usr/lib/ipxe";
 /// Root, `ip netns`, qemu, the firmware files and dnsmasq. Missing → loud skip, or a failure
 /// under `CI=true`.
 pub fn capable(test: &str) -> bool {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let ok = |prog: &str, arg: &str| {
         Command::new(prog)
             .arg(arg)
@@ -79,67 +72,7 @@ pub fn capable(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = format!("{test}: missing {}", missing.join(", "));
-    if ci {
-        panic!("CI=true but {why}");
-    }
-    eprintln!("SKIP: {why}");
-    false
-}
-
-pub fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A child process, SIGTERMed (then SIGKILLed) and reaped on drop: qemu, dnsmasq, pxe.
-pub struct Proc {
-    pub name: &'static str,
-    pub child: Option<Child>,
-}
-
-impl Proc {
-    pub fn new(name: &'static str, child: Child) -> Proc {
-        Proc {
-            name,
-            child: Some(child),
-        }
-    }
-
-    pub fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
-    }
-
-    pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        // `ip netns exec` execs its command, so this pid is the program itself.
-        let pid = Pid::from_raw(c.id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if c.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("{}: no exit 10 s after SIGTERM, killing", self.name);
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    super::skip(&format!("{test}: missing {}", missing.join(", ")))
 }
 
 /// The two namespaces of the module docs. Field order is drop order: the namespaces go last,
@@ -341,7 +274,7 @@ pub fn start_pxe_with(
     extra: &[&str],
 ) -> (Proc, PathBuf) {
     let log = dir.join("pxe.log");
-    service_user::ensure_service_user();
+    ensure_service_user();
     let token_file = dir.join("api-token");
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -402,31 +335,23 @@ pub fn start_pxe_with(
     (p, log)
 }
 
-/// One HTTP/1.0 request to the server, from a thread inside the namespace, as the operator
-/// (with the API token; the node-facing routes ignore it).
+/// One request to the server, from a thread inside the namespace, as the operator (with the
+/// API token; the node-facing routes ignore it).
 pub fn http(ns: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {SERVER}\r\nAuthorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
-        body.map_or(0, str::len),
-        body.unwrap_or("")
-    );
+    let body = body.unwrap_or("").to_owned();
+    let (method, path) = (method.to_owned(), path.to_owned());
     in_netns(ns, move || {
         let addr: SocketAddrV4 = format!("{SERVER}:{HTTP_PORT}").parse().unwrap();
-        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(30)).unwrap();
+        let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(30)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        s.write_all(req.as_bytes()).unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("bad HTTP response {resp:?}"));
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        exchange(
+            s,
+            SERVER,
+            &method,
+            &path,
+            &body,
+            &[&format!("Authorization: Bearer {API_TOKEN}")],
+        )
     })
 }
 
