@@ -34,15 +34,11 @@ fn tools_present() -> bool {
         })
         && Path::new("/usr/lib/syslinux/mbr/gptmbr.bin").exists()
         && Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").exists();
-    if !ok {
-        let why = "sfdisk, mkfs.vfat, mtools, syslinux, syslinux-common, systemd-boot-efi";
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but missing some of {why}"
-        );
-        eprintln!("SKIP: needs {why} (tests/packages.txt)");
-    }
-    ok
+    common::ci::require(
+        ok,
+        "needs sfdisk, mkfs.vfat, mtools, syslinux, syslinux-common, systemd-boot-efi \
+         (tests/packages.txt)",
+    )
 }
 
 fn hex(b: &[u8]) -> String {

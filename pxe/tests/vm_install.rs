@@ -177,13 +177,9 @@ fn a_blank_vm_is_installed_and_boots_as_its_node() {
         return;
     }
     if !Path::new("/usr/sbin/debootstrap").exists() {
-        let why =
-            format!("{name}: missing debootstrap (and the image tools of tests/packages.txt)");
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but {why}"
-        );
-        eprintln!("SKIP: {why}");
+        dhcpcommon::ci::skip(&format!(
+            "{name}: missing debootstrap (and the image tools of tests/packages.txt)"
+        ));
         return;
     }
     let uefi = std::env::var("IRONSEED_VM_UEFI").map_or(true, |v| v != "0");

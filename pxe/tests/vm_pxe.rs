@@ -33,7 +33,8 @@
 //! machine a BIOS cycle has taken minutes. Phase timings are printed (`--nocapture`).
 //!
 //! Needs root, iproute2, qemu-system-x86_64, ipxe-qemu, ipxe, ovmf and dnsmasq (tests/packages.txt).
-//! Without them the test is skipped loudly, except under `CI=true`, where it fails.
+//! Without them the test is skipped loudly, except under CI (`CI` set to any value), where it
+//! fails.
 
 mod dhcpcommon;
 mod vmcommon;

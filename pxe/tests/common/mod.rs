@@ -4,6 +4,10 @@
 // Each test file uses a different subset of this module.
 #![allow(dead_code)]
 
+/// The workspace's rule for skips and golden files (CI set to any value: no skip).
+#[path = "../../../images/tests/support/ci.rs"]
+pub mod ci;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
@@ -112,20 +116,13 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// True if `bin` is on PATH. Missing in CI (CI=true) is a failure; locally the
-/// test prints SKIP and passes.
+/// True if `bin` is on PATH. Missing under CI is a failure; locally the test
+/// prints SKIPPED and passes.
 pub fn require_bin(bin: &str) -> bool {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(bin).is_file()))
         .unwrap_or(false);
-    if found {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{bin} is required in CI (see tests/packages.txt)");
-    }
-    eprintln!("SKIP: {bin} not installed");
-    false
+    ci::require(found, &format!("{bin} not installed (tests/packages.txt)"))
 }
 
 /// A raw client socket: send packets, receive decoded packets with their source.

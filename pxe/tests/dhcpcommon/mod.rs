@@ -4,6 +4,10 @@
 
 pub mod netns;
 
+/// The workspace's rule for skips and golden files (CI set to any value: no skip).
+#[path = "../../../images/tests/support/ci.rs"]
+pub mod ci;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};

@@ -5,6 +5,10 @@
 pub mod builder_exe;
 pub mod service_user;
 
+/// The workspace's rule for skips and golden files (CI set to any value: no skip).
+#[path = "../../../images/tests/support/ci.rs"]
+pub mod ci;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
