@@ -68,8 +68,11 @@ pub fn may_rewrite_from(
 /// [`may_rewrite_from`] for this run; a refused combination fails the test loudly.
 #[track_caller]
 pub fn may_rewrite(var: &str) -> bool {
-    may_rewrite_from(var, std::env::var_os("CI").as_deref(), std::env::var_os(var).as_deref())
-        .unwrap_or_else(|e| panic!("{e}"))
+    let ci = std::env::var_os("CI");
+    match may_rewrite_from(var, ci.as_deref(), std::env::var_os(var).as_deref()) {
+        Ok(rewrite) => rewrite,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// Whether golden files may be rewritten in this run: `UPDATE_GOLDEN=1`, never under CI.
