@@ -237,7 +237,10 @@ fn the_stick_installs_its_node_offline_and_is_never_a_target() {
     // The ESP and the root partition as in the image, the root up to the old backup GPT (zeroed
     // when the partition grew to the disk).
     let img = &s.img.bytes;
-    assert!(got[34 * 512..slot.start] == img[34 * 512..slot.start], "ESP");
+    assert!(
+        got[34 * 512..slot.start] == img[34 * 512..slot.start],
+        "ESP"
+    );
     let end = img.len() - 33 * 512;
     assert!(got[slot.end..end] == img[slot.end..end], "root partition");
     let (label, files) = images::cidata::read(&got[slot]).unwrap();

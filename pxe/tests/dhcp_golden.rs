@@ -85,7 +85,12 @@ fn captured_datagrams_match_golden_text_and_round_trip() {
     }
     let report: Vec<String> = differ
         .iter()
-        .map(|(golden, text, was)| format!("{} differs: {was}\ndecodes now to\n{text}", golden.display()))
+        .map(|(golden, text, was)| {
+            format!(
+                "{} differs: {was}\ndecodes now to\n{text}",
+                golden.display()
+            )
+        })
         .collect();
     assert!(
         report.is_empty(),
@@ -223,7 +228,8 @@ fn the_servers_captured_replies_are_reproduced_byte_for_byte() {
         .collect();
     let covered: Vec<&str> = EXCHANGES.iter().map(|x| x.reply).collect();
     assert_eq!(
-        ours, {
+        ours,
+        {
             let mut c = covered.clone();
             c.sort();
             c

@@ -137,7 +137,11 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
         .collect();
     assert_eq!(
         at,
-        [(1, "esp", MIB), (2, "cidata", 2 * MIB), (3, "root", 3 * MIB)],
+        [
+            (1, "esp", MIB),
+            (2, "cidata", 2 * MIB),
+            (3, "root", 3 * MIB)
+        ],
         "{parts:?}"
     );
     let slot = golden.cidata();
