@@ -81,6 +81,15 @@ pub fn capable(test: &str) -> bool {
     crate::dhcpcommon::ci::skip(&format!("{test}: missing {}", missing.join(", ")))
 }
 
+/// Whether the UEFI VMs run: always, unless `IRONSEED_VM_UEFI=0` leaves them out of a quicker
+/// local run. That is a skip like any other: SKIPPED, and a failure under CI.
+pub fn uefi_wanted(test: &str) -> bool {
+    std::env::var("IRONSEED_VM_UEFI").map_or(true, |v| v != "0")
+        || crate::dhcpcommon::ci::skip(&format!(
+            "{test}: the UEFI VMs are left out (IRONSEED_VM_UEFI=0)"
+        ))
+}
+
 pub fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
