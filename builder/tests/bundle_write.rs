@@ -98,14 +98,10 @@ fn strace_works() -> bool {
         .args(["-qq", "-e", "trace=none", "true"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "strace is missing or cannot trace here, but CI must run this test (tests/packages.txt)"
-        );
-        eprintln!("SKIP: strace missing or not permitted; creation modes NOT checked");
-    }
-    ok
+    common::ci::require(
+        ok,
+        "strace missing (tests/packages.txt) or not permitted; creation modes NOT checked",
+    )
 }
 
 /// Protects issue 11 item 8: no window in which a secret file is readable by others. Under

@@ -1,5 +1,5 @@
 //! The offline installer stick without a VM: `builder usb image` on a stand-in golden image
-//! (a real sfdisk GPT with a `cidata` slot and a patterned root), then the installer's offline
+//! (the real layout, written by sfdisk: ESP, `cidata` slot, patterned root), then the installer's offline
 //! flow (`images::install::run_offline`) with regular files standing in for the stick and the
 //! node's disk. Both "disks" match the profile's install selector: the stick must be excluded
 //! all the same. The VM proof (real firmware, real installer, real cloud-init) is
@@ -34,15 +34,11 @@ fn tools_present() -> bool {
         })
         && Path::new("/usr/lib/syslinux/mbr/gptmbr.bin").exists()
         && Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").exists();
-    if !ok {
-        let why = "sfdisk, mkfs.vfat, mtools, syslinux, syslinux-common, systemd-boot-efi";
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but missing some of {why}"
-        );
-        eprintln!("SKIP: needs {why} (tests/packages.txt)");
-    }
-    ok
+    common::ci::require(
+        ok,
+        "needs sfdisk, mkfs.vfat, mtools, syslinux, syslinux-common, systemd-boot-efi \
+         (tests/packages.txt)",
+    )
 }
 
 fn hex(b: &[u8]) -> String {
@@ -94,7 +90,7 @@ struct Setup {
     bundle: PathBuf,
     stick: PathBuf,
     target: PathBuf,
-    img: Vec<u8>,
+    img: golden::Golden,
     packed_sha: String,
     machine: Files,
 }
@@ -105,8 +101,8 @@ fn setup() -> Setup {
     let art = d.join("artifacts");
     std::fs::create_dir_all(art.join("images")).unwrap();
     std::fs::create_dir_all(art.join("installer")).unwrap();
-    let img = golden::golden_image(d, 2 * MIB);
-    let packed = zstd::encode_all(&img[..], 3).unwrap();
+    let img = golden::golden_image(d, true);
+    let packed = zstd::encode_all(&img.bytes[..], 3).unwrap();
     let packed_sha = hex(&sha2::Sha256::digest(&packed));
     std::fs::write(art.join("images/debian-12.raw.zst"), &packed).unwrap();
     std::fs::write(
@@ -217,15 +213,36 @@ fn the_stick_installs_its_node_offline_and_is_never_a_target() {
     );
 
     let got = std::fs::read(&s.target).unwrap();
-    let slot = MIB..2 * MIB;
-    // The root partition as in the image, up to the old backup GPT (zeroed when the partition
-    // grew to the disk).
-    let end = s.img.len() - 33 * 512;
-    assert!(got[2 * MIB..end] == s.img[2 * MIB..end], "root partition");
+    // The golden image's real layout: ESP p1 at 1 MiB, the seed slot p2 at 2 MiB, root p3 last,
+    // grown over the 12 MiB disk up to its backup GPT (33 sectors).
     let mut f = File::open(&s.target).unwrap();
     let parts = images::gpt::partitions(&mut f).unwrap();
-    assert_eq!(parts[0].name, "cidata");
-    assert_eq!(parts[1].len, (12 * MIB - 4096 * 512 - 33 * 512) as u64);
+    let at: Vec<(usize, &str, usize, usize)> = parts
+        .iter()
+        .map(|p| {
+            let (first, len) = (p.first_byte as usize, p.len as usize);
+            (p.index, p.name.as_str(), first, len)
+        })
+        .collect();
+    assert_eq!(
+        at,
+        [
+            (1, "esp", MIB, MIB),
+            (2, "cidata", 2 * MIB, MIB),
+            (3, "root", 3 * MIB, 12 * MIB - 3 * MIB - 33 * 512),
+        ]
+    );
+    let slot = s.img.cidata();
+    assert_eq!(slot, 2 * MIB..3 * MIB);
+    // The ESP and the root partition as in the image, the root up to the old backup GPT (zeroed
+    // when the partition grew to the disk).
+    let img = &s.img.bytes;
+    assert!(
+        got[34 * 512..slot.start] == img[34 * 512..slot.start],
+        "ESP"
+    );
+    let end = img.len() - 33 * 512;
+    assert!(got[slot.end..end] == img[slot.end..end], "root partition");
     let (label, files) = images::cidata::read(&got[slot]).unwrap();
     assert_eq!(label, "CIDATA");
     assert_eq!(files.len(), 3, "user-data, meta-data, network-config");

@@ -21,23 +21,20 @@ pub mod system;
 pub mod usb;
 pub mod write;
 
+/// The workspace's rule for skips and golden files, shared with every crate's tests.
+#[cfg(test)]
+#[path = "../tests/support/ci.rs"]
+pub(crate) mod ci;
+
 #[cfg(test)]
 pub(crate) mod testutil {
-    /// Whether `tool` runs here. Missing: a loud skip, or a failure under `CI=true`, where
+    /// Whether `tool` runs here. Missing: a loud skip, or a failure under CI, where
     /// tests/packages.txt installs `package`.
     pub fn have(tool: &str, package: &str) -> bool {
-        if std::process::Command::new(tool)
+        std::process::Command::new(tool)
             .arg("--version")
             .output()
             .is_ok()
-        {
-            return true;
-        }
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} (package {package}) is required under CI"
-        );
-        eprintln!("SKIPPED: {tool} (package {package}) is not installed");
-        false
+            || crate::ci::skip(&format!("{tool} (package {package}) is not installed"))
     }
 }

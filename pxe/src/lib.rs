@@ -14,3 +14,8 @@ pub mod proto;
 pub mod ratelimit;
 pub mod serve;
 pub mod state;
+
+/// The workspace's rule for skips (CI set to any value: no skip), shared with every crate's tests.
+#[cfg(test)]
+#[path = "../../images/tests/support/ci.rs"]
+pub(crate) mod test_ci;

@@ -319,15 +319,8 @@ mod tests {
     /// The walk changes ownership, which only root may do. Skips loudly elsewhere, but not
     /// under CI, which runs as root.
     fn root_or_skip(name: &str) -> bool {
-        if nix::unistd::geteuid().is_root() {
-            return true;
-        }
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name}: CI runs as root; this test must run there"
-        );
-        eprintln!("SKIP {name}: needs root to change ownership");
-        false
+        nix::unistd::geteuid().is_root()
+            || crate::test_ci::skip(&format!("{name}: needs root to change ownership"))
     }
 
     fn owner(p: &Path) -> u32 {

@@ -10,7 +10,7 @@
 #         ironseed_*_to_edk2.bin
 # Needs root, qemu-system-x86, ipxe-qemu, ovmf (uefi), tcpdump, python3.
 # Usage: pxe/testdata/capture-firmware.sh bios|uefi   (then regenerate the
-#   .txt goldens: IRONSEED_REGEN_TESTDATA=1 cargo test -p pxe --test dhcp_golden)
+#   .txt goldens: UPDATE_GOLDEN=1 cargo test -p pxe --test dhcp_golden)
 set -euo pipefail
 MODE=${1:-bios}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -35,6 +35,8 @@ ip -n $NS tuntap add dev $TAP mode tap
 ip -n $NS addr add $NET.1/24 dev $TAP
 ip -n $NS link set $TAP up
 
+# tests/dhcp_golden.rs (Lab::Firmware241) rebuilds our captured replies with this same
+# configuration: change both together.
 cat > "$WORK/dhcp.json" <<JSON
 {"interface": "$TAP", "mode": "full", "subnet": "$NET.0/24", "gateway": "$NET.1",
  "pool": {"start": "$NET.100", "end": "$NET.150"}, "lease_secs": 600,

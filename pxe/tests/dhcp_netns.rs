@@ -17,8 +17,9 @@
 //!   addresses only): iPXE and EDK2 take the router's address and boot the
 //!   file named in ironseed's ProxyDHCP offer, as their consoles show.
 //!
-//! With `IRONSEED_REGEN_TESTDATA=1` the captured datagrams are written to
-//! `pxe/testdata/` for the codec golden tests (see testdata/CAPTURE.md).
+//! With `IRONSEED_REGEN_TESTDATA=1` (never under CI, like golden files) the
+//! captured datagrams are written to `pxe/testdata/` for the codec golden tests
+//! (see testdata/CAPTURE.md).
 
 mod support;
 
@@ -80,9 +81,10 @@ fn split(frames: &[Frame]) -> (Decoded, Decoded) {
     (cli, srv)
 }
 
-/// Keep captured datagrams as golden inputs when asked to.
+/// Keep captured datagrams as golden inputs when asked to (the workspace's rule for files of
+/// the source tree: `=1` exactly, never under CI).
 fn maybe_save(name: &str, payload: &[u8]) {
-    if std::env::var("IRONSEED_REGEN_TESTDATA").is_ok_and(|v| v == "1") {
+    if support::ci::may_rewrite("IRONSEED_REGEN_TESTDATA") {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("testdata")
             .join(format!("{name}.bin"));
@@ -107,6 +109,7 @@ fn full_mode_udhcpc_gets_lease_and_boot_file() {
     let lab = Lab::new(1, KNOWN_MAC);
     let cap = Capture::start(&lab.srv, &lab.srv_if, dir.path());
     let state = dir.path().join("state");
+    // dhcp_golden.rs (Lab::Full1) rebuilds the captured replies with this configuration.
     let server = server_in(
         &lab,
         json!({
@@ -234,7 +237,8 @@ fn proxy_mode_answers_pxe_clients_only() {
     let dir = tempfile::tempdir().unwrap();
     let lab = Lab::new(2, KNOWN_MAC);
     let cap = Capture::start(&lab.srv, &lab.srv_if, dir.path());
-    // No node table at all: unknown MACs still get the iPXE binary in proxy mode.
+    // No node table at all: unknown MACs still get the iPXE binary in proxy mode. dhcp_golden.rs
+    // (Lab::Proxy2) rebuilds the captured reply with this configuration.
     let server = server_in(
         &lab,
         json!({"interface": lab.srv_if, "mode": "proxy", "subnet": "10.77.2.0/24"}),
@@ -361,8 +365,7 @@ fn proxy_mode_answers_pxe_clients_only() {
 }
 
 /// qemu with the iPXE NIC ROMs (Debian qemu-system-x86 + ipxe-qemu) and,
-/// for UEFI, OVMF. Like root, required under CI=true, a loud skip otherwise
-/// ([`support::skip`]).
+/// for UEFI, OVMF. Like root, required under CI, a loud skip otherwise.
 fn qemu_available(test: &str, uefi: bool) -> bool {
     let ok = std::process::Command::new("qemu-system-x86_64")
         .arg("--version")

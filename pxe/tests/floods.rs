@@ -18,14 +18,7 @@ use support::serve::{self as common, Server, lab};
 
 /// curl must be there: in CI a missing client is a failure, locally a loud skip.
 fn have_curl() -> bool {
-    if Command::new("curl").arg("--version").output().is_ok() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("curl is required (tests/packages.txt)");
-    }
-    eprintln!("SKIP: curl not installed");
-    false
+    support::require_bin("curl")
 }
 
 /// `pxe serve` with the open-file limit most systems start services with (1024, soft and

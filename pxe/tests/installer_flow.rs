@@ -45,12 +45,13 @@ impl images::install::Machine for FileDisk {
     }
 }
 
-fn setup(sidecar_ok: bool) -> (serve::Lab, Server, Vec<u8>, PathBuf) {
+fn setup(sidecar_ok: bool) -> (serve::Lab, Server, golden::Golden, PathBuf) {
     let lab = lab();
     let art = lab.dir.path().join("artifacts");
     std::fs::create_dir_all(art.join("images")).unwrap();
-    let img = golden::golden_image(lab.dir.path(), MIB as usize);
-    let packed = zstd::encode_all(&img[..], 3).unwrap();
+    // The seed slot holds junk: the installer must replace all of it.
+    let img = golden::golden_image(lab.dir.path(), false);
+    let packed = zstd::encode_all(&img.bytes[..], 3).unwrap();
     std::fs::write(art.join("images/debian-12.raw.zst"), &packed).unwrap();
     let sha = if sidecar_ok {
         sha2::Sha256::digest(&packed)
@@ -82,7 +83,8 @@ fn plan_url(lab: &serve::Lab, s: &Server, host: &str) -> String {
 
 #[test]
 fn installs_a_verified_image_with_the_seed_and_reports_installed() {
-    let (lab, s, img, disk) = setup(true);
+    let (lab, s, golden, disk) = setup(true);
+    let img = &golden.bytes;
     // The bundle's appliance URL is the inventory.s (127.0.20.5:8080); point the node at us.
     let url = plan_url(&lab, &s, "k3s1");
     let mut plan: images::plan::InstallPlan =
@@ -127,11 +129,27 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
     // so no tool takes it for the real one; the old system's bytes beyond the image stay,
     // except the last 33 sectors: the new backup GPT.
     let got = std::fs::read(&disk).unwrap();
-    let slot = (MIB as usize)..(2 * MIB as usize);
+    // The golden image's real layout: ESP p1 at 1 MiB, the seed slot p2 at 2 MiB, root p3 last.
+    let parts = images::gpt::partitions(&mut io::Cursor::new(&got)).unwrap();
+    let at: Vec<(usize, &str, u64)> = parts
+        .iter()
+        .map(|p| (p.index, p.name.as_str(), p.first_byte))
+        .collect();
+    assert_eq!(
+        at,
+        [
+            (1, "esp", MIB),
+            (2, "cidata", 2 * MIB),
+            (3, "root", 3 * MIB)
+        ],
+        "{parts:?}"
+    );
+    let slot = golden.cidata();
+    assert_eq!(slot, (2 * MIB as usize)..(3 * MIB as usize));
     let gpt_end = 34 * 512;
     assert!(
         got[gpt_end..slot.start] == img[gpt_end..slot.start],
-        "boot area"
+        "boot area and ESP"
     );
     let end = img.len() - 512;
     assert!(got[slot.end..end] == img[slot.end..end], "root partition");
@@ -139,16 +157,14 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
         got[end..img.len()].iter().all(|b| *b == 0),
         "stale backup header"
     );
-    let parts = images::gpt::partitions(&mut io::Cursor::new(&got)).unwrap();
-    let root = parts.iter().find(|p| p.name == "root").unwrap();
     assert_eq!(
-        root.first_byte + root.len,
+        parts[2].first_byte + parts[2].len,
         got.len() as u64 - 33 * 512,
         "root grown to the end of the disk: {parts:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains("partition 2 grown")),
-        "{lines:?}"
+        lines.iter().any(|l| l.contains("partition 3 grown")),
+        "the last partition, root: {lines:?}"
     );
     let verify = Command::new("sfdisk")
         .arg("--verify")
@@ -175,7 +191,7 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
 
 #[test]
 fn a_bad_checksum_fails_the_install_and_leaves_the_disk_unbootable() {
-    let (lab, s, _img, disk) = setup(false);
+    let (lab, s, _golden, disk) = setup(false);
     let url = plan_url(&lab, &s, "k3s2");
     let mut plan: images::plan::InstallPlan =
         serde_json::from_str(&s.anon_get(url.trim_start_matches(&s.url(""))).1).unwrap();

@@ -46,14 +46,10 @@ fn installed(with_dropin: bool) -> (tempfile::TempDir, PathBuf) {
 /// (tests/packages.txt) and its absence is a failure.
 fn have(tool: &str, test: &str) -> bool {
     let found = Command::new(tool).arg("--version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: `{tool}` is missing (tests/packages.txt installs it under CI)"
-        );
-        eprintln!("SKIP {test}: `{tool}` is not installed");
-    }
-    found
+    support::ci::require(
+        found,
+        &format!("{test}: `{tool}` is not installed (tests/packages.txt)"),
+    )
 }
 
 fn analyze(args: &[&str], unit: &Path) -> (bool, String) {
@@ -141,11 +137,7 @@ fn free_privileged_port(mut range: std::ops::Range<u16>) -> u16 {
 fn the_units_capabilities_are_enough_to_bind_read_reload_and_drop() {
     let name = "the_units_capabilities_are_enough_to_bind_read_reload_and_drop";
     if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name}: CI runs as root; this test must run there"
-        );
-        eprintln!("SKIP {name}: needs root");
+        support::ci::skip(&format!("{name}: needs root"));
         return;
     }
     if !have("setpriv", name) {
@@ -224,11 +216,7 @@ fn dropin_flags(dropin: &str) -> Vec<String> {
 fn the_unprivileged_drop_in_is_enough_to_bind_and_reload_without_root() {
     let name = "the_unprivileged_drop_in_is_enough_to_bind_and_reload_without_root";
     if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name}: CI runs as root; this test must run there"
-        );
-        eprintln!("SKIP {name}: needs root to become ironseed");
+        support::ci::skip(&format!("{name}: needs root to become ironseed"));
         return;
     }
     if !have("setpriv", name) {

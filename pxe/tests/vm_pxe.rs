@@ -27,13 +27,14 @@
 //!   (with EDK2's tsize probe), then iPXE DHCPs again with user class iPXE and fetches the
 //!   per-MAC script over HTTP. Walked to `installed`, it is sent on to its disk, through
 //!   OVMF's UEFI HTTP-boot entry (the iPXE binary over HTTP) first. `IRONSEED_VM_UEFI=0`
-//!   leaves the UEFI cases out.
+//!   leaves the UEFI cases out (a skip: refused under CI).
 //!
 //! Markers are waited for with 10-minute deadlines, never fixed sleeps: under TCG on a loaded
 //! machine a BIOS cycle has taken minutes. Phase timings are printed (`--nocapture`).
 //!
 //! Needs root, iproute2, qemu-system-x86_64, ipxe-qemu, ipxe, ovmf and dnsmasq (tests/packages.txt).
-//! Without them the test is skipped loudly, except under `CI=true`, where it fails.
+//! Without them the test is skipped loudly, except under CI (`CI` set to any value), where it
+//! fails.
 
 mod support;
 
@@ -55,7 +56,7 @@ fn pxe_serve_boots_real_firmware() {
     if !capable(name) {
         return;
     }
-    let uefi = std::env::var("IRONSEED_VM_UEFI").map_or(true, |v| v != "0");
+    let uefi = uefi_wanted(name);
     let t0 = Instant::now();
     let tmp = tempfile::Builder::new()
         .prefix("vm_pxe-")

@@ -12,6 +12,11 @@ use builder::secrets::Secrets;
 use builder::templates::Templates;
 use sha2::{Digest, Sha256};
 
+/// The workspace's rule for skips and golden files (CI set to any value: no skip; golden files
+/// rewritten only with `UPDATE_GOLDEN=1` outside CI).
+#[path = "../../images/tests/support/ci.rs"]
+pub mod ci;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -11,16 +11,10 @@ fn cloud_init_available() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cloud-init is not installed, but CI must run this test (tests/run installs it)"
-        );
-        eprintln!(
-            "SKIP: cloud-init is not installed (apt-get install cloud-init); seeds NOT checked"
-        );
-    }
-    ok
+    ironseed_tests::ci::require(
+        ok,
+        "cloud-init is not installed (apt-get install cloud-init); seeds NOT checked",
+    )
 }
 
 #[test]

@@ -95,8 +95,7 @@ fn plan_json_has_the_shape_of_its_golden_schema() {
     let path = repo_root().join("tests/golden/plan.schema.txt");
     let want = std::fs::read_to_string(&path).unwrap_or_default();
     if got != want {
-        if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") && std::env::var_os("CI").is_none()
-        {
+        if ironseed_tests::ci::update_golden() {
             std::fs::write(&path, &got).unwrap();
             eprintln!("rewrote {}", path.display());
             return;

@@ -21,10 +21,14 @@ fn read_tree(dir: &Path, base: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
     }
 }
 
+/// Protects every rendered file against unreviewed change. Always compares first; only
+/// `UPDATE_GOLDEN=1` outside CI then rewrites the snapshots that differ (and says which), so a
+/// stray value or a CI run can never turn the comparison off.
 #[test]
 fn bundles_match_golden_snapshots() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let update = ironseed_tests::ci::update_golden();
     let mut failures = Vec::new();
+    let mut stale = Vec::new();
     for name in FIXTURES {
         let f = render_fixture(name);
         let dir = repo_root().join("tests/golden").join(name);
@@ -41,43 +45,70 @@ fn bundles_match_golden_snapshots() {
             .map(|(p, f)| format!("{:04o} {p}\n", f.mode))
             .collect();
         want.insert("MODES".into(), modes.into_bytes());
-        if update {
-            let _ = std::fs::remove_dir_all(&dir);
-            for (p, bytes) in &want {
-                let path = dir.join(p);
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(path, bytes).unwrap();
-            }
-            continue;
-        }
         let mut have = BTreeMap::new();
         read_tree(&dir, &dir, &mut have);
-        for (p, bytes) in &want {
-            match have.get(p) {
-                None => failures.push(format!("{name}: {p} is new (not in the golden)")),
-                Some(h) if h != bytes => failures.push(format!(
-                    "{name}: {p} differs from the golden:\n{}",
-                    builder::diff::line_diff(
-                        &String::from_utf8_lossy(h),
-                        &String::from_utf8_lossy(bytes),
-                        2
-                    )
-                    .join("\n")
-                )),
-                _ => {}
-            }
+        let before = failures.len();
+        compare(name, &want, &have, &mut failures);
+        if failures.len() > before {
+            stale.push((dir, want, have));
         }
-        for p in have.keys() {
-            if !want.contains_key(p) {
-                failures.push(format!(
-                    "{name}: {p} is in the golden but no longer rendered"
-                ));
-            }
+    }
+    if update && !failures.is_empty() {
+        for (dir, want, have) in &stale {
+            rewrite(dir, want, have);
         }
+        eprintln!(
+            "UPDATED the golden snapshots (review `git diff tests/golden`):\n\n{}",
+            failures.join("\n\n")
+        );
+        return;
     }
     assert!(
         failures.is_empty(),
         "{}\n\nIf the change is intended: UPDATE_GOLDEN=1 cargo test -p ironseed-tests --test golden",
         failures.join("\n\n")
     );
+}
+
+/// Every difference between the rendered files and the snapshot of fixture `name`.
+fn compare(
+    name: &str,
+    want: &BTreeMap<String, Vec<u8>>,
+    have: &BTreeMap<String, Vec<u8>>,
+    failures: &mut Vec<String>,
+) {
+    for (p, bytes) in want {
+        match have.get(p) {
+            None => failures.push(format!("{name}: {p} is new (not in the golden)")),
+            Some(h) if h != bytes => failures.push(format!(
+                "{name}: {p} differs from the golden:\n{}",
+                builder::diff::line_diff(
+                    &String::from_utf8_lossy(h),
+                    &String::from_utf8_lossy(bytes),
+                    2
+                )
+                .join("\n")
+            )),
+            _ => {}
+        }
+    }
+    for p in have.keys() {
+        if !want.contains_key(p) {
+            failures.push(format!(
+                "{name}: {p} is in the golden but no longer rendered"
+            ));
+        }
+    }
+}
+
+/// Make the snapshot in `dir` equal to `want`, touching only the files that differ.
+fn rewrite(dir: &Path, want: &BTreeMap<String, Vec<u8>>, have: &BTreeMap<String, Vec<u8>>) {
+    for p in have.keys().filter(|p| !want.contains_key(*p)) {
+        std::fs::remove_file(dir.join(p)).unwrap();
+    }
+    for (p, bytes) in want.iter().filter(|(p, b)| have.get(*p) != Some(*b)) {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
 }

@@ -5,6 +5,10 @@
 
 use std::process::{Command, Output};
 
+/// The workspace's rule for skips and golden files (CI set to any value: no skip).
+#[path = "../../../images/tests/support/ci.rs"]
+pub mod ci;
+
 /// The environment variables `builder` reads in place of flags.
 const SETTINGS: [&str; 4] = [
     "IRONSEED_INVENTORY",

@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// A test that cannot run here: under `CI=true` a failure, otherwise `SKIP: why` on stderr and
-/// `false` (callers return early on it).
+/// The workspace's rule for skips and golden files (`CI` set to any value: no skip).
+#[path = "../../../images/tests/support/ci.rs"]
+pub mod ci;
+
+/// A test that cannot run here: with `CI` set a failure, otherwise `SKIPPED: why` on stderr
+/// and `false` (callers return early on it).
 pub fn skip(why: &str) -> bool {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true but {why}");
-    }
-    eprintln!("SKIP: {why}");
-    false
+    ci::skip(why)
 }
 
 /// True if `bin` is on PATH, else [`skip`].
@@ -41,7 +41,10 @@ pub fn require_bin(bin: &str) -> bool {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(bin).is_file()))
         .unwrap_or(false);
-    found || skip(&format!("{bin} not installed (see tests/packages.txt)"))
+    ci::require(
+        found,
+        &format!("{bin} not installed (see tests/packages.txt)"),
+    )
 }
 
 /// Run a command to success, or fail the test with its stderr.

@@ -14,7 +14,7 @@ use nix::sched::{CloneFlags, setns};
 
 use super::run;
 
-/// Root and `ip netns` are needed. In CI (`CI=true`) their absence is a
+/// Root and `ip netns` are needed. Under CI their absence is a
 /// failure; locally, not being root is a loud skip.
 pub fn netns_available(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();

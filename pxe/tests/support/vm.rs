@@ -33,7 +33,7 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub const IPXE_DIR: &str = "/usr/lib/ipxe";
 
 /// Root, `ip netns`, qemu, the firmware files and dnsmasq. Missing → loud skip, or a failure
-/// under `CI=true`.
+/// under CI.
 pub fn capable(test: &str) -> bool {
     let ok = |prog: &str, arg: &str| {
         Command::new(prog)
@@ -73,6 +73,15 @@ pub fn capable(test: &str) -> bool {
         return true;
     }
     super::skip(&format!("{test}: missing {}", missing.join(", ")))
+}
+
+/// Whether the UEFI VMs run: always, unless `IRONSEED_VM_UEFI=0` leaves them out of a quicker
+/// local run. That is a skip like any other: SKIPPED, and a failure under CI.
+pub fn uefi_wanted(test: &str) -> bool {
+    std::env::var("IRONSEED_VM_UEFI").map_or(true, |v| v != "0")
+        || super::skip(&format!(
+            "{test}: the UEFI VMs are left out (IRONSEED_VM_UEFI=0)"
+        ))
 }
 
 /// The two namespaces of the module docs. Field order is drop order: the namespaces go last,
