@@ -502,12 +502,8 @@ fn render_node(
         fqdn: node.fqdn.clone(),
         role: node.role,
         bootstrap: node.bootstrap && !opts.joined.contains(host),
-        mac: images::bundle::Mac(node.mac.0),
-        extra_macs: node
-            .extra_macs
-            .iter()
-            .map(|m| images::bundle::Mac(m.0))
-            .collect(),
+        mac: node.mac,
+        extra_macs: node.extra_macs.clone(),
         ip: node.ip,
         prefix_len: node.prefix_len,
         profile: node.profile.name.clone(),

@@ -3,57 +3,20 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
-/// An Ethernet MAC address, printed the way iPXE prints `${net0/mac}` (lowercase, colons).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Mac(pub [u8; 6]);
+/// The workspace's one MAC type (`images::bundle`).
+pub use images::bundle::Mac;
 
-impl FromStr for Mac {
-    type Err = String;
+/// A MAC as the inventory takes a NIC's: six hex pairs, unicast, not all zeroes. The parse
+/// type for validation; the value is a [`Mac`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NicMac(pub Mac);
+
+impl FromStr for NicMac {
+    type Err = images::bundle::MacError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let sep = if s.contains(':') { ':' } else { '-' };
-        let parts: Vec<&str> = s.split(sep).collect();
-        if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
-            return Err(format!(
-                "`{s}` is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)"
-            ));
-        }
-        let mut b = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            // Checked first: from_str_radix alone also takes a sign ("+a").
-            let hex = p.bytes().all(|c| c.is_ascii_hexdigit());
-            b[i] = u8::from_str_radix(p, 16)
-                .ok()
-                .filter(|_| hex)
-                .ok_or_else(|| format!("`{s}` is not a MAC address: `{p}` is not hex"))?;
-        }
-        if b[0] & 1 == 1 {
-            return Err(format!(
-                "`{s}` is a multicast address; a NIC's MAC has the lowest bit of the first byte clear"
-            ));
-        }
-        if b == [0; 6] {
-            return Err("00:00:00:00:00:00 is not a NIC's MAC".into());
-        }
-        Ok(Mac(b))
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl Serialize for Mac {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        Mac::parse_nic(s).map(NicMac)
     }
 }
 
@@ -220,11 +183,11 @@ mod tests {
 
     #[test]
     fn mac_parses_and_prints_like_ipxe() {
-        let m: Mac = "52-54-00-AB-cd-01".parse().unwrap();
-        assert_eq!(m.to_string(), "52:54:00:ab:cd:01");
-        assert!("52:54:00:ab:cd".parse::<Mac>().is_err());
-        assert!("01:00:5e:00:00:01".parse::<Mac>().is_err(), "multicast");
-        assert!("52:54:00:ab:cd:zz".parse::<Mac>().is_err());
+        let m: NicMac = "52-54-00-AB-cd-01".parse().unwrap();
+        assert_eq!(m.0.to_string(), "52:54:00:ab:cd:01");
+        assert!("52:54:00:ab:cd".parse::<NicMac>().is_err());
+        assert!("01:00:5e:00:00:01".parse::<NicMac>().is_err(), "multicast");
+        assert!("52:54:00:ab:cd:zz".parse::<NicMac>().is_err());
     }
 
     #[test]
@@ -236,7 +199,7 @@ mod tests {
             "52:54:00:ab:cd:+1",
             "52-54-00-ab-cd-+1",
         ] {
-            let e = bad.parse::<Mac>().unwrap_err();
+            let e = bad.parse::<NicMac>().unwrap_err().to_string();
             assert!(e.contains("not a MAC address"), "{bad}: {e}");
         }
     }

@@ -10,6 +10,7 @@ use crate::inventory::profiles::{
     ProfileSet, check_labels, check_sysctls, check_taints, is_package_name,
 };
 use crate::inventory::raw::*;
+use crate::inventory::types::NicMac;
 use crate::k3s_flags;
 
 /// The typed values of one `nodes:` entry that the rules across entries compare
@@ -91,12 +92,15 @@ pub(super) fn nodes(
                 None
             }
         };
-        let mac: Option<Mac> = c.parse(&n.mac, &p("mac"), "a MAC address");
+        let mac: Option<Mac> = c
+            .parse::<NicMac>(&n.mac, &p("mac"), "a MAC address")
+            .map(|m| m.0);
         let mut extra_macs = Vec::new();
         let mut macs: Vec<(MacField, Mac)> = mac.map(|m| (MacField::Mac, m)).into_iter().collect();
         for (j, m) in n.extra_macs.iter().enumerate() {
-            if let Some(m) =
-                c.parse::<Mac>(m, &format!("nodes[{i}].extra_macs[{j}]"), "a MAC address")
+            if let Some(m) = c
+                .parse::<NicMac>(m, &format!("nodes[{i}].extra_macs[{j}]"), "a MAC address")
+                .map(|m| m.0)
             {
                 extra_macs.push(m);
                 macs.push((MacField::Extra(j), m));

@@ -227,6 +227,17 @@ fn answer(host: &str, peer: IpAddr, ev: &Event, r: Result<NodeRecord, StoreError
     }
 }
 
+/// A node's JSON event, or a 400 whose text (serde's, which may quote the body) is kept short
+/// and printable.
+fn parse_event<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("bad event: {}\n", printable(&e.to_string(), 200)),
+        )
+    })
+}
+
 fn too_many(host: &str, peer: IpAddr) -> Response {
     tracing::warn!(node = host, client = %peer, "node posting too fast: refused");
     text(
@@ -250,14 +261,9 @@ pub(super) async fn install_event(
     if !app.node_posts.allow(&host) {
         return too_many(&host, peer.ip());
     }
-    let ev: InstallEvent = match serde_json::from_slice(&body) {
+    let ev: InstallEvent = match parse_event(&body) {
         Ok(e) => e,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("bad event: {}\n", printable(&e.to_string(), 200)),
-            );
-        }
+        Err(r) => return r,
     };
     if let InstallEvent::Installed { sha256 } = &ev {
         let want = image_sha256(&app, &bundle.plan.os_image);
@@ -335,16 +341,10 @@ pub(super) async fn report_event(
     if let Err(r) = reporting_node(&app, &host, &token, peer.ip()) {
         return r.into_response();
     }
-    let ev: ReportEvent = match serde_json::from_slice(&body) {
-        Ok(e) => e,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("bad report: {}\n", printable(&e.to_string(), 200)),
-            );
-        }
+    let ev = match parse_event(&body) {
+        Ok(e) => Event::Report(e),
+        Err(r) => return r,
     };
-    let ev = Event::Report(ev);
     let r = apply(&app, &host, ev.clone()).await;
     answer(&host, peer.ip(), &ev, r)
 }
