@@ -229,13 +229,16 @@ fn answer(host: &str, peer: IpAddr, ev: &Event, r: Result<NodeRecord, StoreError
 
 /// A node's JSON event, or a 400 whose text (serde's, which may quote the body) is kept short
 /// and printable.
-fn parse_event<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        text(
-            StatusCode::BAD_REQUEST,
-            format!("bad event: {}\n", printable(&e.to_string(), 200)),
-        )
-    })
+fn parse_event<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BadEvent> {
+    serde_json::from_slice(body).map_err(|e| BadEvent(printable(&e.to_string(), 200)))
+}
+
+struct BadEvent(String);
+
+impl IntoResponse for BadEvent {
+    fn into_response(self) -> Response {
+        text(StatusCode::BAD_REQUEST, format!("bad event: {}\n", self.0))
+    }
 }
 
 fn too_many(host: &str, peer: IpAddr) -> Response {
@@ -263,7 +266,7 @@ pub(super) async fn install_event(
     }
     let ev: InstallEvent = match parse_event(&body) {
         Ok(e) => e,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let InstallEvent::Installed { sha256 } = &ev {
         let want = image_sha256(&app, &bundle.plan.os_image);
@@ -343,7 +346,7 @@ pub(super) async fn report_event(
     }
     let ev = match parse_event(&body) {
         Ok(e) => Event::Report(e),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let r = apply(&app, &host, ev.clone()).await;
     answer(&host, peer.ip(), &ev, r)
