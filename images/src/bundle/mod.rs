@@ -85,6 +85,11 @@ pub mod paths {
     pub fn install_events(host: &str, secret: &str) -> String {
         format!("/install/{host}/{secret}/events")
     }
+    /// Where an inspection boot posts its [`super::facts::Facts`] (`ironseed.facts=` on the
+    /// installer's kernel command line, with `ironseed.mode=inspect`).
+    pub fn inspect_facts(mac: &super::Mac, secret: &str) -> String {
+        format!("/inspect/{}/{secret}/facts", mac.dashed())
+    }
     /// The first boot's report base: `<base>/events` takes [`super::ReportEvent`]s,
     /// `<base>/phone-home` cloud-init's phone_home form.
     pub fn report(host: &str, token: &str) -> String {
