@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use builder::inventory::edit;
 use builder::inventory::model::{Inventory, Node, Role};
@@ -78,7 +77,8 @@ pub fn rebuild(a: &RebuildArgs) -> Result<()> {
     opts.joined.insert(a.node.clone());
     let b = render::render(&l.inventory, &secrets, &l.templates, &opts).context("rendering")?;
     bundle::write(&a.render.out, &b).context("writing bundle")?;
-    let bundle_id = render::hex(&Sha256::digest(&b.files[render::PLAN].bytes));
+    // The bundle id pxe reports: the sha256 of plan.json (images::bundle::files::digest).
+    let bundle_id = images::bundle::files::digest(&b.files[render::PLAN].bytes);
     println!(
         "rendered {} into {} in join form (server: https://{}:6443{})",
         a.node,

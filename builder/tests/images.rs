@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::{builder_cmd, stderr, stdout};
 use server::TestServer;
-use sha2::{Digest, Sha256};
 
 fn builder(args: &[&str], art: &Path) -> Output {
     builder_cmd(args)
@@ -28,10 +27,7 @@ fn body(len: usize) -> Vec<u8> {
 }
 
 fn hex(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+    images::bundle::files::digest(b)
 }
 
 /// A catalog file naming `debian-12` at the server.

@@ -198,11 +198,7 @@ fn image(len: usize) -> Vec<u8> {
 }
 
 fn sha(b: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+    images::bundle::files::digest(b)
 }
 
 #[test]

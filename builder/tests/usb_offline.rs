@@ -41,9 +41,7 @@ fn tools_present() -> bool {
     )
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use images::bundle::hex;
 
 fn builder(args: &[&str], cwd: &Path) {
     let o = common::builder_cmd(args).current_dir(cwd).output().unwrap();

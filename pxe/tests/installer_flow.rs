@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use images::disk::Disk;
-use sha2::Digest;
 use support::serve::{self, Server, lab};
 
 const MIB: u64 = 1 << 20;
@@ -54,10 +53,7 @@ fn setup(sidecar_ok: bool) -> (serve::Lab, Server, golden::Golden, PathBuf) {
     let packed = zstd::encode_all(&img.bytes[..], 3).unwrap();
     std::fs::write(art.join("images/debian-12.raw.zst"), &packed).unwrap();
     let sha = if sidecar_ok {
-        sha2::Sha256::digest(&packed)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        images::bundle::files::digest(&packed)
     } else {
         "0".repeat(64)
     };

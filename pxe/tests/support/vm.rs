@@ -650,11 +650,7 @@ pub fn cache_dir() -> PathBuf {
 }
 
 pub fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+    images::bundle::files::digest(b)
 }
 
 /// The static installer: release (sha256 and zstd under TCG are several times faster than a
