@@ -166,8 +166,21 @@ pub fn derive_selector(
         if !(m.len() == 1 && m[0].name == target.name) {
             continue;
         }
-        let Some(sel) = separate(sel, target, data) else {
+        let Some((sel, added)) = separate(sel, target, data) else {
             continue;
+        };
+        let why = if added.is_empty() {
+            why
+        } else {
+            format!(
+                "{why}; with its {} too, so the inventory can prove it never picks data disk {}",
+                added.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(" and "),
+                added
+                    .iter()
+                    .map(|(_, d)| format!("`{d}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         return Ok(Derived {
             selector: sel,
@@ -179,27 +192,40 @@ pub fn derive_selector(
 }
 
 /// `sel` plus whatever of `target`'s own attributes makes it provably disjoint from every data
-/// disk selector, or `None` when nothing does.
-fn separate(mut sel: Selector, target: &DiskFacts, data: &[DataDisk]) -> Option<Selector> {
+/// disk selector (and which attribute was added for which data disk), or `None` when nothing
+/// does.
+#[allow(clippy::type_complexity)]
+fn separate(
+    mut sel: Selector,
+    target: &DiskFacts,
+    data: &[DataDisk],
+) -> Option<(Selector, Vec<(&'static str, String)>)> {
     let gb = target.size / 1_000_000_000;
+    let mut added = Vec::new();
     for dd in data {
         if !sel.may_overlap(&dd.selector) {
             continue;
         }
         let s = &dd.selector;
-        if s.model.is_some() && target.model.is_some() && target.model != s.model {
+        let what = if s.model.is_some() && target.model.is_some() && target.model != s.model {
             sel.model = target.model.clone();
+            "model"
         } else if s.rotational.is_some_and(|r| r != target.rotational) {
             sel.rotational = Some(target.rotational);
+            "rotational flag"
         } else if s.min_size_gb.is_some() || s.max_size_gb.is_some() {
             sel.min_size_gb = Some(gb);
             sel.max_size_gb = Some(gb);
-        }
+            "exact size"
+        } else {
+            return None;
+        };
         if sel.may_overlap(s) || !sel.matches(&target.as_disk()) {
             return None;
         }
+        added.push((what, dd.name.clone()));
     }
-    Some(sel)
+    Some((sel, added))
 }
 
 /// The next address for a new node: the first free host address after the highest node
@@ -527,6 +553,45 @@ mod tests {
         };
         assert_eq!(d.disk, "sdb");
         assert_eq!(d.selector.wwn.as_deref(), Some("0x55cd2e4150"));
+    }
+
+    fn inventory(text: &str) -> Inventory {
+        let mut d = crate::diag::Diagnostics::default();
+        let set = crate::inventory::ProfileSet::load(&[], &mut d);
+        let (inv, d) = crate::inventory::load(
+            "inv.yaml",
+            text,
+            &set,
+            &crate::templates::Templates::embedded(),
+        );
+        inv.unwrap_or_else(|| panic!("{}", d.render(&|_| None)))
+    }
+
+    /// Protects the addresses others use: the VIP, the DHCP pool, the appliance, the gateway
+    /// and other nodes are never handed out.
+    #[test]
+    fn the_next_address_skips_everything_taken() {
+        use crate::inventory::DEFAULT_INVENTORY;
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            next_free_ip(&inventory(DEFAULT_INVENTORY)).unwrap(),
+            ip("10.0.20.31")
+        );
+        // After .199 comes the pool (.200–.249): the next one is .250.
+        let t = DEFAULT_INVENTORY.replace("ip: 10.0.20.30", "ip: 10.0.20.199");
+        assert_eq!(next_free_ip(&inventory(&t)).unwrap(), ip("10.0.20.250"));
+        // After .254 (the last host) it wraps to the lowest free one, past the gateway (.1),
+        // the appliance (.5) and the VIP (.10) when they are in the way.
+        let t = DEFAULT_INVENTORY
+            .replace("ip: 10.0.20.30", "ip: 10.0.20.254")
+            .replace("ip: 10.0.20.11", "ip: 10.0.20.2")
+            .replace("ip: 10.0.20.12", "ip: 10.0.20.3")
+            .replace("ip: 10.0.20.13", "ip: 10.0.20.4")
+            .replace("ip: 10.0.20.21", "ip: 10.0.20.6")
+            .replace("ip: 10.0.20.22", "ip: 10.0.20.7")
+            .replace("ip: 10.0.20.23", "ip: 10.0.20.8");
+        let t = t.replace("vip: 10.0.20.10", "vip: 10.0.20.9");
+        assert_eq!(next_free_ip(&inventory(&t)).unwrap(), ip("10.0.20.10"));
     }
 
     #[test]

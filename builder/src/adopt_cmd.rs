@@ -131,12 +131,18 @@ pub fn adopt(a: &AdoptArgs) -> Result<()> {
                     .find(|x| x.name == d.disk)
                     .map(adopt::describe)
                     .unwrap_or_default();
+                let by_profile = f
+                    .disks
+                    .iter()
+                    .filter(|x| profile.install_disk.matches(&x.as_disk()))
+                    .count();
                 notes.push(format!(
-                    "install disk: {named} — profile `{}`'s selector does not pick exactly one of \
-                     this machine's {} disks, so the node gets its own install_disk: {}",
+                    "install disk: {named} — profile `{}`'s selector matches {by_profile} of this \
+                     machine's {} disks (it must match exactly one), so the node gets its own \
+                     install_disk, chosen because {}",
                     profile.name,
                     f.disks.len(),
-                    d.why
+                    printable(&d.why, 400)
                 ));
                 Some(d)
             }

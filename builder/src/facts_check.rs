@@ -215,7 +215,14 @@ pub fn check(
         let mut seen = BTreeMap::new();
         for fwf in &f.missing_firmware {
             let pkg = firmware_package(fwf);
-            if pkg.is_some_and(|pkg| node.packages.iter().any(|x| x == pkg)) {
+            let installed = |pkg: &str| {
+                node.packages.iter().any(|x| x == pkg)
+                    || node
+                        .gpu
+                        .as_ref()
+                        .is_some_and(|g| g.driver_packages.iter().any(|x| x == pkg))
+            };
+            if pkg.is_some_and(installed) {
                 continue;
             }
             seen.entry(pkg).or_insert_with(Vec::new).push(printable(fwf, 120));
