@@ -30,9 +30,7 @@ pub enum AdoptError {
     NoUniqueAttribute(String),
     #[error("no free address left in {0} (gateway, appliance, VIP, DHCP pool and nodes excluded)")]
     NoFreeAddress(String),
-    #[error(
-        "{file}: the `nodes:` list is not a block list of mappings here; add the node by hand"
-    )]
+    #[error("{file}: the `nodes:` list is not a block list of mappings here; add the node by hand")]
     Layout { file: String },
 }
 
@@ -174,7 +172,11 @@ pub fn derive_selector(
         } else {
             format!(
                 "{why}; with its {} too, so the inventory can prove it never picks data disk {}",
-                added.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(" and "),
+                added
+                    .iter()
+                    .map(|(a, _)| *a)
+                    .collect::<Vec<_>>()
+                    .join(" and "),
                 added
                     .iter()
                     .map(|(_, d)| format!("`{d}`"))
@@ -241,7 +243,11 @@ pub fn next_free_ip(inv: &Inventory) -> Result<Ipv4Addr, AdoptError> {
             || ip == inv.appliance.ip
             || ip == inv.cluster.api.vip
             || inv.network.dns.contains(&ip)
-            || inv.network.dhcp_pool.as_ref().is_some_and(|p| p.contains(ip))
+            || inv
+                .network
+                .dhcp_pool
+                .as_ref()
+                .is_some_and(|p| p.contains(ip))
             || inv.nodes.iter().any(|n| n.ip == ip)
     };
     let lo = u32::from(net.network());
@@ -463,7 +469,12 @@ mod tests {
                 ..Default::default()
             },
         );
-        let d = derive_selector(&boot, &[boot.clone(), media.clone()], &[dd.clone()]).unwrap();
+        let d = derive_selector(
+            &boot,
+            &[boot.clone(), media.clone()],
+            std::slice::from_ref(&dd),
+        )
+        .unwrap();
         assert_eq!(d.selector.serial.as_deref(), Some("B1"));
         assert_eq!(d.selector.model.as_deref(), Some("BOOT SSD"));
         assert!(!d.selector.may_overlap(&dd.selector));
@@ -619,8 +630,14 @@ mod tests {
             2,
         );
         assert_eq!(y.lines().count(), 10, "{y}");
-        assert!(y.contains(r#"      model: "EVIL\n  role: server # x""#), "{y}");
-        assert!(y.starts_with("  # adoptedrole: x\n  - hostname: n1\n"), "{y}");
+        assert!(
+            y.contains(r#"      model: "EVIL\n  role: server # x""#),
+            "{y}"
+        );
+        assert!(
+            y.starts_with("  # adoptedrole: x\n  - hostname: n1\n"),
+            "{y}"
+        );
     }
 
     #[test]
@@ -628,11 +645,17 @@ mod tests {
         let text = "a: 1\nnodes:\n  # c\n  - hostname: x\n    ip: 1\n\n# next\nnfs:\n  x: 1\n";
         let (at, indent) = insertion_point("f", text).unwrap();
         assert_eq!(indent, 2);
-        assert_eq!(&text[..at], "a: 1\nnodes:\n  # c\n  - hostname: x\n    ip: 1\n");
+        assert_eq!(
+            &text[..at],
+            "a: 1\nnodes:\n  # c\n  - hostname: x\n    ip: 1\n"
+        );
         let at_end = "nodes:\n- hostname: x\n  ip: 1";
         let (at, indent) = insertion_point("f", at_end).unwrap();
         assert_eq!((at, indent), (at_end.len(), 0));
-        assert_eq!(splice(at_end, at, "- y\n"), "nodes:\n- hostname: x\n  ip: 1\n- y\n");
+        assert_eq!(
+            splice(at_end, at, "- y\n"),
+            "nodes:\n- hostname: x\n  ip: 1\n- y\n"
+        );
         for bad in ["nodes: []\n", "a: 1\n", "nodes:\n  x: 1\n"] {
             assert!(insertion_point("f", bad).is_err(), "{bad}");
         }

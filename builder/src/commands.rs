@@ -219,7 +219,9 @@ pub fn discovered(server: &str, token_file: Option<&Path>) -> Result<serde_json:
             "{url}: HTTP 401: the pxe server wants its operator API token: pass --api-token-file \
              FILE or set IRONSEED_API_TOKEN (pxe serve keeps it in STATE/api-token)"
         ),
-        404 => bail!("{url}: HTTP 404: this pxe server does not record discovered machines (an older pxe?)"),
+        404 => bail!(
+            "{url}: HTTP 404: this pxe server does not record discovered machines (an older pxe?)"
+        ),
         s => bail!(
             "{url}: HTTP {s}: {}",
             images::bundle::printable(String::from_utf8_lossy(&body).trim(), 300)

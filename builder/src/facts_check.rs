@@ -225,7 +225,9 @@ pub fn check(
             if pkg.is_some_and(installed) {
                 continue;
             }
-            seen.entry(pkg).or_insert_with(Vec::new).push(printable(fwf, 120));
+            seen.entry(pkg)
+                .or_insert_with(Vec::new)
+                .push(printable(fwf, 120));
         }
         for (pkg, files) in seen {
             let fix = match pkg {
@@ -263,7 +265,10 @@ pub fn read_dir(dir: &std::path::Path) -> Result<BTreeMap<Mac, Facts>, String> {
         let p = e.path();
         let meta = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         if meta.len() > images::bundle::facts::FACTS_MAX as u64 {
-            return Err(format!("{}: larger than a facts document can be", p.display()));
+            return Err(format!(
+                "{}: larger than a facts document can be",
+                p.display()
+            ));
         }
         let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let f = Facts::from_json(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;

@@ -165,7 +165,10 @@ fn validate_facts_reports_each_rule_at_its_inventory_line() {
             |f| {
                 f["pci"].as_array_mut().unwrap().remove(0);
             },
-            format!("{}: nodes[5].gpu", loc("default_runtime: false", "default_runtime")),
+            format!(
+                "{}: nodes[5].gpu",
+                loc("default_runtime: false", "default_runtime")
+            ),
             "profile `r630` has a GPU, and this machine reported no display controller",
         ),
         (
@@ -275,7 +278,12 @@ fn adopt_round_trip_keeps_every_byte_and_the_entry_validates() {
     let o = builder(&adopt_args(&["--facts", "new.json", "--dry-run"]), d.path());
     assert!(o.status.success(), "{}", err(&o));
     let s = out(&o);
-    assert!(s.contains("    install_disk:\n      wwn: \"0x55cd2e4150a1b2c3\"\n      model: \"SSDSC2KB240G8\"\n"), "{s}");
+    assert!(
+        s.contains(
+            "    install_disk:\n      wwn: \"0x55cd2e4150a1b2c3\"\n      model: \"SSDSC2KB240G8\"\n"
+        ),
+        "{s}"
+    );
     assert!(s.contains("--dry-run: lab.yaml was not changed"), "{s}");
     assert_eq!(std::fs::read_to_string(&inv).unwrap(), DEFAULT_INVENTORY);
 
@@ -306,7 +314,10 @@ fn adopt_round_trip_keeps_every_byte_and_the_entry_validates() {
         &new[at..at + added],
         "  # adopted by `builder adopt` (Dell Inc. PowerEdge R730)\n  - hostname: nfs2\n    role: nfs\n    profile: r730\n    mac: 24:6e:96:20:00:40\n    ip: 10.0.20.31\n    install_disk:\n      wwn: \"0x55cd2e4150a1b2c3\"\n      model: \"SSDSC2KB240G8\"\n"
     );
-    assert!(new[..at].ends_with("    ip: 10.0.20.30\n"), "inserted after nfs1");
+    assert!(
+        new[..at].ends_with("    ip: 10.0.20.30\n"),
+        "inserted after nfs1"
+    );
     assert_eq!(
         std::fs::metadata(&inv).unwrap().permissions().mode() & 0o777,
         0o640
@@ -392,7 +403,11 @@ fn adopt_without_facts_keeps_the_profile_selector_and_says_it_is_unverified() {
         d.path(),
     );
     assert!(o.status.success(), "{}", err(&o));
-    assert!(out(&o).contains("profile `vm`'s selector, UNVERIFIED"), "{}", out(&o));
+    assert!(
+        out(&o).contains("profile `vm`'s selector, UNVERIFIED"),
+        "{}",
+        out(&o)
+    );
     let new = std::fs::read_to_string(d.path().join("lab.yaml")).unwrap();
     assert!(new.contains(
         "  - hostname: k3s-master4\n    role: agent\n    profile: vm\n    mac: 52:54:00:20:00:14\n    ip: 10.0.20.14\n\nnfs:"
@@ -441,7 +456,14 @@ fn adopt_refuses_guesses_and_leaves_the_file_untouched() {
 
     let o = builder(
         &[
-            "adopt", NEW_MAC, "--hostname", "x1", "--role", "agent", "--profile", "vm",
+            "adopt",
+            NEW_MAC,
+            "--hostname",
+            "x1",
+            "--role",
+            "agent",
+            "--profile",
+            "vm",
         ],
         d.path(),
     );
@@ -523,7 +545,11 @@ fn adopt_and_validate_read_facts_from_the_pxe_server_with_its_token() {
         d.path(),
     );
     assert!(o.status.success(), "{}", err(&o));
-    assert!(out(&o).contains("its WWN is burnt into the device"), "{}", out(&o));
+    assert!(
+        out(&o).contains("its WWN is burnt into the device"),
+        "{}",
+        out(&o)
+    );
 
     // Seen on DHCP only: adopted with the profile's selector, unverified.
     let o = builder(
@@ -592,14 +618,16 @@ fn a_node_install_disk_override_is_checked_like_the_profiles() {
         .unwrap() as u64
         + 1;
     let (inv, d) = load(&with("      wwn: \"0x55cd2e4150a1b2c3\"\n"));
-    assert!(d.errors().any(|e| e.path == "nodes[6].install_disk"
-        && e.message.contains("could pick data disk `media` of profile `r730`")
-        && e.span.line == ip_line + 2));
+    assert!(d.errors().any(|e| {
+        e.path == "nodes[6].install_disk"
+            && e.message
+                .contains("could pick data disk `media` of profile `r730`")
+            && e.span.line == ip_line + 2
+    }));
     assert!(inv.is_none());
     let (_, d) = load(&with("      device: /dev/sda\n"));
     assert!(
-        d.errors()
-            .any(|e| e.path == "nodes[6].install_disk.device"),
+        d.errors().any(|e| e.path == "nodes[6].install_disk.device"),
         "{}",
         d.render(&|_| None)
     );
@@ -607,7 +635,15 @@ fn a_node_install_disk_override_is_checked_like_the_profiles() {
         "      wwn: \"0x55cd2e4150a1b2c3\"\n      model: SSDSC2KB240G8\n",
     ));
     assert!(!d.has_errors(), "{}", d.render(&|_| None));
-    let nfs1 = inv.unwrap().nodes.into_iter().find(|n| n.hostname.as_str() == "nfs1").unwrap();
-    assert_eq!(nfs1.profile.install_disk.wwn.as_deref(), Some("0x55cd2e4150a1b2c3"));
+    let nfs1 = inv
+        .unwrap()
+        .nodes
+        .into_iter()
+        .find(|n| n.hostname.as_str() == "nfs1")
+        .unwrap();
+    assert_eq!(
+        nfs1.profile.install_disk.wwn.as_deref(),
+        Some("0x55cd2e4150a1b2c3")
+    );
     assert_eq!(nfs1.profile.install_disk.max_size_gb, None);
 }
