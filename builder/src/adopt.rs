@@ -326,8 +326,11 @@ pub fn entry_yaml(n: &NewNode, indent: usize) -> String {
     s
 }
 
+/// A line that ends a top-level block: the next key, or a document marker (`---`, `...`).
 fn top_level_key(line: &str) -> bool {
     line.starts_with(|c: char| !c.is_whitespace() && c != '#' && c != '-')
+        || line.starts_with("---")
+        || line.starts_with("...")
 }
 
 fn content(line: &str) -> bool {
@@ -648,6 +651,11 @@ mod tests {
         assert_eq!(
             &text[..at],
             "a: 1\nnodes:\n  # c\n  - hostname: x\n    ip: 1\n"
+        );
+        let marker = "nodes:\n- hostname: x\n---\n";
+        assert_eq!(
+            insertion_point("f", marker).unwrap().0,
+            "nodes:\n- hostname: x\n".len()
         );
         let at_end = "nodes:\n- hostname: x\n  ip: 1";
         let (at, indent) = insertion_point("f", at_end).unwrap();

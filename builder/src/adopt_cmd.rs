@@ -196,6 +196,18 @@ pub fn adopt(a: &AdoptArgs) -> Result<()> {
             l.name
         )
     })?;
+    // The entry must have landed in the `nodes:` list as written, not elsewhere.
+    if !checked
+        .inventory
+        .node(hostname.as_str())
+        .is_some_and(|n| n.mac == mac && n.ip == ip)
+    {
+        bail!(
+            "{}: the entry for {hostname} did not end up in the `nodes:` list; add it by hand; \
+             the file was not changed",
+            l.name
+        );
+    }
     if let Some(f) = facts {
         let mut diags = Diagnostics::default();
         commands::check_facts(&checked, &BTreeMap::from([(mac, f)]), &mut diags)?;

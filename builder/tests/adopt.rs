@@ -382,6 +382,37 @@ fn adopt_round_trip_keeps_every_byte_and_the_entry_validates() {
     assert_eq!(std::fs::read_to_string(&inv).unwrap(), new);
 }
 
+/// Protects the operator's terminal and file: text the machine reported (models, product
+/// names) reaches neither unescaped.
+#[test]
+fn adopt_escapes_what_the_machine_reported() {
+    let d = lab();
+    let mut f = new_r730();
+    f["dmi"]["product_name"] = json!("R730\u{1b}]0;owned\u{7}");
+    f["disks"][1]["model"] = json!("SSD\u{1b}[2J\n  role: server");
+    f["disks"][1]["wwn"] = Value::Null;
+    f["disks"][1]["serial"] = Value::Null;
+    f["disks"][1]["by_id"] = json!([]);
+    write_json(&d.path().join("evil.json"), &f);
+    let o = builder(
+        &adopt_args(&["--facts", "evil.json", "--dry-run"]),
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let s = out(&o);
+    assert!(!s.contains('\u{1b}') && !s.contains('\u{7}'), "{s:?}");
+    assert!(
+        s.contains(r#"      model: "SSD\u001b[2J\n  role: server""#),
+        "{s}"
+    );
+    let o = builder(&adopt_args(&["--facts", "evil.json"]), d.path());
+    assert!(o.status.success(), "{}", err(&o));
+    let new = std::fs::read_to_string(d.path().join("lab.yaml")).unwrap();
+    assert!(!new.contains('\u{1b}'), "{new:?}");
+    let o = builder(&["validate", "-i", "lab.yaml"], d.path());
+    assert!(o.status.success(), "{}", err(&o));
+}
+
 #[test]
 fn adopt_without_facts_keeps_the_profile_selector_and_says_it_is_unverified() {
     let d = lab();
