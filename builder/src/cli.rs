@@ -25,7 +25,9 @@ pub enum Command {
     /// Write the default inventory (commented) to PATH for editing.
     Init(InitArgs),
     /// Check the inventory and hardware profiles; print every problem with file:line:column.
-    Validate(SourceArgs),
+    /// With --facts or --server, also check every node against the facts its machine reported
+    /// from an inspection boot (disks, boot NIC, firmware mode, GPU, missing firmware).
+    Validate(ValidateArgs),
     /// Validate, then render the bundle into --out (atomically: a failed render leaves the old bundle).
     Render(RenderArgs),
     /// Show what `render` would change in an existing bundle, without writing anything.
@@ -39,6 +41,10 @@ pub enum Command {
     /// Replace a node's hardware: update its boot MAC, re-render it in join form, re-arm it in
     /// the running pxe, and print the cluster-side runbook for its role.
     Rebuild(RebuildArgs),
+    /// Add a discovered machine to the inventory file: next free address, an install-disk
+    /// selector derived from its inspection facts, validated before the file is replaced
+    /// (comments and layout kept).
+    Adopt(AdoptArgs),
     /// Disaster restore: render the cluster-reset config for one surviving server (and join
     /// configs for the others) from an etcd snapshot, and print the restore runbook.
     Recover(RecoverArgs),
@@ -338,4 +344,76 @@ pub struct RecoverArgs {
     pub survivor: Option<String>,
     #[command(flatten)]
     pub render: RenderArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Folder of facts files, `<mac-dashed>.json` each (e.g. 52-54-00-12-34-56.json, the
+    /// document an inspection boot posts); every node whose MAC has one is checked against it.
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
+    pub facts: Option<PathBuf>,
+    /// Read the facts from a running pxe server (`GET /api/v1/discovered`) instead, matched to
+    /// nodes by MAC.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// File holding the pxe server's operator API token (with --server). Default:
+    /// $IRONSEED_API_TOKEN, else the token file of a pxe serve on this machine.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// `--role` of `builder adopt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Server,
+    Agent,
+    Nfs,
+}
+
+impl RoleArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleArg::Server => "server",
+            RoleArg::Agent => "agent",
+            RoleArg::Nfs => "nfs",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// Boot MAC of the machine (as `builder discover` lists it). A MAC already in the
+    /// inventory is refused (replacing a node's hardware is `builder rebuild --mac`).
+    pub mac: String,
+    /// Hostname of the new node.
+    #[arg(long, value_name = "H")]
+    pub hostname: String,
+    /// Its role: server (k3s control plane), agent (k3s worker) or nfs (NFS host, no k3s).
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// Its hardware profile (built-in or from a hardware folder).
+    #[arg(long, value_name = "P")]
+    pub profile: String,
+    /// Its address. Default: the first free address after the highest node address (never
+    /// the gateway, appliance, VIP, a DNS server, the DHCP pool or another node's).
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Print the entry it would add, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The machine's facts as a JSON file (what its inspection boot posted). Without --facts
+    /// and --server the profile's install_disk is used, unverified.
+    #[arg(long, value_name = "FILE", conflicts_with = "server")]
+    pub facts: Option<PathBuf>,
+    /// Read the machine's facts from a running pxe server (`GET /api/v1/discovered`).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// File holding the pxe server's operator API token (with --server). Default:
+    /// $IRONSEED_API_TOKEN, else the token file of a pxe serve on this machine.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }

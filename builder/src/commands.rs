@@ -13,12 +13,12 @@ use builder::inventory::{self, DEFAULT_INVENTORY, DEFAULT_INVENTORY_NAME, Invent
 use builder::render::{self, AirgapHashes, RenderOptions, SeedImage};
 use builder::secrets::{self, Secrets};
 use builder::templates::Templates;
-use builder::{bundle, diff, fsutil};
+use builder::{bundle, diff, facts_check, fsutil};
 
 use images::system::{self, DeviceFile};
 use images::usb::{self, Phase, Policy};
 
-use crate::cli::{InitArgs, RenderArgs, SourceArgs, UsbFormat, UsbWriteArgs};
+use crate::cli::{InitArgs, RenderArgs, SourceArgs, UsbFormat, UsbWriteArgs, ValidateArgs};
 
 pub fn init(a: &InitArgs) -> Result<()> {
     if a.path.exists() && !a.force {
@@ -42,6 +42,12 @@ pub struct Loaded {
     pub inventory: Inventory,
     pub templates: Templates,
     pub path: Option<PathBuf>,
+    /// Every hardware profile that was loaded (built-in and from hardware folders), with the
+    /// source texts diagnostics quote.
+    pub profiles: ProfileSet,
+    /// The inventory's display name and text, as validated.
+    pub name: String,
+    pub text: String,
 }
 
 /// The inventory's display name and text (the embedded default without --inventory).
@@ -117,13 +123,17 @@ pub fn load_text(a: &SourceArgs, name: String, text: String) -> Result<Loaded> {
                 inventory,
                 templates,
                 path: a.inventory.clone(),
+                profiles,
+                name,
+                text,
             })
         }
         _ => bail!("{name}: inventory is not valid; nothing was rendered"),
     }
 }
 
-pub fn validate(a: &SourceArgs) -> Result<()> {
+pub fn validate(v: &ValidateArgs) -> Result<()> {
+    let a = &v.source;
     let l = load(a)?;
     let inv = &l.inventory;
     let servers = inv.servers().count();
@@ -139,7 +149,93 @@ pub fn validate(a: &SourceArgs) -> Result<()> {
         if servers == 1 { "" } else { "s" },
         inv.cluster.api.vip
     );
+    let facts = match (&v.facts, &v.server) {
+        (Some(dir), _) => facts_check::read_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?,
+        (None, Some(server)) => discovered_facts(server, v.api_token_file.as_deref())?,
+        (None, None) => return Ok(()),
+    };
+    let mut diags = Diagnostics::default();
+    let checked = check_facts(&l, &facts, &mut diags)?;
+    let unchecked: Vec<&str> = inv
+        .nodes
+        .iter()
+        .map(|n| n.hostname.as_str())
+        .filter(|h| !checked.iter().any(|c| c == h))
+        .collect();
+    if diags.has_errors() {
+        bail!(
+            "{}: {} problem{} against the machines' facts",
+            l.name,
+            diags.errors().count(),
+            if diags.errors().count() == 1 { "" } else { "s" }
+        );
+    }
+    println!(
+        "facts: {} node{} match their machines ({}){}",
+        checked.len(),
+        if checked.len() == 1 { "" } else { "s" },
+        checked.join(", "),
+        if unchecked.is_empty() {
+            String::new()
+        } else {
+            format!("; no facts yet for {}", unchecked.join(", "))
+        }
+    );
     Ok(())
+}
+
+/// Check `l`'s nodes against `facts` and print what is found with file:line:column. Returns
+/// the hostnames that had facts.
+pub fn check_facts(
+    l: &Loaded,
+    facts: &std::collections::BTreeMap<images::bundle::Mac, images::bundle::facts::Facts>,
+    diags: &mut Diagnostics,
+) -> Result<Vec<String>> {
+    let raw = serde_saphyr::from_str::<builder::inventory::raw::RawInventory>(&l.text)
+        .context("parsing the inventory again")?;
+    let checked = facts_check::check(&l.name, &raw, &l.inventory, facts, diags);
+    let sources = |file: &str| {
+        if file == l.name {
+            Some(l.text.clone())
+        } else {
+            l.profiles.sources.get(file).cloned()
+        }
+    };
+    if !diags.is_empty() {
+        eprint!("{}", diags.render(&sources));
+    }
+    Ok(checked)
+}
+
+/// `GET /api/v1/discovered` of a pxe server, as JSON.
+pub fn discovered(server: &str, token_file: Option<&Path>) -> Result<serde_json::Value> {
+    let token = images::api_token::resolve(token_file).context("reading the pxe API token")?;
+    let url = format!("{}/api/v1/discovered", server.trim_end_matches('/'));
+    let (status, body) = images::http::exchange("GET", &url, None, token.as_deref())
+        .map_err(|e| anyhow::anyhow!("the pxe server did not answer: {e}"))?;
+    match status {
+        200 => {}
+        401 => bail!(
+            "{url}: HTTP 401: the pxe server wants its operator API token: pass --api-token-file \
+             FILE or set IRONSEED_API_TOKEN (pxe serve keeps it in STATE/api-token)"
+        ),
+        404 => bail!(
+            "{url}: HTTP 404: this pxe server does not record discovered machines (an older pxe?)"
+        ),
+        s => bail!(
+            "{url}: HTTP {s}: {}",
+            images::bundle::printable(String::from_utf8_lossy(&body).trim(), 300)
+        ),
+    }
+    serde_json::from_slice(&body).with_context(|| format!("{url}: not a JSON answer"))
+}
+
+fn discovered_facts(
+    server: &str,
+    token_file: Option<&Path>,
+) -> Result<std::collections::BTreeMap<images::bundle::Mac, images::bundle::facts::Facts>> {
+    facts_check::from_discovered(&discovered(server, token_file)?)
+        .map_err(|e| anyhow::anyhow!("{server}: {e}"))
 }
 
 pub fn secrets_path(a: &RenderArgs, l: &Loaded) -> PathBuf {

@@ -1,3 +1,4 @@
+mod adopt_cmd;
 mod cli;
 mod commands;
 mod golden_cmd;
@@ -11,7 +12,8 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let r = match &cli.command {
         cli::Command::Init(a) => commands::init(a),
-        cli::Command::Validate(a) => commands::validate(a).map(|_| ()),
+        cli::Command::Validate(a) => commands::validate(a),
+        cli::Command::Adopt(a) => adopt_cmd::adopt(a),
         cli::Command::Render(a) => commands::render(a),
         cli::Command::Diff(a) => commands::diff(a),
         cli::Command::Images(c) => match c {

@@ -201,6 +201,10 @@ pub struct RawNode {
     pub gpu: Option<S<RawNodeGpu>>,
     #[serde(default)]
     pub template: Option<S<String>>,
+    /// This machine's own install-disk selector, replacing its profile's (written by
+    /// `builder adopt` when the profile's selector does not pick exactly one of its disks).
+    #[serde(default)]
+    pub install_disk: Option<S<RawSelector>>,
     #[serde(default)]
     pub overrides: Option<RawOverrides>,
 }

@@ -7,7 +7,7 @@ use super::network::host_in;
 use super::{Ctx, DEFAULT_USER_DATA_TEMPLATE, KUBELET_SYSCTLS, TemplateCatalog};
 use crate::inventory::model::*;
 use crate::inventory::profiles::{
-    ProfileSet, check_labels, check_sysctls, check_taints, is_package_name,
+    ProfileSet, check_labels, check_selector, check_sysctls, check_taints, is_package_name,
 };
 use crate::inventory::raw::*;
 use crate::inventory::types::NicMac;
@@ -277,6 +277,24 @@ pub(super) fn nodes(
                     m.value
                 ),
             );
+        }
+        let mut profile = profile;
+        if let Some(sel) = &n.install_disk {
+            let path = p("install_disk");
+            let install = check_selector(c.file, &path, sel, c.d);
+            if let Some(pr) = profile.as_mut() {
+                // The same rule as inside a profile: data disks are never wiped, so the node's
+                // own install selector must provably never pick one of them.
+                for (j, dd) in pr.data_disks.iter().enumerate() {
+                    if install.may_overlap(&dd.selector) {
+                        c.err(sel, &path, format!(
+                            "this selector could pick data disk `{}` of profile `{}` (data_disks[{j}]): no attribute both set tells them apart; add one that differs (model, serial, wwn, by_path, by_id, rotational or disjoint sizes)",
+                            dd.name, pr.name
+                        ));
+                    }
+                }
+                pr.install_disk = install;
+            }
         }
         let bootstrap = role == Some(Role::Server) && !first_server_seen;
         if role == Some(Role::Server) {
