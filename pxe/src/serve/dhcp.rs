@@ -430,6 +430,29 @@ mod tests {
         );
     }
 
+    /// Protects the discovered list's meaning: requests of MACs not in the inventory are
+    /// recorded in every mode, answered or not; inventory MACs never are.
+    #[test]
+    fn unknown_clients_are_recorded_known_ones_not() {
+        for mode in [DhcpMode::Proxy, DhcpMode::Full] {
+            let mut c = ctx(mode);
+            let d = Arc::new(DiscoveredStore::open(None).unwrap());
+            c.discovered = Some(d.clone());
+            c.interface = Some("eth1".into());
+            let src = SRC.parse().unwrap();
+            c.handle(RecvPort::Dhcp, &discover(1, true), src);
+            c.handle(RecvPort::Dhcp, &discover(9, true), src);
+            c.handle(RecvPort::Dhcp, &discover(9, false), src);
+            let all = d.all(u64::MAX);
+            assert_eq!(all.len(), 1, "{mode:?}: {all:?}");
+            assert_eq!(all[0].mac, MacAddr([2, 0, 0, 0, 0, 9]));
+            assert_eq!(all[0].count, 2);
+            assert_eq!(all[0].arch, Some(0));
+            assert_eq!(all[0].interface.as_deref(), Some("eth1"));
+            assert!(all[0].vendor_class.as_deref().unwrap().starts_with("PXEClient"));
+        }
+    }
+
     fn decline(mac: u8, ip: Ipv4Addr, server: Option<Ipv4Addr>) -> Vec<u8> {
         let mut opts = vec![DhcpOption::RequestedIpAddress(ip)];
         opts.extend(server.map(DhcpOption::ServerIdentifier));
