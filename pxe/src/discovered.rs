@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use images::bundle::discovered::Discovered;
@@ -134,23 +134,27 @@ impl Record {
         }
     }
 
-    /// Worth keeping over a machine only seen by DHCP: facts, or a live inspection.
-    fn precious(&self, now_ms: u64) -> bool {
-        self.facts.is_some() || self.live_secret(now_ms).is_some()
+    /// What is lost when this record goes: 0 a DHCP sighting, 1 a live inspection (the
+    /// machine boots into it again), 2 facts (only a new inspection boot brings them back).
+    fn worth(&self, now_ms: u64) -> u8 {
+        if self.facts.is_some() {
+            2
+        } else if self.live_secret(now_ms).is_some() {
+            1
+        } else {
+            0
+        }
     }
 }
 
-/// The key of the record [`record`] evicts to make room: the one seen longest ago among those
-/// with neither facts nor a live inspection, so a flood of made-up MACs cannot push out what
-/// real machines reported; only when every record is such one, the oldest of all.
+/// The key of the record [`record`] evicts to make room: the least worth keeping, then the one
+/// seen longest ago. A flood of made-up MACs (DHCP, or boot-script requests under `--inspect
+/// unknown`) pushes out only sightings and inspections, never what real machines reported,
+/// unless every kept machine has reported.
 fn victim(map: &BTreeMap<Mac, Record>, now_ms: u64) -> Option<Mac> {
-    let oldest = |precious: Option<bool>| {
-        map.values()
-            .filter(|r| precious.is_none_or(|p| r.precious(now_ms) == p))
-            .min_by_key(|r| r.last_seen_ms)
-            .map(|r| r.mac)
-    };
-    oldest(Some(false)).or_else(|| oldest(None))
+    map.values()
+        .min_by_key(|r| (r.worth(now_ms), r.last_seen_ms))
+        .map(|r| r.mac)
 }
 
 /// Make room for one more record, if the map is at `cap`.
@@ -210,6 +214,8 @@ pub struct DiscoveredStore {
     /// One writer at a time, so an older snapshot never lands after a newer one.
     writer: Mutex<()>,
     cap: usize,
+    /// Writes of `discovered.json` since start (`ironseed_discovered_saves_total`).
+    saves: AtomicU64,
 }
 
 impl DiscoveredStore {
@@ -240,6 +246,7 @@ impl DiscoveredStore {
             dirty: AtomicBool::new(false),
             writer: Mutex::new(()),
             cap: CAP,
+            saves: AtomicU64::new(0),
         })
     }
 
@@ -265,6 +272,20 @@ impl DiscoveredStore {
         let mut v: Vec<Discovered> = self.map().values().map(|r| r.view(now_ms)).collect();
         v.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms).then(a.mac.cmp(&b.mac)));
         v
+    }
+
+    /// Machines kept now.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes of `discovered.json` since start.
+    pub fn saves(&self) -> u64 {
+        self.saves.load(Ordering::Relaxed)
     }
 
     pub fn get(&self, mac: &Mac) -> Option<Record> {
@@ -358,8 +379,11 @@ impl DiscoveredStore {
             machines: self.map().values().cloned().collect(),
         };
         let r = write_atomic(dir, &file);
-        if r.is_err() {
-            self.dirty.store(true, Ordering::Relaxed);
+        match r {
+            Ok(()) => {
+                self.saves.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => self.dirty.store(true, Ordering::Relaxed),
         }
         r
     }
@@ -432,18 +456,20 @@ mod tests {
     }
 
     /// Protects what real machines reported: a flood of made-up MACs evicts only machines
-    /// without facts or a live inspection.
+    /// without facts, even when the flood arms inspections (`--inspect unknown`).
     #[test]
     fn a_flood_does_not_evict_facts() {
         let s = DiscoveredStore::open(None).unwrap().with_cap(8);
         s.record(&seen(1), 10);
-        let secret = s.arm(mac(1), 10, Duration::from_secs(60)).unwrap();
-        assert!(secret.inspect);
+        assert!(s.arm(mac(1), 10, Duration::from_secs(60)).unwrap().inspect);
         let secret = s.get(&mac(1)).unwrap().inspect_secret.unwrap();
         s.post_facts(&mac(1), secret.expose(), Facts::default(), 20)
             .unwrap();
         for n in 100..2000 {
             s.record(&seen(n), 100 + n as u64);
+        }
+        for n in 3000..3100 {
+            assert!(s.boot_secret(mac(n), true, 5000, Duration::from_secs(60)).is_some());
         }
         let all = s.all(5000);
         assert_eq!(all.len(), 8);

@@ -274,6 +274,14 @@ async fn metrics_handler(State(app): App) -> Response {
         &app.store.all(),
     );
     app.connections.render_metrics(&mut body);
+    body.push_str(&format!(
+        "# HELP ironseed_discovered_machines Machines not in the inventory that are kept (at most 1024).\n\
+         # TYPE ironseed_discovered_machines gauge\nironseed_discovered_machines {}\n\
+         # HELP ironseed_discovered_saves_total Writes of discovered.json (coalesced, at most one per 2 s).\n\
+         # TYPE ironseed_discovered_saves_total counter\nironseed_discovered_saves_total {}\n",
+        app.discovered.len(),
+        app.discovered.saves()
+    ));
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
