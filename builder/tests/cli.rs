@@ -295,6 +295,7 @@ fn help_documents_every_flag_in_its_commands_section_of_the_docs() {
         "rebuild",
         "recover",
         "usb image",
+        "discover",
     ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");
