@@ -11,8 +11,8 @@ use images::http;
 use crate::cli::DiscoverArgs;
 
 pub fn discover(a: &DiscoverArgs) -> Result<()> {
-    let token = images::api_token::resolve(a.api_token_file.as_deref())
-        .context("reading the API token")?;
+    let token =
+        images::api_token::resolve(a.api_token_file.as_deref()).context("reading the API token")?;
     let url = format!("{}/api/v1/discovered", a.server.trim_end_matches('/'));
     let (status, body) = http::exchange("GET", &url, None, token.as_deref())
         .map_err(|e| anyhow::anyhow!("the pxe server did not answer: {e}"))?;
@@ -67,11 +67,10 @@ pub fn disks(f: &Facts) -> String {
         .disks
         .iter()
         .map(|d| {
-            let t = d.transport.as_deref().unwrap_or(if d.rotational {
-                "hdd"
-            } else {
-                "ssd"
-            });
+            let t = d
+                .transport
+                .as_deref()
+                .unwrap_or(if d.rotational { "hdd" } else { "ssd" });
             format!("{} {}", size(d.size), printable(t, 16))
         })
         .collect();
@@ -188,7 +187,11 @@ mod tests {
                 ..Default::default()
             },
             firmware: Some(images::bundle::Firmware::Uefi),
-            disks: vec![disk(64 << 30, "nvme"), disk(4 << 40, "sas"), disk(480 << 30, "sata")],
+            disks: vec![
+                disk(64 << 30, "nvme"),
+                disk(4 << 40, "sas"),
+                disk(480 << 30, "sata"),
+            ],
             nics: vec![Nic {
                 name: "eno1".into(),
                 mac: "52:54:00:00:00:01".parse().unwrap(),

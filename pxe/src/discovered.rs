@@ -398,7 +398,8 @@ fn write_atomic(dir: &Path, file: &File) -> std::io::Result<()> {
     serde_json::to_writer(&mut tmp, file)?;
     tmp.write_all(b"\n")?;
     tmp.as_file().sync_all()?;
-    tmp.persist(dir.join(DISCOVERED_FILE)).map_err(|e| e.error)?;
+    tmp.persist(dir.join(DISCOVERED_FILE))
+        .map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
@@ -434,7 +435,11 @@ mod tests {
         record(&mut m, &ipxe, 200, CAP);
         let r = &m[&mac(1)];
         assert_eq!((r.first_seen_ms, r.last_seen_ms, r.count), (100, 200, 2));
-        assert_eq!(r.arch, Some(7), "a later request without option 93 keeps it");
+        assert_eq!(
+            r.arch,
+            Some(7),
+            "a later request without option 93 keeps it"
+        );
         assert_eq!(r.uuid.as_deref(), Some("000102"));
         assert_eq!(r.interface.as_deref(), Some("eth0"));
     }
@@ -469,7 +474,10 @@ mod tests {
             s.record(&seen(n), 100 + n as u64);
         }
         for n in 3000..3100 {
-            assert!(s.boot_secret(mac(n), true, 5000, Duration::from_secs(60)).is_some());
+            assert!(
+                s.boot_secret(mac(n), true, 5000, Duration::from_secs(60))
+                    .is_some()
+            );
         }
         let all = s.all(5000);
         assert_eq!(all.len(), 8);

@@ -724,15 +724,16 @@ fn pxe_serve_records_unknown_clients_in_proxy_and_full_mode() {
         let cli = Netns::new(format!("discovery-c{tag}"));
         let (srv_if, cli_if) = (format!("dsc{tag}s"), format!("dsc{tag}c"));
         support::run(Command::new("ip").args([
-            "-n", &srv.0, "link", "add", &srv_if, "type", "veth", "peer", "name", &cli_if,
-            "netns", &cli.0,
+            "-n", &srv.0, "link", "add", &srv_if, "type", "veth", "peer", "name", &cli_if, "netns",
+            &cli.0,
         ]));
         srv.ip(&["addr", "add", &format!("10.77.{net}.1/24"), "dev", &srv_if]);
         srv.ip(&["link", "set", &srv_if, "up"]);
         cli.ip(&["link", "set", &cli_if, "address", UNKNOWN_MAC]);
         cli.ip(&["link", "set", &cli_if, "up"]);
 
-        let inventory = builder::inventory::DEFAULT_INVENTORY.replace("10.0.20.", &format!("10.77.{net}."));
+        let inventory =
+            builder::inventory::DEFAULT_INVENTORY.replace("10.0.20.", &format!("10.77.{net}."));
         let lab = support::serve::lab_from(&inventory, &[]);
         support::ensure_service_user();
         let mut cmd = Command::new("ip");
@@ -755,8 +756,14 @@ fn pxe_serve_records_unknown_clients_in_proxy_and_full_mode() {
         // Saved by the server's 2 s timer: generous under load.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !saved.contains(UNKNOWN_MAC) {
-            assert!(server.child.try_wait().unwrap().is_none(), "{mode}: pxe exited");
-            assert!(std::time::Instant::now() < deadline, "{mode}: not recorded: {saved}");
+            assert!(
+                server.child.try_wait().unwrap().is_none(),
+                "{mode}: pxe exited"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode}: not recorded: {saved}"
+            );
             std::thread::sleep(Duration::from_millis(200));
             saved = std::fs::read_to_string(&file).unwrap_or_default();
         }
@@ -767,7 +774,11 @@ fn pxe_serve_records_unknown_clients_in_proxy_and_full_mode() {
         assert_eq!(m["vendor_class"], "PXEClient", "{mode}: {saved}");
         assert_eq!(m["interface"], srv_if.as_str(), "{mode}: {saved}");
         assert!(m["count"].as_u64().unwrap() >= 1, "{mode}: {saved}");
-        assert_eq!(v["machines"].as_array().unwrap().len(), 1, "only the unknown client: {saved}");
+        assert_eq!(
+            v["machines"].as_array().unwrap().len(),
+            1,
+            "only the unknown client: {saved}"
+        );
         let mode_bits = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode_bits & 0o777, 0o600, "{mode}");
         drop(server);

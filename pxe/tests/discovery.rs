@@ -93,7 +93,10 @@ fn armed_inspection_takes_facts_once_with_its_secret() {
     // Armed: the inspect script, with the facts URL and the after action.
     let (st, b) = s.post(&format!("/api/v1/discovered/{NEW}/inspect"), "");
     assert_eq!(st, 200, "{b}");
-    assert!(!b.contains("secret"), "the API never shows the inspect secret: {b}");
+    assert!(
+        !b.contains("secret"),
+        "the API never shows the inspect secret: {b}"
+    );
     let script = s.boot_script(NEW);
     assert!(script.contains("ironseed.mode=inspect"), "{script}");
     assert!(script.contains("ironseed.after=poweroff"), "{script}");
@@ -139,10 +142,17 @@ fn armed_inspection_takes_facts_once_with_its_secret() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains(NEW), "{text}");
     assert!(text.contains("Dell Inc. PowerEdge R630"), "{text}");
-    assert!(text.contains("3 disks: 64G nvme, 4T sas, 480G sata"), "{text}");
+    assert!(
+        text.contains("3 disks: 64G nvme, 4T sas, 480G sata"),
+        "{text}"
+    );
     assert!(text.contains("eno1 tg3 up 1000M"), "{text}");
     assert!(text.contains("uefi"), "{text}");
     let out = std::process::Command::new(support::builder_bin())
@@ -170,7 +180,10 @@ fn armed_inspection_takes_facts_once_with_its_secret() {
     assert_eq!(mode & 0o777, 0o600);
     let s = Server::start(&lab, &[]);
     let listed = discovered(&s);
-    assert_eq!(listed["machines"][0]["facts"]["dmi"]["sys_vendor"], "Dell Inc.");
+    assert_eq!(
+        listed["machines"][0]["facts"]["dmi"]["sys_vendor"],
+        "Dell Inc."
+    );
 }
 
 /// `--inspect unknown`: every unknown MAC without facts gets the inspect script (with the
@@ -185,7 +198,10 @@ fn inspect_unknown_inspects_unknown_macs_until_they_report() {
     ));
     for host in ["k3s-master1", "k3s1"] {
         let script = s.boot_script(&lab.mac(host));
-        assert!(!script.contains("ironseed.mode=inspect"), "{host}: {script}");
+        assert!(
+            !script.contains("ironseed.mode=inspect"),
+            "{host}: {script}"
+        );
     }
     let script = s.boot_script(NEW);
     assert!(script.contains("ironseed.mode=inspect"), "{script}");
@@ -197,7 +213,10 @@ fn inspect_unknown_inspects_unknown_macs_until_they_report() {
     let script = s.boot_script(NEW);
     assert!(script.contains("not in the inventory"), "{script}");
     // Armed again by the operator: inspected again.
-    assert_eq!(s.post(&format!("/api/v1/discovered/{NEW}/inspect"), "").0, 200);
+    assert_eq!(
+        s.post(&format!("/api/v1/discovered/{NEW}/inspect"), "").0,
+        200
+    );
     assert!(s.boot_script(NEW).contains("ironseed.mode=inspect"));
 }
 
@@ -217,7 +236,9 @@ fn metric(s: &Server, series: &str) -> u64 {
 /// packet; the server still answers a real client meanwhile. Prints what it measured.
 #[test]
 fn a_dhcp_flood_of_random_macs_is_capped_and_coalesced() {
-    use pxe::proto::dhcp::{Architecture, DhcpOption, MacAddr, MessageType, client_message, encode};
+    use pxe::proto::dhcp::{
+        Architecture, DhcpOption, MacAddr, MessageType, client_message, encode,
+    };
     use std::time::{Duration, Instant};
     let lab = lab();
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -272,7 +293,10 @@ fn a_dhcp_flood_of_random_macs_is_capped_and_coalesced() {
         "flood: {sent} DISCOVERs in {flood:?}; kept {machines} machines; {saves} saves in \
          {elapsed:?}; a boot script answered in {answered:?}"
     );
-    assert_eq!(machines, 1024, "capped at 1,024 (and the flood reached the server)");
+    assert_eq!(
+        machines, 1024,
+        "capped at 1,024 (and the flood reached the server)"
+    );
     assert!(
         saves <= elapsed.as_secs() / 2 + 2,
         "{saves} writes in {elapsed:?}: not coalesced"

@@ -69,7 +69,13 @@ fn discovered_table(machines: &[Value], now_ms: u64) -> String {
         )
     };
     let mut out = row([
-        "MAC", "BOOT", "SEEN", "LAST", "IF", "INSPECT", "VENDOR CLASS / FACTS",
+        "MAC",
+        "BOOT",
+        "SEEN",
+        "LAST",
+        "IF",
+        "INSPECT",
+        "VENDOR CLASS / FACTS",
     ]);
     for m in machines {
         let s = |k: &str| images::bundle::printable(m[k].as_str().unwrap_or("-"), 48);
@@ -120,7 +126,10 @@ pub fn status(a: &StatusArgs) -> Result<()> {
         let d = client
             .get("/api/v1/discovered")
             .context("asking the pxe server")?;
-        let machines = d["machines"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let machines = d["machines"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         if !machines.is_empty() {
             println!("\nDiscovered (not in the inventory):");
             print!("{}", discovered_table(machines, pxe::state::now_ms()));

@@ -449,7 +449,13 @@ mod tests {
             assert_eq!(all[0].count, 2);
             assert_eq!(all[0].arch, Some(0));
             assert_eq!(all[0].interface.as_deref(), Some("eth1"));
-            assert!(all[0].vendor_class.as_deref().unwrap().starts_with("PXEClient"));
+            assert!(
+                all[0]
+                    .vendor_class
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("PXEClient")
+            );
         }
     }
 

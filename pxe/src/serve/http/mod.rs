@@ -95,7 +95,8 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         )
         .route(
             "/inspect/{mac}/{secret}/facts",
-            post(node::inspect_facts).layer(DefaultBodyLimit::max(images::bundle::facts::FACTS_MAX)),
+            post(node::inspect_facts)
+                .layer(DefaultBodyLimit::max(images::bundle::facts::FACTS_MAX)),
         )
         .route(
             "/report/{host}/{token}/events",

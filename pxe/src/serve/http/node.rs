@@ -342,8 +342,10 @@ pub(super) async fn inspect_facts(
     };
     let (disks, nics) = (facts.disks.len(), facts.nics.len());
     let a = app.clone();
-    let r = tokio::task::spawn_blocking(move || a.discovered.post_facts(&mac, &secret, facts, now_ms()))
-        .await;
+    let r = tokio::task::spawn_blocking(move || {
+        a.discovered.post_facts(&mac, &secret, facts, now_ms())
+    })
+    .await;
     match r {
         Ok(Ok(())) => {
             tracing::info!(%mac, client = %peer.ip(), disks, nics, "inspection facts stored");
