@@ -46,3 +46,62 @@ impl Discovered {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Protects the contract `builder` reads: the field names and shapes of
+    /// `GET /api/v1/discovered`.
+    #[test]
+    fn the_wire_format_is_the_contract() {
+        let d = Discovered {
+            mac: "52:54:00:aa:bb:cc".parse().unwrap(),
+            arch: Some(7),
+            vendor_class: Some("PXEClient:Arch:00007:UNDI:003016".into()),
+            uuid: Some("00ab".into()),
+            first_seen_ms: 1,
+            last_seen_ms: 2,
+            count: 3,
+            interface: None,
+            inspect: true,
+            facts: None,
+        };
+        let v = serde_json::to_value(DiscoveredList {
+            machines: vec![d.clone()],
+        })
+        .unwrap();
+        let m = &v["machines"][0];
+        let mut keys: Vec<&str> = m.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "arch",
+                "count",
+                "facts",
+                "first_seen_ms",
+                "inspect",
+                "interface",
+                "last_seen_ms",
+                "mac",
+                "uuid",
+                "vendor_class"
+            ]
+        );
+        assert_eq!(m["mac"], "52:54:00:aa:bb:cc");
+        assert_eq!(m["facts"], serde_json::Value::Null);
+        let back: DiscoveredList = serde_json::from_value(v).unwrap();
+        assert_eq!(back.machines[0], d);
+        assert_eq!(d.boot_mode(), "uefi");
+        assert_eq!(
+            Discovered {
+                arch: Some(0),
+                ..d.clone()
+            }
+            .boot_mode(),
+            "bios"
+        );
+        assert_eq!(Discovered { arch: None, ..d }.boot_mode(), "-");
+    }
+}
