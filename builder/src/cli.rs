@@ -48,6 +48,29 @@ pub enum Command {
     /// Disaster restore: render the cluster-reset config for one surviving server (and join
     /// configs for the others) from an etcd snapshot, and print the restore runbook.
     Recover(RecoverArgs),
+    /// Machines a pxe server saw that are not in the inventory, with the hardware their
+    /// inspection boot reported (vendor/product, boot mode, disks, NICs).
+    Discover(DiscoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// The pxe server's HTTP address.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "IRONSEED_PXE",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// File holding the pxe server's operator API token. Default: $IRONSEED_API_TOKEN, else the
+    /// token file of a pxe serve on this machine (/var/lib/ironseed/pxe/api-token, or
+    /// ~/.local/state/ironseed/pxe/api-token) when readable.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<std::path::PathBuf>,
+    /// Print the server's list as JSON (`{"machines": [...]}`, facts included) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `builder images ...`: one variant per subcommand, each with its own argument struct.

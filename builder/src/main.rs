@@ -1,6 +1,7 @@
 mod adopt_cmd;
 mod cli;
 mod commands;
+mod discover;
 mod golden_cmd;
 mod images_cmd;
 mod rebuild;
@@ -25,6 +26,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Usb(cli::UsbCommand::Write(a)) => commands::usb_write(a),
         cli::Command::Rebuild(a) => rebuild::rebuild(a),
         cli::Command::Recover(a) => rebuild::recover(a),
+        cli::Command::Discover(a) => discover::discover(a),
         cli::Command::Usb(cli::UsbCommand::Image(a)) => usb_image::image(a),
     };
     match r {

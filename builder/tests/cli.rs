@@ -296,6 +296,7 @@ fn help_documents_every_flag_in_its_commands_section_of_the_docs() {
         "recover",
         "usb image",
         "adopt",
+        "discover",
     ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");

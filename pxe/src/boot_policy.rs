@@ -41,10 +41,57 @@ pub fn parse_boot_file(file: &str) -> Option<crate::proto::dhcp::MacAddr> {
     mac.replace('-', ":").to_ascii_lowercase().parse().ok()
 }
 
+/// The inspect script template (`templates/ipxe/inspect.ipxe.j2`); only plain `{{ name }}`
+/// substitutions, filled by [`inspect_script`].
+const INSPECT_TEMPLATE: &str = include_str!("../../templates/ipxe/inspect.ipxe.j2");
+
+/// The iPXE script of an inspection boot of `mac`: the installer with `ironseed.mode=inspect`,
+/// its facts URL (with the inspect `secret`) and what to do after. `appliance_url` is the
+/// bundle's, as in install scripts.
+pub fn inspect_script(
+    appliance_url: &str,
+    mac: &images::bundle::Mac,
+    secret: &str,
+    after: crate::discovered::AfterInspect,
+) -> String {
+    let facts = format!(
+        "{appliance_url}{}",
+        images::bundle::paths::inspect_facts(mac, secret)
+    );
+    INSPECT_TEMPLATE
+        .replace("{{ appliance_url }}", appliance_url)
+        .replace("{{ facts_url }}", &facts)
+        .replace("{{ after }}", after.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use NodeState::*;
+
+    #[test]
+    fn inspect_script_names_the_facts_url_and_the_after_action() {
+        let mac: images::bundle::Mac = "52:54:00:ab:cd:ef".parse().unwrap();
+        let s = inspect_script(
+            "http://10.0.0.2:8080",
+            &mac,
+            "s3cret",
+            crate::discovered::AfterInspect::Reboot,
+        );
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(!s.contains("{{"), "every placeholder filled: {s}");
+        let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        for want in [
+            "http://10.0.0.2:8080/artifacts/installer/vmlinuz",
+            "ironseed.mode=inspect",
+            "ironseed.facts=http://10.0.0.2:8080/inspect/52-54-00-ab-cd-ef/s3cret/facts",
+            "ironseed.mac=${net0/mac}",
+            "ironseed.after=reboot",
+        ] {
+            assert!(kernel.contains(want), "{want} missing: {kernel}");
+        }
+        assert!(s.contains("initrd http://10.0.0.2:8080/artifacts/installer/initrd.img"));
+    }
 
     #[test]
     fn only_armed_states_get_the_installer() {

@@ -25,13 +25,18 @@ pub struct Cli {
 pub enum Command {
     /// Serve a bundle: DHCP, TFTP and HTTP, until SIGINT/SIGTERM.
     Serve(ServeArgs),
-    /// Show every node's install state (and live progress bars with --watch).
+    /// Show every node's install state (and live progress bars with --watch), then the
+    /// discovered machines: those not in the inventory that asked this pxe for DHCP or a boot.
     Status(StatusArgs),
     /// Arm nodes for (re)install: the next PXE boot of each gets the installer (a fresh install
     /// secret, valid for the server's --install-window).
     Arm(NodeArgs),
     /// Disarm nodes: their next PXE boot goes to the local disk; a live install secret dies.
     Disarm(NodeArgs),
+    /// Arm one inspection boot of machines not in the inventory: the next PXE boot of each
+    /// boots the installer in inspect mode, which reports the machine's hardware (never writes
+    /// a disk) and powers it off. See them with `pxe status` or `builder discover`.
+    Inspect(InspectArgs),
     /// Internal: started by `pxe serve` as root before it drops privileges, so a reload can
     /// still read the bundle's owner-only files. Reads "load" requests on stdin.
     #[command(hide = true)]
@@ -95,6 +100,15 @@ pub struct ServeArgs {
     /// Ignored, with a warning, for a bundle that joins an existing cluster (`builder rebuild`).
     #[arg(long)]
     pub arm_new: bool,
+    /// Inspect machines not in the inventory when they PXE-boot: `unknown` boots every such
+    /// machine that has not reported facts yet into the installer's inspect mode (it reads the
+    /// hardware, never writes a disk); `none` only those armed with `pxe inspect MAC`. Others
+    /// are sent on to their next boot device.
+    #[arg(long, value_enum, default_value = "none", value_name = "WHICH")]
+    pub inspect: pxe::discovered::InspectMode,
+    /// What an inspected machine does after posting its facts.
+    #[arg(long, value_enum, default_value = "poweroff", value_name = "ACTION")]
+    pub after_inspect: pxe::discovered::AfterInspect,
     /// The operator API token file. Default: STATE/api-token, created on first start (256
     /// random bits, mode 0600).
     #[arg(long, value_name = "FILE")]
@@ -161,6 +175,23 @@ pub struct TokenArgs {
     /// ~/.local/state/ironseed/pxe/api-token) when readable.
     #[arg(long, value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// MACs of machines not in the inventory (52:54:00:12:34:56), e.g. from `pxe status`.
+    #[arg(value_name = "MAC", required = true)]
+    pub macs: Vec<String>,
+    /// The pxe server's HTTP address.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "IRONSEED_PXE",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 #[derive(Debug, Args)]

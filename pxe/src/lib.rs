@@ -6,6 +6,7 @@ pub mod boot_policy;
 pub mod bundle;
 pub mod content;
 pub mod dhcp_policy;
+pub mod discovered;
 pub mod leases;
 pub mod metrics;
 pub mod net;

@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Status(a) => cmd::status::status(a),
         cli::Command::Arm(a) => cmd::status::arm(a, true),
         cli::Command::Disarm(a) => cmd::status::arm(a, false),
+        cli::Command::Inspect(a) => cmd::status::inspect(a),
         cli::Command::BundleReader(a) => {
             pxe::bundle::serve_reader(&a.bundle, std::io::stdin().lock(), std::io::stdout().lock())
                 .map_err(anyhow::Error::from)

@@ -10,7 +10,12 @@ use support::serve::{self, Server, lab, request};
 fn operator_paths() -> Vec<String> {
     pxe::serve::http::operator::routes()
         .into_iter()
-        .map(|(p, _)| format!("/api/v1{}", p.replace("{name}", "k3s-master1")))
+        .map(|(p, _)| {
+            let p = p
+                .replace("{name}", "k3s-master1")
+                .replace("{mac}", "52:54:00:de:ad:01");
+            format!("/api/v1{p}")
+        })
         .collect()
 }
 
@@ -18,7 +23,9 @@ fn operator_paths() -> Vec<String> {
 fn snapshot(s: &Server) -> String {
     let (st, body) = s.get("/api/v1/nodes");
     assert_eq!(st, 200, "{body}");
-    body
+    let (st, discovered) = s.get("/api/v1/discovered");
+    assert_eq!(st, 200, "{discovered}");
+    body + &discovered
 }
 
 /// Protects: no operator route answers, or changes anything, without the token — GET
@@ -58,7 +65,10 @@ fn every_operator_route_wants_the_token_and_changes_nothing_without_it() {
 
     // With the token, each route answers something other than 401.
     for path in operator_paths() {
-        let method = if path.ends_with("/nodes") || path.ends_with("/k3s-master1") {
+        let method = if path.ends_with("/nodes")
+            || path.ends_with("/k3s-master1")
+            || path.ends_with("/discovered")
+        {
             "GET"
         } else {
             "POST"

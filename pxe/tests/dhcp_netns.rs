@@ -17,6 +17,9 @@
 //!   addresses only): iPXE and EDK2 take the router's address and boot the
 //!   file named in ironseed's ProxyDHCP offer, as their consoles show.
 //!
+//! - discovery: the real `pxe serve`, in proxy and in full mode, records udhcpc (a MAC not in
+//!   the inventory) with its option 93, option 60 and the interface, in `discovered.json`.
+//!
 //! With `IRONSEED_REGEN_TESTDATA=1` (never under CI, like golden files) the
 //! captured datagrams are written to `pxe/testdata/` for the codec golden tests
 //! (see testdata/CAPTURE.md).
@@ -703,4 +706,81 @@ fn real_edk2_proxy_mode_next_to_a_router() {
     );
     let disc = first(&run.cli, MessageType::Discover);
     assert_eq!(arch_of(disc), Some(7));
+}
+
+/// Protects discovery in every DHCP mode: the real `pxe serve` records a client that is not in
+/// the inventory (busybox udhcpc, arch 7) from the broadcast it sees, in proxy mode (where it
+/// leases nothing) as in full mode, and saves it owner-only in the state folder.
+#[test]
+fn pxe_serve_records_unknown_clients_in_proxy_and_full_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    if !netns_available("pxe_serve_records_unknown_clients_in_proxy_and_full_mode") {
+        return;
+    }
+    for (net, mode) in [(8u8, "proxy"), (9u8, "full")] {
+        let tag = format!("{}{net}", std::process::id() % 100_000);
+        let srv = Netns::new(format!("discovery-s{tag}"));
+        let cli = Netns::new(format!("discovery-c{tag}"));
+        let (srv_if, cli_if) = (format!("dsc{tag}s"), format!("dsc{tag}c"));
+        support::run(Command::new("ip").args([
+            "-n", &srv.0, "link", "add", &srv_if, "type", "veth", "peer", "name", &cli_if, "netns",
+            &cli.0,
+        ]));
+        srv.ip(&["addr", "add", &format!("10.77.{net}.1/24"), "dev", &srv_if]);
+        srv.ip(&["link", "set", &srv_if, "up"]);
+        cli.ip(&["link", "set", &cli_if, "address", UNKNOWN_MAC]);
+        cli.ip(&["link", "set", &cli_if, "up"]);
+
+        let inventory =
+            builder::inventory::DEFAULT_INVENTORY.replace("10.0.20.", &format!("10.77.{net}."));
+        let lab = support::serve::lab_from(&inventory, &[]);
+        support::ensure_service_user();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &srv.0, env!("CARGO_BIN_EXE_pxe"), "serve"])
+            .args(["--interface", &srv_if, "--dhcp", mode])
+            .args(["--http-port", "0", "--tftp-port", "0", "--bundle"])
+            .arg(&lab.bundle)
+            .arg("--state")
+            .arg(&lab.state)
+            .arg("--ipxe-dir")
+            .arg(&lab.ipxe)
+            .arg("--artifacts")
+            .arg(&lab.artifacts);
+        let mut server = support::serve::Server::spawn(cmd);
+
+        let hook = write_hook(lab.dir.path());
+        let _ = udhcpc(&cli, &cli_if, &hook, "0007", 2);
+        let file = lab.state.join("discovered.json");
+        let mut saved = String::new();
+        // Saved by the server's 2 s timer: generous under load.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !saved.contains(UNKNOWN_MAC) {
+            assert!(
+                server.child.try_wait().unwrap().is_none(),
+                "{mode}: pxe exited"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode}: not recorded: {saved}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            saved = std::fs::read_to_string(&file).unwrap_or_default();
+        }
+        let v: serde_json::Value = serde_json::from_str(&saved).unwrap();
+        let m = &v["machines"][0];
+        assert_eq!(m["mac"], UNKNOWN_MAC, "{mode}: {saved}");
+        assert_eq!(m["arch"], 7, "{mode}: {saved}");
+        assert_eq!(m["vendor_class"], "PXEClient", "{mode}: {saved}");
+        assert_eq!(m["interface"], srv_if.as_str(), "{mode}: {saved}");
+        assert!(m["count"].as_u64().unwrap() >= 1, "{mode}: {saved}");
+        assert_eq!(
+            v["machines"].as_array().unwrap().len(),
+            1,
+            "only the unknown client: {saved}"
+        );
+        let mode_bits = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode_bits & 0o777, 0o600, "{mode}");
+        drop(server);
+    }
 }

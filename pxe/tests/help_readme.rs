@@ -18,7 +18,7 @@ fn docs_document_every_flag_of_every_subcommand_in_its_section() {
         .collect();
     assert_eq!(docs.len(), 1, "docs/pxe.md is missing");
     let mut missing = Vec::new();
-    for sub in ["serve", "status", "arm", "disarm"] {
+    for sub in ["serve", "status", "arm", "disarm", "inspect"] {
         let out = Command::new(env!("CARGO_BIN_EXE_pxe"))
             .args([sub, "--help"])
             .output()

@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod discovered;
 pub mod facts;
 pub mod files;
 mod mac;

@@ -120,6 +120,10 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     )
     .with_context(|| format!("opening node state in {}", state_dir.display()))?;
     let store = Arc::new(store);
+    let discovered = Arc::new(
+        pxe::discovered::DiscoveredStore::open(Some(&state_dir))
+            .with_context(|| format!("opening discovered machines in {}", state_dir.display()))?,
+    );
     if !reconciled.new.is_empty() && reconciled.armed.is_empty() {
         tracing::info!(
             new = ?reconciled.new,
@@ -206,6 +210,8 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         });
         let mut ctx = DhcpContext::new(policy, lookup, leases);
         ctx.state_dir = Some(state_dir.clone());
+        ctx.discovered = Some(discovered.clone());
+        ctx.interface = a.interface.clone();
         Some(Arc::new(ctx))
     } else {
         None
@@ -266,6 +272,9 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         api_token,
         node_posts: pxe::ratelimit::node_posts(),
         connections: Arc::new(Connections::new(http_limits)),
+        discovered: discovered.clone(),
+        inspect: a.inspect,
+        after_inspect: a.after_inspect,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -283,6 +292,10 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     ));
     tasks.spawn(sweep_install_windows(
         store.clone(),
+        pxe::serve::stopped(stop_rx.clone()),
+    ));
+    tasks.spawn(save_discovered(
+        discovered.clone(),
         pxe::serve::stopped(stop_rx.clone()),
     ));
     if let Some(ctx) = dhcp_ctx {
@@ -306,6 +319,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
             "tftp_port": tftp_port,
             "dhcp": format!("{:?}", a.dhcp).to_lowercase(),
             "nodes": hosts.len(),
+            "inspect": format!("{:?}", a.inspect).to_lowercase(),
             "state_dir": state_dir,
             "api_token_file": token_path,
         })
@@ -395,6 +409,32 @@ async fn sweep_install_windows(
                     tracing::warn!(nodes = ?expired, "install window expired: re-arm to install");
                 }
             }
+        }
+    }
+}
+
+/// Save the discovered machines every 2 s if they changed, off the async workers: the DHCP loop
+/// only marks them dirty, so a flood costs one write per tick at most. A last save at shutdown.
+async fn save_discovered(
+    store: Arc<pxe::discovered::DiscoveredStore>,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tokio::pin!(stop);
+    let save = |s: Arc<pxe::discovered::DiscoveredStore>| async move {
+        match tokio::task::spawn_blocking(move || s.persist_if_dirty()).await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save discovered machines"),
+            Err(e) => tracing::warn!(error = %e, "cannot save discovered machines"),
+            Ok(Ok(())) => {}
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                save(store.clone()).await;
+                return Ok(());
+            }
+            _ = tick.tick() => save(store.clone()).await,
         }
     }
 }

@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 use crate::dhcp_policy::{
     DhcpMode, DhcpPolicyConfig, NoLeases, NodeView, decide_explained, lease_effect,
 };
+use crate::discovered::{DiscoveredStore, Sighting};
 use crate::leases::LeaseStore;
 use crate::metrics::arch_bucket;
 pub use crate::metrics::{ARCH_LABELS, CountersSnapshot, DhcpCounters};
@@ -75,6 +76,10 @@ pub struct DhcpContext {
     /// Where `dhcp-leases.json` is kept (full mode); `None`: in memory only.
     pub state_dir: Option<PathBuf>,
     pub counters: DhcpCounters,
+    /// Where requests of MACs not in the inventory are recorded (`None`: not recorded).
+    pub discovered: Option<Arc<DiscoveredStore>>,
+    /// The served interface (`--interface`), recorded with each discovered machine.
+    pub interface: Option<String>,
     dirty: AtomicBool,
 }
 
@@ -95,6 +100,8 @@ impl DhcpContext {
             routing: ReplyRouting::default(),
             state_dir: None,
             counters: DhcpCounters::default(),
+            discovered: None,
+            interface: None,
             dirty: AtomicBool::new(false),
         }
     }
@@ -118,6 +125,22 @@ impl DhcpContext {
             }
         };
         let node = self.nodes.node(&req.mac);
+        // Every request of a MAC not in the inventory, answered or not, in every mode: memory
+        // only here, saved by a timer (see `discovered`).
+        if node.is_none()
+            && let Some(d) = &self.discovered
+        {
+            d.record(
+                &Sighting {
+                    mac: req.mac,
+                    arch: req.client_arch,
+                    vendor_class: req.vendor_class.as_deref(),
+                    uuid: req.client_uuid.as_deref(),
+                    interface: self.interface.as_deref(),
+                },
+                crate::state::now_ms(),
+            );
+        }
         let now = self.clock.now();
         let full = self.policy.mode == DhcpMode::Full;
         // The lock is held across decide + apply so two clients cannot be
@@ -405,6 +428,35 @@ mod tests {
             saved.contains("02:00:00:00:00:32") && saved.contains("10.77.1.100"),
             "{saved}"
         );
+    }
+
+    /// Protects the discovered list's meaning: requests of MACs not in the inventory are
+    /// recorded in every mode, answered or not; inventory MACs never are.
+    #[test]
+    fn unknown_clients_are_recorded_known_ones_not() {
+        for mode in [DhcpMode::Proxy, DhcpMode::Full] {
+            let mut c = ctx(mode);
+            let d = Arc::new(DiscoveredStore::open(None).unwrap());
+            c.discovered = Some(d.clone());
+            c.interface = Some("eth1".into());
+            let src = SRC.parse().unwrap();
+            c.handle(RecvPort::Dhcp, &discover(1, true), src);
+            c.handle(RecvPort::Dhcp, &discover(9, true), src);
+            c.handle(RecvPort::Dhcp, &discover(9, false), src);
+            let all = d.all(u64::MAX);
+            assert_eq!(all.len(), 1, "{mode:?}: {all:?}");
+            assert_eq!(all[0].mac, MacAddr([2, 0, 0, 0, 0, 9]));
+            assert_eq!(all[0].count, 2);
+            assert_eq!(all[0].arch, Some(0));
+            assert_eq!(all[0].interface.as_deref(), Some("eth1"));
+            assert!(
+                all[0]
+                    .vendor_class
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("PXEClient")
+            );
+        }
     }
 
     fn decline(mac: u8, ip: Ipv4Addr, server: Option<Ipv4Addr>) -> Vec<u8> {

@@ -45,13 +45,17 @@ pub fn lab() -> Lab {
 /// [`lab`] with some nodes rendered in join form, as `builder rebuild` renders them: the
 /// bundle of a cluster that already exists.
 pub fn lab_with_joined(joined: &[&str]) -> Lab {
+    lab_from(&loopback_inventory(), joined)
+}
+
+/// [`lab`] from another inventory text (e.g. the default one moved to a netns test's subnet).
+pub fn lab_from(text: &str, joined: &[&str]) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let templates = Templates::embedded();
     let mut d = Diagnostics::default();
     let profiles = ProfileSet::load(&[], &mut d);
-    let text = loopback_inventory();
-    let (inv, more) = inventory::load("inv.yaml", &text, &profiles, &templates);
+    let (inv, more) = inventory::load("inv.yaml", text, &profiles, &templates);
     let inv = inv.unwrap_or_else(|| panic!("{}", more.render(&|_| None)));
     let secrets = Secrets::generate();
     let opts = RenderOptions {

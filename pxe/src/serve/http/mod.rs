@@ -5,7 +5,8 @@
 //! Three kinds of route, three kinds of trust (README "Security model"):
 //! - open, read-only, no secrets: `/boot.ipxe`, `/boot/<mac>.ipxe`, boot files, `/artifacts/`,
 //!   `/metrics`, `/healthz`;
-//! - node-facing ([`node`]): each takes the node's own secret and nothing else;
+//! - node-facing ([`node`]): each takes the node's own secret (or a machine's inspect secret)
+//!   and nothing else;
 //! - the operator API under `/api/v1` ([`operator`]): the API token, behind one layer.
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,12 @@ pub struct HttpApp {
     pub node_posts: crate::ratelimit::PerKey,
     /// Connection caps and timeouts, and the table of open connections (`limits`).
     pub connections: Arc<limits::Connections>,
+    /// Machines not in the inventory, and their inspections.
+    pub discovered: Arc<crate::discovered::DiscoveredStore>,
+    /// `pxe serve --inspect`.
+    pub inspect: crate::discovered::InspectMode,
+    /// `pxe serve --after-inspect`.
+    pub after_inspect: crate::discovered::AfterInspect,
 }
 
 impl HttpApp {
@@ -85,6 +92,11 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         .route(
             "/install/{host}/{secret}/events",
             post(node::install_event).layer(events),
+        )
+        .route(
+            "/inspect/{mac}/{secret}/facts",
+            post(node::inspect_facts)
+                .layer(DefaultBodyLimit::max(images::bundle::facts::FACTS_MAX)),
         )
         .route(
             "/report/{host}/{token}/events",
@@ -147,6 +159,7 @@ async fn count(State(app): App, req: Request, next: Next) -> Response {
         Some("/seed/{host}/{secret}/{file}") => "seed",
         Some(p) if p.starts_with("/install/") => "install",
         Some(p) if p.starts_with("/report/") => "report",
+        Some(p) if p.starts_with("/inspect/") => "inspect",
         Some(p) if p.starts_with("/artifacts") => "artifacts",
         Some(p) if p.starts_with("/api/") => "api",
         Some("/metrics") => "metrics",
@@ -262,6 +275,14 @@ async fn metrics_handler(State(app): App) -> Response {
         &app.store.all(),
     );
     app.connections.render_metrics(&mut body);
+    body.push_str(&format!(
+        "# HELP ironseed_discovered_machines Machines not in the inventory that are kept (at most 1024).\n\
+         # TYPE ironseed_discovered_machines gauge\nironseed_discovered_machines {}\n\
+         # HELP ironseed_discovered_saves_total Writes of discovered.json (coalesced, at most one per 2 s).\n\
+         # TYPE ironseed_discovered_saves_total counter\nironseed_discovered_saves_total {}\n",
+        app.discovered.len(),
+        app.discovered.saves()
+    ));
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

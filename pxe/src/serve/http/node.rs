@@ -5,7 +5,9 @@
 //! - `/plan/<host>/<secret>`, `/seed/<host>/<secret>/<file>`, `/install/<host>/<secret>/events`:
 //!   only with the live install secret; anything else is the same 404 as an unknown node;
 //! - `/report/<host>/<token>/{events,phone-home}`: the first boot, with the report token from
-//!   its seed, and only from the node's inventory address.
+//!   its seed, and only from the node's inventory address;
+//! - `/inspect/<mac>/<secret>/facts`: an inspection boot's facts, with the MAC's live inspect
+//!   secret (minted by `pxe inspect` or `--inspect unknown`, dead once facts arrive).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -84,6 +86,29 @@ pub(super) async fn boot(
             // The state moved under us (e.g. disarmed or installed concurrently): be safe.
             tracing::warn!(%mac, node = %host, "not serving the installer: {e}");
             decision = Script::Local;
+        }
+    }
+    if decision == Script::Unknown {
+        // Never for an inventory MAC: those follow install-once above.
+        let auto = app.inspect == crate::discovered::InspectMode::Unknown;
+        let (a, window) = (app.clone(), app.store.install_window());
+        let secret = tokio::task::spawn_blocking(move || {
+            a.discovered.boot_secret(mac, auto, now_ms(), window)
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(secret) = secret {
+            tracing::info!(%mac, client = %peer.ip(), after = app.after_inspect.as_str(), decision = "inspect", "boot script");
+            return ipxe(
+                boot_policy::inspect_script(
+                    &bundle.plan.appliance.url,
+                    &mac,
+                    secret.expose(),
+                    app.after_inspect,
+                )
+                .into_bytes(),
+            );
         }
     }
     let hostname = node.map(|n| n.hostname.as_str()).unwrap_or("-");
@@ -281,6 +306,55 @@ pub(super) async fn install_event(
     let ev = Event::Install(ev);
     let r = apply(&app, &host, ev.clone()).await;
     answer(&host, peer.ip(), &ev, r)
+}
+
+/// `POST /inspect/<mac>/<secret>/facts`: what an inspection boot found, with the MAC's live
+/// inspect secret. The body is capped at `FACTS_MAX` by the route; a wrong MAC or secret, an
+/// unarmed MAC or a dead secret are all the same 404; the secret dies with the facts.
+pub(super) async fn inspect_facts(
+    State(app): App,
+    ConnectInfo(files::Peer(peer)): ConnectInfo<files::Peer>,
+    UrlPath((mac, secret)): UrlPath<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(mac) = mac.parse::<images::bundle::Mac>() else {
+        return not_found();
+    };
+    let live = app
+        .discovered
+        .get(&mac)
+        .and_then(|r| r.live_secret(now_ms()).map(|s| s.matches(&secret)))
+        .unwrap_or(false);
+    if !live {
+        tracing::warn!(%mac, client = %peer.ip(), "facts with a wrong or dead inspect secret");
+        return not_found();
+    }
+    if !app.node_posts.allow(&mac.to_string()) {
+        return too_many(&mac.to_string(), peer.ip());
+    }
+    let facts = match images::bundle::facts::Facts::from_json(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            let e = printable(&e.to_string(), 200);
+            tracing::warn!(%mac, client = %peer.ip(), error = %e, "bad facts document");
+            return text(StatusCode::BAD_REQUEST, format!("bad facts: {e}\n"));
+        }
+    };
+    let (disks, nics) = (facts.disks.len(), facts.nics.len());
+    let a = app.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        a.discovered.post_facts(&mac, &secret, facts, now_ms())
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => {
+            tracing::info!(%mac, client = %peer.ip(), disks, nics, "inspection facts stored");
+            Json(serde_json::json!({"stored": true})).into_response()
+        }
+        Ok(Err(crate::discovered::FactsRefused::NoInspection)) => not_found(),
+        Ok(Err(e)) => internal("saving discovered machines", e),
+        Err(e) => internal("saving discovered machines", e),
+    }
 }
 
 /// Why a first-boot report is refused.

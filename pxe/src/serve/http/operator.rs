@@ -28,6 +28,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<HttpApp>>)> {
         ("/nodes/{name}", get(node)),
         ("/nodes/{name}/arm", post(arm)),
         ("/nodes/{name}/disarm", post(disarm)),
+        ("/discovered", get(discovered)),
+        ("/discovered/{mac}/inspect", post(inspect)),
     ]
 }
 
@@ -233,6 +235,39 @@ async fn arm(State(app): App, UrlPath(name): UrlPath<String>) -> Response {
 async fn disarm(State(app): App, UrlPath(name): UrlPath<String>) -> Response {
     let r = apply(&app, &name, Event::Disarm).await;
     answer(&app, &name, "disarm", r)
+}
+
+/// Machines not in the inventory that asked for DHCP or a boot script, with their facts.
+async fn discovered(State(app): App) -> Response {
+    let machines = app.discovered.all(now_ms());
+    Json(images::bundle::discovered::DiscoveredList { machines }).into_response()
+}
+
+/// Arm one inspection boot of a MAC (seen or not yet): a fresh inspect secret, valid for the
+/// install window. A MAC of the inventory is refused: nodes follow install-once.
+async fn inspect(State(app): App, UrlPath(mac): UrlPath<String>) -> Response {
+    let mac = match images::bundle::Mac::parse_nic(&mac) {
+        Ok(m) => m,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    if let Some(n) = app.bundle.get().node_by_mac(&mac) {
+        return text(
+            StatusCode::CONFLICT,
+            format!(
+                "{mac} is node {} of the inventory: nodes are not inspected (use pxe arm)\n",
+                n.hostname
+            ),
+        );
+    }
+    let (a, window) = (app.clone(), app.store.install_window());
+    match tokio::task::spawn_blocking(move || a.discovered.arm(mac, now_ms(), window)).await {
+        Ok(Ok(d)) => {
+            tracing::info!(%mac, event = "inspect", "operator action");
+            Json(d).into_response()
+        }
+        Ok(Err(e)) => internal("saving discovered machines", e),
+        Err(e) => internal("saving discovered machines", e),
+    }
 }
 
 #[cfg(test)]
