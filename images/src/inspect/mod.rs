@@ -78,7 +78,7 @@ pub fn collect(root: &Path, kernel_log: &str, boot_mac: Option<Mac>) -> Facts {
         boot_mac,
         dmi: dmi(&sys),
         secure_boot: if firmware == Some(Firmware::Uefi) {
-            secure_boot(&sys)
+            secure_boot(&sys).or_else(|| secure_boot_from_log(kernel_log))
         } else {
             None
         },
@@ -115,6 +115,19 @@ pub fn secure_boot(sys: &Path) -> Option<bool> {
     )
     .ok()?;
     (v.len() == 5).then(|| v[4] == 1)
+}
+
+/// Debian's kernels say `secureboot: Secure boot enabled|disabled` at boot: the answer when
+/// efivarfs could not be mounted.
+pub fn secure_boot_from_log(log: &str) -> Option<bool> {
+    log.lines().find_map(|l| {
+        let (_, r) = l.split_once("Secure boot ")?;
+        match r.trim() {
+            "enabled" => Some(true),
+            "disabled" => Some(false),
+            _ => None,
+        }
+    })
 }
 
 /// Model (the first `model name`) and logical CPUs (`processor` lines) from /proc/cpuinfo.
@@ -377,8 +390,19 @@ pub fn run(
     mac: Option<&str>,
     log: &mut dyn FnMut(&str),
 ) -> Result<Facts, InspectError> {
+    post(Path::new("/"), &read_kmsg(), facts_url, mac, log)
+}
+
+/// Collect the facts of the machine under `root` and POST them to `facts_url`.
+pub fn post(
+    root: &Path,
+    kernel_log: &str,
+    facts_url: &str,
+    mac: Option<&str>,
+    log: &mut dyn FnMut(&str),
+) -> Result<Facts, InspectError> {
     let boot_mac = mac.and_then(|m| m.parse().ok());
-    let facts = collect(Path::new("/"), &read_kmsg(), boot_mac);
+    let facts = collect(root, kernel_log, boot_mac);
     log(&format!(
         "ironseed inspect: {} {}, {} disks, {} NICs, {} firmware files missing",
         printable(facts.dmi.sys_vendor.as_deref().unwrap_or("?"), 64),
@@ -388,14 +412,40 @@ pub fn run(
         facts.missing_firmware.len()
     ));
     let body = serde_json::to_value(&facts).expect("facts serialize");
-    let status = crate::http::post_json(facts_url, &body)?;
+    // The appliance may be restarting: a few tries on network errors. An HTTP error status is
+    // an answer (a wrong secret, a disarmed machine) and is not retried.
+    let mut tries = 0;
+    let status = loop {
+        match crate::http::post_json(facts_url, &body) {
+            Ok(s) => break s,
+            Err(e) if tries < POST_TRIES => {
+                log(&format!("ironseed inspect: {e}; retrying"));
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_secs(3));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     if !(200..300).contains(&status) {
         return Err(InspectError::Rejected {
             url: facts_url.into(),
             status,
         });
     }
+    log("ironseed inspect: facts posted");
     Ok(facts)
+}
+
+/// Retries of the facts POST after a network error.
+const POST_TRIES: u32 = 5;
+
+/// The reboot(2) command that ends an inspection boot.
+pub fn reboot_mode(after: crate::plan::After) -> nix::sys::reboot::RebootMode {
+    use nix::sys::reboot::RebootMode;
+    match after {
+        crate::plan::After::Poweroff => RebootMode::RB_POWER_OFF,
+        crate::plan::After::Reboot => RebootMode::RB_AUTOBOOT,
+    }
 }
 
 #[cfg(test)]

@@ -314,3 +314,97 @@ fn transports_from_sysfs_device_paths() {
     );
     assert_eq!(t("/sys/devices/virtual/block/loop0"), None);
 }
+
+/// A one-shot HTTP server on loopback: answers `status` to one request and hands it back.
+fn serve_once(status: u16) -> (String, std::thread::JoinHandle<(String, Vec<u8>)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/inspect/24-6e-96-0a-1b-2c/s3cret/facts",
+        l.local_addr().unwrap()
+    );
+    let h = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        let mut r = BufReader::new(s);
+        let mut head = String::new();
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            head.push_str(&line);
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        write!(
+            r.get_mut(),
+            "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        (head, body)
+    });
+    (url, h)
+}
+
+#[test]
+fn facts_are_posted_as_json_to_the_facts_url() {
+    let (url, h) = serve_once(204);
+    let root = fixture("dell");
+    let mut lines = Vec::new();
+    let f = post(&root, "", &url, Some("24:6e:96:0a:1b:2c"), &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    let (head, body) = h.join().unwrap();
+    assert!(
+        head.starts_with("POST /inspect/24-6e-96-0a-1b-2c/s3cret/facts HTTP/1.1"),
+        "{head}"
+    );
+    assert!(head.contains("Content-Type: application/json"), "{head}");
+    assert_eq!(Facts::from_json(&body).unwrap(), f);
+    assert_eq!(f.boot_mac.unwrap().to_string(), "24:6e:96:0a:1b:2c");
+    assert!(lines[0].contains("Dell Inc. PowerEdge R730, 2 disks"), "{lines:?}");
+}
+
+#[test]
+fn a_refused_post_is_an_error_and_not_retried() {
+    let (url, h) = serve_once(403);
+    let r = post(&fixture("gpu"), "", &url, None, &mut |_| {});
+    h.join().unwrap();
+    assert!(matches!(r, Err(InspectError::Rejected { status: 403, .. })));
+}
+
+#[test]
+fn inspection_ends_in_power_off_unless_told_to_reboot() {
+    use crate::plan::After;
+    use nix::sys::reboot::RebootMode;
+    assert_eq!(reboot_mode(After::default()), RebootMode::RB_POWER_OFF);
+    assert_eq!(reboot_mode(After::Reboot), RebootMode::RB_AUTOBOOT);
+}
+
+#[test]
+fn secure_boot_from_efivars_or_else_the_kernel_log() {
+    let t = tempfile::tempdir().unwrap();
+    let v = t
+        .path()
+        .join("firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c");
+    std::fs::create_dir_all(v.parent().unwrap()).unwrap();
+    assert_eq!(secure_boot(t.path()), None);
+    std::fs::write(&v, [6, 0, 0, 0, 1]).unwrap();
+    assert_eq!(secure_boot(t.path()), Some(true));
+    std::fs::write(&v, [6, 0, 0, 0, 0]).unwrap();
+    assert_eq!(secure_boot(t.path()), Some(false));
+    std::fs::write(&v, [6, 0, 0, 0]).unwrap();
+    assert_eq!(secure_boot(t.path()), None, "truncated");
+    assert_eq!(
+        secure_boot_from_log("x\nsecureboot: Secure boot enabled\n"),
+        Some(true)
+    );
+    assert_eq!(secure_boot_from_log("secureboot: Secure boot disabled"), Some(false));
+    assert_eq!(secure_boot_from_log("secureboot: Secure boot could not be determined"), None);
+}
