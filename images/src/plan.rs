@@ -221,7 +221,9 @@ mod tests {
         );
         // Anything but `reboot` powers off.
         assert!(matches!(
-            parse_cmdline(&format!("ironseed.mode=inspect ironseed.facts={url} ironseed.after=x")),
+            parse_cmdline(&format!(
+                "ironseed.mode=inspect ironseed.facts={url} ironseed.after=x"
+            )),
             Some(Cmdline::Inspect {
                 after: After::Poweroff,
                 ..

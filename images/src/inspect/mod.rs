@@ -84,7 +84,9 @@ pub fn collect(root: &Path, kernel_log: &str, boot_mac: Option<Mac>) -> Facts {
         },
         firmware,
         cpu: cpu(&std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default()),
-        memory_bytes: memory(&std::fs::read_to_string(root.join("proc/meminfo")).unwrap_or_default()),
+        memory_bytes: memory(
+            &std::fs::read_to_string(root.join("proc/meminfo")).unwrap_or_default(),
+        ),
         nics: nics(&sys),
         disks: disks(root),
         pci: pci(&sys),
@@ -291,7 +293,14 @@ pub fn transport(devpath: &Path) -> Option<String> {
     // A SCSI host: a SAS HBA or RAID controller (megaraid_sas, mpt3sas) by its PCI driver.
     let pci_dev: PathBuf = comps[..host].iter().collect();
     let driver = link_name(&pci_dev.join("driver")).unwrap_or_default();
-    Some(if driver.contains("sas") { "sas" } else { "scsi" }.into())
+    Some(
+        if driver.contains("sas") {
+            "sas"
+        } else {
+            "scsi"
+        }
+        .into(),
+    )
 }
 
 /// `/dev/disk/by-{path,id}` names under `root` that resolve to `/dev/<name>`. In the installer's
@@ -313,7 +322,10 @@ fn links(root: &Path, kind: &str, name: &str) -> Vec<String> {
 pub fn disks(root: &Path) -> Vec<DiskFacts> {
     let sys = root.join("sys");
     let mut out = Vec::new();
-    for d in crate::system::sysfs_disks(&sys, "").into_iter().take(DISKS_MAX) {
+    for d in crate::system::sysfs_disks(&sys, "")
+        .into_iter()
+        .take(DISKS_MAX)
+    {
         let block = sys.join("block").join(&d.name);
         let devpath = std::fs::canonicalize(&block).unwrap_or(block.clone());
         let parts: Vec<probe::Part> = sorted_dir(&block)
@@ -326,11 +338,11 @@ pub fn disks(root: &Path) -> Vec<DiskFacts> {
                 })
             })
             .collect();
-        let (partition_table, signatures) = match probe::open_read_only(&root.join("dev").join(&d.name))
-        {
-            Ok(f) => probe::probe(&f, &parts),
-            Err(_) => (None, vec!["unreadable".into()]),
-        };
+        let (partition_table, signatures) =
+            match probe::open_read_only(&root.join("dev").join(&d.name)) {
+                Ok(f) => probe::probe(&f, &parts),
+                Err(_) => (None, vec!["unreadable".into()]),
+            };
         out.push(DiskFacts {
             transport: transport(&devpath),
             by_id: links(root, "by-id", &d.name),

@@ -6,7 +6,9 @@ use super::*;
 use crate::bundle::facts::Facts;
 
 fn fixture(shape: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inspect").join(shape)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/inspect")
+        .join(shape)
 }
 
 fn facts(shape: &str) -> Facts {
@@ -64,7 +66,11 @@ fn a_dell_poweredge_with_a_perc_virtual_disk_and_a_sata_ssd() {
     );
     assert_eq!(perc.size, 7812499456 * 512);
     assert!(perc.rotational);
-    assert_eq!(perc.transport.as_deref(), Some("sas"), "behind megaraid_sas");
+    assert_eq!(
+        perc.transport.as_deref(),
+        Some("sas"),
+        "behind megaraid_sas"
+    );
     assert_eq!(perc.partition_table.as_deref(), Some("gpt"));
     assert_eq!(strs(&perc.signatures), ["xfs"]);
     assert!(perc.by_id.is_empty() && perc.by_path.is_empty(), "no udev");
@@ -86,7 +92,14 @@ fn a_dell_poweredge_with_a_perc_virtual_disk_and_a_sata_ssd() {
     let pci: Vec<_> = f
         .pci
         .iter()
-        .map(|p| (p.address.as_str(), p.class.as_str(), p.id.as_str(), p.driver.as_deref()))
+        .map(|p| {
+            (
+                p.address.as_str(),
+                p.class.as_str(),
+                p.id.as_str(),
+                p.driver.as_deref(),
+            )
+        })
         .collect();
     assert_eq!(
         pci,
@@ -94,7 +107,12 @@ fn a_dell_poweredge_with_a_perc_virtual_disk_and_a_sata_ssd() {
             ("0000:01:00.0", "0x020000", "14e4:168e", Some("bnx2x")),
             ("0000:01:00.1", "0x020000", "14e4:168e", Some("bnx2x")),
             ("0000:02:00.0", "0x020000", "14e4:165f", Some("tg3")),
-            ("0000:03:00.0", "0x010400", "1000:005d", Some("megaraid_sas")),
+            (
+                "0000:03:00.0",
+                "0x010400",
+                "1000:005d",
+                Some("megaraid_sas")
+            ),
             ("0000:09:00.0", "0x030000", "102b:0534", None),
         ],
         "the AHCI controller (0x0106) is not of interest"
@@ -137,7 +155,11 @@ fn an_optiplex_with_one_nvme_drive() {
     );
     assert_eq!(strs(&d.by_path), ["pci-0000:01:00.0-nvme-1"]);
     assert!(f.missing_firmware.is_empty());
-    let gpu: Vec<_> = f.pci.iter().filter(|p| p.class.starts_with("0x03")).collect();
+    let gpu: Vec<_> = f
+        .pci
+        .iter()
+        .filter(|p| p.class.starts_with("0x03"))
+        .collect();
     assert_eq!(gpu.len(), 1);
     assert_eq!(gpu[0].id, "8086:3e98");
 }
@@ -146,12 +168,19 @@ fn an_optiplex_with_one_nvme_drive() {
 fn a_gpu_node_with_three_nvme_drives_booted_by_bios() {
     let f = facts("gpu");
     assert_eq!(f.dmi.sys_vendor.as_deref(), Some("Supermicro"));
-    assert_eq!(f.dmi.bios_vendor.as_deref(), Some("American Megatrends Inc."));
+    assert_eq!(
+        f.dmi.bios_vendor.as_deref(),
+        Some("American Megatrends Inc.")
+    );
     assert_eq!(f.firmware, Some(Firmware::Bios));
     assert_eq!(f.secure_boot, None);
     assert_eq!(f.memory_bytes, 395950000 * 1024);
     let nvidia: Vec<_> = f.pci.iter().filter(|p| p.id.starts_with("10de:")).collect();
-    assert_eq!(nvidia.len(), 1, "the GPU's audio function (0x0403) is not listed");
+    assert_eq!(
+        nvidia.len(),
+        1,
+        "the GPU's audio function (0x0403) is not listed"
+    );
     assert_eq!(nvidia[0].class, "0x030000");
     assert_eq!(nvidia[0].address, "0000:1a:00.0");
     assert_eq!(nvidia[0].driver, None);
@@ -173,7 +202,13 @@ fn a_gpu_node_with_three_nvme_drives_booted_by_bios() {
         [
             ("nvme0n1", "S64HNE0R100000", "nvme", Some("dos"), vec![]),
             ("nvme1n1", "S64HNE0R100001", "nvme", None, vec![]),
-            ("nvme2n1", "S64HNE0R100002", "nvme", None, vec!["LVM2_member"]),
+            (
+                "nvme2n1",
+                "S64HNE0R100002",
+                "nvme",
+                None,
+                vec!["LVM2_member"]
+            ),
         ]
     );
     assert!(f.disks.iter().all(|d| d.size == 7501476528 * 512));
@@ -368,7 +403,10 @@ fn facts_are_posted_as_json_to_the_facts_url() {
     assert!(head.contains("Content-Type: application/json"), "{head}");
     assert_eq!(Facts::from_json(&body).unwrap(), f);
     assert_eq!(f.boot_mac.unwrap().to_string(), "24:6e:96:0a:1b:2c");
-    assert!(lines[0].contains("Dell Inc. PowerEdge R730, 2 disks"), "{lines:?}");
+    assert!(
+        lines[0].contains("Dell Inc. PowerEdge R730, 2 disks"),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -405,6 +443,12 @@ fn secure_boot_from_efivars_or_else_the_kernel_log() {
         secure_boot_from_log("x\nsecureboot: Secure boot enabled\n"),
         Some(true)
     );
-    assert_eq!(secure_boot_from_log("secureboot: Secure boot disabled"), Some(false));
-    assert_eq!(secure_boot_from_log("secureboot: Secure boot could not be determined"), None);
+    assert_eq!(
+        secure_boot_from_log("secureboot: Secure boot disabled"),
+        Some(false)
+    );
+    assert_eq!(
+        secure_boot_from_log("secureboot: Secure boot could not be determined"),
+        None
+    );
 }
