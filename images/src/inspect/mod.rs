@@ -172,7 +172,17 @@ pub fn nics(sys: &Path) -> Vec<Nic> {
             continue;
         };
         let dev = dir.join("device");
-        let id = |f: &str| read(&dev.join(f)).map(|v| v.trim_start_matches("0x").to_string());
+        // A virtio NIC's device is the virtio device (vendor 0x1af4, device = the virtio type);
+        // the PCI function, the one with a `class`, is its parent.
+        let pci_dev = if dev.join("class").exists() {
+            dev.clone()
+        } else {
+            dev.join("..")
+        };
+        let pci_dev = pci_dev.join("class").exists().then_some(pci_dev);
+        let id = |f: &str| {
+            read(&pci_dev.as_ref()?.join(f)).map(|v| v.trim_start_matches("0x").to_string())
+        };
         let pci_id = match (id("vendor"), id("device")) {
             (Some(v), Some(d)) => Some(format!("{v}:{d}")),
             _ => None,

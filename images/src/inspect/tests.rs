@@ -452,3 +452,50 @@ fn secure_boot_from_efivars_or_else_the_kernel_log() {
         None
     );
 }
+
+/// A qemu virtio NIC: the driver is on the virtio device, the PCI id on its parent function.
+#[test]
+fn a_virtio_nic_reports_its_pci_function() {
+    use std::os::unix::fs::symlink;
+    let t = tempfile::tempdir().unwrap();
+    let s = t.path();
+    let w = |p: &str, v: &str| {
+        let p = s.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, v).unwrap();
+    };
+    let pci = "devices/pci0000:00/0000:00:03.0";
+    w(&format!("{pci}/class"), "0x020000\n");
+    w(&format!("{pci}/vendor"), "0x1af4\n");
+    w(&format!("{pci}/device"), "0x1041\n");
+    w(&format!("{pci}/virtio0/vendor"), "0x1af4\n");
+    w(&format!("{pci}/virtio0/device"), "0x0001\n");
+    w(
+        &format!("{pci}/virtio0/net/eth0/address"),
+        "52:54:00:12:34:56\n",
+    );
+    w(&format!("{pci}/virtio0/net/eth0/carrier"), "1\n");
+    w(&format!("{pci}/virtio0/net/eth0/speed"), "-1\n");
+    std::fs::create_dir_all(s.join("bus/virtio/drivers/virtio_net")).unwrap();
+    symlink(
+        "../../../../../bus/virtio/drivers/virtio_net",
+        s.join(format!("{pci}/virtio0/driver")),
+    )
+    .unwrap();
+    symlink(
+        "../../../virtio0",
+        s.join(format!("{pci}/virtio0/net/eth0/device")),
+    )
+    .unwrap();
+    std::fs::create_dir_all(s.join("class/net")).unwrap();
+    symlink(
+        format!("../../{pci}/virtio0/net/eth0"),
+        s.join("class/net/eth0"),
+    )
+    .unwrap();
+    let n = nics(s);
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].driver.as_deref(), Some("virtio_net"));
+    assert_eq!(n[0].pci_id.as_deref(), Some("1af4:1041"));
+    assert_eq!(n[0].speed_mbps, None, "-1 is no speed");
+}
