@@ -8,7 +8,7 @@ pub mod probe;
 
 use std::path::{Path, PathBuf};
 
-use crate::bundle::facts::{Cpu, DiskFacts, Dmi, FACTS_VERSION, Facts, Nic, PciDevice};
+use crate::bundle::facts::{Cpu, DiskFacts, Dmi, FACTS_MAX, FACTS_VERSION, Facts, Nic, PciDevice};
 use crate::bundle::{Firmware, Mac, printable};
 
 /// Longest string kept from sysfs/procfs/the kernel log: firmware and device strings are short;
@@ -20,6 +20,9 @@ const DISKS_MAX: usize = 256;
 const NICS_MAX: usize = 128;
 const PCI_MAX: usize = 256;
 const FIRMWARE_MAX: usize = 64;
+/// Links kept per disk and folder, and read per folder.
+const LINKS_MAX: usize = 16;
+const LINKS_READ_MAX: usize = 16384;
 /// Most of the kernel log read from /dev/kmsg.
 pub const KMSG_MAX: usize = 4 << 20;
 
@@ -31,13 +34,10 @@ pub enum InspectError {
     Rejected { url: String, status: u16 },
 }
 
+/// Trimmed, without control characters (garbage in a device string, and six bytes each once
+/// JSON-escaped), at most [`STR_MAX`] bytes.
 fn clip(s: &str) -> String {
-    let s = s.trim();
-    let mut end = s.len().min(STR_MAX);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    printable(s.trim(), STR_MAX)
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -73,7 +73,7 @@ pub fn collect(root: &Path, kernel_log: &str, boot_mac: Option<Mac>) -> Facts {
     } else {
         Firmware::Bios
     });
-    Facts {
+    let mut facts = Facts {
         version: FACTS_VERSION,
         boot_mac,
         dmi: dmi(&sys),
@@ -91,6 +91,33 @@ pub fn collect(root: &Path, kernel_log: &str, boot_mac: Option<Mac>) -> Facts {
         disks: disks(root),
         pci: pci(&sys),
         missing_firmware: missing_firmware(kernel_log),
+    };
+    fit(&mut facts);
+    facts
+}
+
+/// Drop entries from the end of the longest list until the document fits the size the
+/// appliance accepts: every list and string has a cap, but all of them at once would not fit.
+/// A machine that big still reports most of itself rather than being refused.
+pub fn fit(f: &mut Facts) {
+    let size = |f: &Facts| serde_json::to_vec(f).map_or(usize::MAX, |v| v.len());
+    let mut n = size(f);
+    while n > FACTS_MAX {
+        let (d, i, p) = (f.disks.len(), f.nics.len(), f.pci.len());
+        // Each pass drops about as many bytes as the document is over, at least one entry.
+        let cut = |len: usize| len.saturating_sub(((n - FACTS_MAX) * len / n).max(1));
+        if d >= i && d >= p && d > 0 {
+            f.disks.truncate(cut(d));
+        } else if i >= p && i > 0 {
+            f.nics.truncate(cut(i));
+        } else if p > 0 {
+            f.pci.truncate(cut(p));
+        } else {
+            f.missing_firmware.clear();
+            f.dmi = Dmi::default();
+            break;
+        }
+        n = size(f);
     }
 }
 
@@ -313,17 +340,30 @@ pub fn transport(devpath: &Path) -> Option<String> {
     )
 }
 
-/// `/dev/disk/by-{path,id}` names under `root` that resolve to `/dev/<name>`. In the installer's
-/// initramfs there is no udev, so these are empty, exactly as the installer's own disk list.
-fn links(root: &Path, kind: &str, name: &str) -> Vec<String> {
-    let target = root.join("dev").join(name);
-    let mut out: Vec<String> = sorted_dir(&root.join("dev/disk").join(kind))
-        .into_iter()
-        .filter(|(_, p)| std::fs::canonicalize(p).ok() == std::fs::canonicalize(&target).ok())
-        .map(|(n, _)| clip(&n))
-        .collect();
-    out.truncate(32);
+/// Every `/dev/disk/by-{id,path}` link under `root` as (folder, name, resolved device). In the
+/// installer's initramfs there is no udev, so there are none, exactly as in the installer's own
+/// disk list.
+fn all_links(root: &Path) -> Vec<(&'static str, String, PathBuf)> {
+    let mut out = Vec::new();
+    for kind in ["by-id", "by-path"] {
+        for (n, p) in sorted_dir(&root.join("dev/disk").join(kind))
+            .into_iter()
+            .take(LINKS_READ_MAX)
+        {
+            if let Ok(t) = std::fs::canonicalize(&p) {
+                out.push((kind, clip(&n), t));
+            }
+        }
+    }
     out
+}
+
+fn links_to(all: &[(&str, String, PathBuf)], kind: &str, dev: &Option<PathBuf>) -> Vec<String> {
+    all.iter()
+        .filter(|(k, _, t)| *k == kind && dev.as_ref() == Some(t))
+        .map(|(_, n, _)| n.clone())
+        .take(LINKS_MAX)
+        .collect()
 }
 
 /// Disks as the installer sees them (see [`crate::system::sysfs_disks`]), with their transport
@@ -331,6 +371,7 @@ fn links(root: &Path, kind: &str, name: &str) -> Vec<String> {
 /// partition's).
 pub fn disks(root: &Path) -> Vec<DiskFacts> {
     let sys = root.join("sys");
+    let links = all_links(root);
     let mut out = Vec::new();
     for d in crate::system::sysfs_disks(&sys, "")
         .into_iter()
@@ -348,6 +389,7 @@ pub fn disks(root: &Path) -> Vec<DiskFacts> {
                 })
             })
             .collect();
+        let dev = std::fs::canonicalize(root.join("dev").join(&d.name)).ok();
         let (partition_table, signatures) =
             match probe::open_read_only(&root.join("dev").join(&d.name)) {
                 Ok(f) => probe::probe(&f, &parts),
@@ -355,8 +397,8 @@ pub fn disks(root: &Path) -> Vec<DiskFacts> {
             };
         out.push(DiskFacts {
             transport: transport(&devpath),
-            by_id: links(root, "by-id", &d.name),
-            by_path: links(root, "by-path", &d.name),
+            by_id: links_to(&links, "by-id", &dev),
+            by_path: links_to(&links, "by-path", &dev),
             name: clip(&d.name),
             model: d.model.as_deref().map(clip),
             serial: d.serial.as_deref().map(clip),

@@ -499,3 +499,42 @@ fn a_virtio_nic_reports_its_pci_function() {
     assert_eq!(n[0].pci_id.as_deref(), Some("1af4:1041"));
     assert_eq!(n[0].speed_mbps, None, "-1 is no speed");
 }
+
+/// Protects: the facts document always fits what the appliance accepts (`FACTS_MAX`), however
+/// many disks, links and long strings a machine has. Fails without `fit` or the string caps.
+#[test]
+fn a_huge_machine_still_fits_the_facts_limit() {
+    use std::os::unix::fs::symlink;
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    let long = |c: char| c.to_string().repeat(1000);
+    std::fs::create_dir_all(r.join("dev/disk/by-id")).unwrap();
+    for i in 0..300 {
+        let name = format!("sd{i:03}");
+        let b = r.join("sys/block").join(&name);
+        std::fs::create_dir_all(b.join("device")).unwrap();
+        std::fs::write(b.join("size"), "1000000\n").unwrap();
+        std::fs::write(b.join("device/model"), long('"')).unwrap();
+        std::fs::write(b.join("device/serial"), long('\\')).unwrap();
+        std::fs::write(b.join("device/wwid"), long('\u{7f}') + "x").unwrap();
+        std::fs::write(r.join("dev").join(&name), b"").unwrap();
+        for l in 0..20 {
+            symlink(
+                format!("../../{name}"),
+                r.join(format!("dev/disk/by-id/{}-{name}-{l}", "q".repeat(230))),
+            )
+            .unwrap();
+        }
+    }
+    let f = collect(r, "", None);
+    let json = serde_json::to_vec(&f).unwrap();
+    assert!(json.len() <= FACTS_MAX, "{} bytes", json.len());
+    assert!(f.disks.len() > 100, "most of the machine is still reported");
+    assert!(f.disks.iter().all(|d| d.by_id.len() == LINKS_MAX));
+    assert_eq!(
+        f.disks[0].wwn.as_deref(),
+        Some("x"),
+        "control characters dropped"
+    );
+    assert_eq!(Facts::from_json(&json).unwrap(), f);
+}
