@@ -426,8 +426,8 @@ pub fn read_kmsg() -> String {
         return String::new();
     };
     let mut out = String::new();
-    // One read returns one record; records are at most 8 KiB (PRINTK_MESSAGE_MAX... 1 KiB lines
-    // plus dictionary).
+    // One read returns one record, and fails with EINVAL if the buffer is smaller than the
+    // record; records are at most 8 KiB (the kernel's CONSOLE_EXT_LOG_MAX).
     let mut buf = vec![0u8; 16 << 10];
     while out.len() < KMSG_MAX {
         match f.read(&mut buf) {
