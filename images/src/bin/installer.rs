@@ -67,9 +67,8 @@ fn inspect(facts_url: &str, mac: Option<&str>, after: After) -> ExitCode {
             After::Reboot => "rebooting",
         }
     );
-    // reboot(2) does not flush: sync first (nothing was written, but the kernel log may be
-    // on its way to a console). PID 1 here is the init script, so the syscall itself is what
-    // powers off; busybox's poweroff -f is the fallback if it is refused.
+    // reboot(2) does not flush: sync first (inspection wrote no disk, but keep the rule every
+    // exit of the installer follows). busybox's `poweroff -f` is the fallback if it is refused.
     nix::unistd::sync();
     let e = nix::sys::reboot::reboot(images::inspect::reboot_mode(after)).unwrap_err();
     eprintln!("ironseed installer: reboot(2): {e}");

@@ -74,7 +74,7 @@ fn norm(name: &str) -> String {
 }
 
 /// Loaded when the kernel has them as modules, skipped when built in (or absent): efivarfs, so
-/// an inspection boot can read the Secure Boot variable (Debian builds it as a module).
+/// an inspection boot can read the Secure Boot variable (a module or built in, by kernel config).
 pub const OPTIONAL_DRIVERS: &[&str] = &["efivarfs"];
 
 /// The `optional` drivers `dep` (`modules.dep`) has as loadable modules.
