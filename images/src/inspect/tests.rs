@@ -77,6 +77,11 @@ fn a_dell_poweredge_with_a_perc_virtual_disk_and_a_sata_ssd() {
     let ssd = &f.disks[1];
     assert_eq!(ssd.model.as_deref(), Some("SSDSC2KB480G8R"));
     assert_eq!(ssd.transport.as_deref(), Some("sata"));
+    assert_eq!(
+        ssd.serial.as_deref(),
+        Some("PHYF812300AB480BGN"),
+        "from VPD page 0x80"
+    );
     assert!(!ssd.rotational);
     assert_eq!(ssd.partition_table, None);
     assert_eq!(strs(&ssd.signatures), ["linux_raid_member"]);
