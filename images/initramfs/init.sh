@@ -22,6 +22,12 @@ while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /etc/modules.or
 arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}" ;; esac; done; }
 MAC=$(arg ironseed.mac)
 
+# An inspection boot reads the Secure Boot variable: efivarfs, read-only (nothing here writes
+# firmware variables).
+if [ "$(arg ironseed.mode)" = inspect ] && [ -d /sys/firmware/efi/efivars ]; then
+    mount -t efivarfs -o ro efivarfs /sys/firmware/efi/efivars 2>/dev/null
+fi
+
 if [ "$(arg ironseed.offline)" = 1 ]; then
     echo "ironseed-installer: offline install from the installer stick (no network)"
     /bin/installer

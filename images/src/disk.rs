@@ -41,7 +41,10 @@ impl Selector {
         }
         if differ(&self.model, &other.model)
             || differ(&self.serial, &other.serial)
-            || differ(&self.wwn, &other.wwn)
+            || differ(
+                &self.wwn.as_deref().map(wwn_norm),
+                &other.wwn.as_deref().map(wwn_norm),
+            )
             || differ(&self.by_path, &other.by_path)
             || differ(&self.by_id, &other.by_id)
             || differ(&self.rotational, &other.rotational)
@@ -68,11 +71,9 @@ impl Selector {
             None => true,
             Some(w) => have.as_deref().map(str::trim) == Some(w.trim()),
         };
-        // WWNs appear with and without `0x`, in either case, depending on the tool.
-        let norm = |s: &str| s.trim().trim_start_matches("0x").to_ascii_lowercase();
         let wwn_ok = match &self.wwn {
             None => true,
-            Some(w) => d.wwn.as_deref().map(norm) == Some(norm(w)),
+            Some(w) => d.wwn.as_deref().map(wwn_norm) == Some(wwn_norm(w)),
         };
         let gb = d.size / 1_000_000_000;
         eq(&self.model, &d.model)
@@ -83,6 +84,17 @@ impl Selector {
             && self.min_size_gb.is_none_or(|m| gb >= m)
             && self.max_size_gb.is_none_or(|m| gb <= m)
             && self.rotational.is_none_or(|r| r == d.rotational)
+    }
+}
+
+/// A WWN as every tool spells it: lsblk and udev say `0x5000c500…`, sysfs (the installer's
+/// initramfs, inspection facts) `naa.5000c500…`, others the bare hex, in either case. NVMe's
+/// `eui.…` is the same everywhere.
+fn wwn_norm(s: &str) -> String {
+    let s = s.trim().to_ascii_lowercase();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("naa.")) {
+        Some(hex) => hex.to_string(),
+        None => s,
     }
 }
 
@@ -345,6 +357,33 @@ mod tests {
             ..Default::default()
         };
         assert!(s.matches(&d));
+    }
+
+    /// Protects: a selector written from lsblk (`0x…`) matches the disk the installer's
+    /// initramfs reads from sysfs (`naa.…`), and the overlap check between an install and a data
+    /// selector sees them as the same disk (else a data disk could pass as "provably not the
+    /// install disk").
+    #[test]
+    fn sysfs_and_lsblk_spellings_of_a_wwn_are_one_disk() {
+        let mut d = disk("/dev/sda", "X", 240);
+        d.wwn = Some("naa.5000c500a1b2c3d4".into());
+        let lsblk = Selector {
+            wwn: Some("0x5000C500A1B2C3D4".into()),
+            ..Default::default()
+        };
+        assert!(lsblk.matches(&d));
+        let sysfs = Selector {
+            wwn: Some("naa.5000c500a1b2c3d4".into()),
+            ..Default::default()
+        };
+        assert!(lsblk.may_overlap(&sysfs));
+        let nvme = Selector {
+            wwn: Some("eui.0025385891b12345".into()),
+            ..Default::default()
+        };
+        assert!(!nvme.may_overlap(&sysfs));
+        d.wwn = Some("eui.0025385891b12345".into());
+        assert!(nvme.matches(&d) && !lsblk.matches(&d));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod golden;
 pub mod gpt;
 pub mod http;
 pub mod initramfs;
+pub mod inspect;
 pub mod install;
 pub mod iso9660;
 pub mod plan;

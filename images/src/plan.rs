@@ -112,20 +112,52 @@ pub enum Cmdline {
     /// `ironseed.offline=1` from an offline stick's boot loader: plan, seed and image are on the
     /// stick, there is no network and no appliance.
     Offline,
+    /// `ironseed.mode=inspect` from pxe's inspect script: collect facts, POST them to
+    /// `facts_url` (`ironseed.facts=`), then power off or reboot. Never writes a disk.
+    Inspect {
+        facts_url: String,
+        mac: Option<String>,
+        after: After,
+    },
+}
+
+/// What an inspection boot does once its facts are posted (`ironseed.after=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum After {
+    /// The default: the machine waits, off, until the operator adopts and arms it.
+    #[default]
+    Poweroff,
+    Reboot,
 }
 
 pub fn parse_cmdline(cmdline: &str) -> Option<Cmdline> {
     let mut plan_url = None;
     let mut mac = None;
     let mut offline = false;
+    let (mut inspect, mut facts_url, mut after) = (false, None, After::default());
     for word in cmdline.split_whitespace() {
-        if let Some(v) = word.strip_prefix("ironseed.plan=") {
+        if word == "ironseed.mode=inspect" {
+            inspect = true;
+        } else if let Some(v) = word.strip_prefix("ironseed.facts=") {
+            facts_url = Some(v.to_string());
+        } else if word == "ironseed.after=reboot" {
+            after = After::Reboot;
+        } else if let Some(v) = word.strip_prefix("ironseed.plan=") {
             plan_url = Some(v.to_string());
         } else if let Some(v) = word.strip_prefix("ironseed.mac=") {
             mac = Some(v.to_string());
         } else if word == "ironseed.offline=1" {
             offline = true;
         }
+    }
+    // Inspection wins over everything: a command line that asks to inspect must never install,
+    // whatever else it carries. Without a facts URL there is nowhere to report: no mode.
+    if inspect {
+        return facts_url.map(|facts_url| Cmdline::Inspect {
+            facts_url,
+            mac,
+            after,
+        });
     }
     // A plan URL wins: a network boot never reads a stick that happens to be plugged in.
     match (plan_url, offline) {
@@ -153,6 +185,50 @@ mod tests {
             }
         );
         assert_eq!(parse_cmdline("console=ttyS0 quiet"), None);
+    }
+
+    /// Protects: a command line that asks for inspection never installs, even with a plan URL
+    /// or `ironseed.offline=1` beside it.
+    #[test]
+    fn cmdline_as_the_inspect_script_writes_it() {
+        let url = "http://10.0.20.5:8080/inspect/52-54-00-aa-bb-cc/s3cret/facts";
+        let c = parse_cmdline(&format!(
+            "initrd=initrd.img ironseed.mode=inspect ironseed.facts={url} ironseed.mac=52:54:00:aa:bb:cc ironseed.after=poweroff"
+        ));
+        assert_eq!(
+            c,
+            Some(Cmdline::Inspect {
+                facts_url: url.into(),
+                mac: Some("52:54:00:aa:bb:cc".into()),
+                after: After::Poweroff
+            })
+        );
+        let c = parse_cmdline(&format!(
+            "ironseed.plan=http://x/plan/a/b ironseed.offline=1 ironseed.mode=inspect ironseed.facts={url} ironseed.after=reboot"
+        ));
+        assert!(matches!(
+            c,
+            Some(Cmdline::Inspect {
+                after: After::Reboot,
+                mac: None,
+                ..
+            })
+        ));
+        // No facts URL: nothing to do, and certainly not an install.
+        assert_eq!(
+            parse_cmdline("ironseed.mode=inspect ironseed.plan=http://x/plan/a/b"),
+            None
+        );
+        // Anything but `reboot` powers off.
+        assert!(matches!(
+            parse_cmdline(&format!(
+                "ironseed.mode=inspect ironseed.facts={url} ironseed.after=x"
+            )),
+            Some(Cmdline::Inspect {
+                after: After::Poweroff,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -126,8 +126,13 @@ pub fn sysfs_disks(sys: &Path, mountinfo: &str) -> Vec<Disk> {
         out.push(Disk {
             path: format!("/dev/{name}"),
             model: read(&dir.join("device/model")),
-            // virtio-blk exposes its serial on the disk, SCSI/NVMe on the device.
-            serial: read(&dir.join("serial")).or_else(|| read(&dir.join("device/serial"))),
+            // virtio-blk exposes its serial on the disk, NVMe on the device, SCSI (SATA through
+            // libata, SAS, RAID volumes) in the Unit Serial Number VPD page the kernel caches.
+            serial: read(&dir.join("serial"))
+                .or_else(|| read(&dir.join("device/serial")))
+                .or_else(|| {
+                    vpd_serial(&std::fs::read(dir.join("device/vpd_pg80")).unwrap_or_default())
+                }),
             wwn: read(&dir.join("wwid")).or_else(|| read(&dir.join("device/wwid"))),
             size,
             rotational: flag("queue/rotational"),
@@ -140,6 +145,23 @@ pub fn sysfs_disks(sys: &Path, mountinfo: &str) -> Vec<Disk> {
         });
     }
     out
+}
+
+/// The serial in a SCSI Unit Serial Number VPD page (0x80; SPC-4 7.8.15): a 4-byte header
+/// with the length at bytes 2-3, then the serial in ASCII, space-padded. This is what udev's
+/// `ID_SCSI_SERIAL` (and so lsblk's SERIAL) reads for SCSI and SATA disks.
+pub fn vpd_serial(page: &[u8]) -> Option<String> {
+    if page.len() < 4 || page[1] != 0x80 {
+        return None;
+    }
+    let len = u16::from_be_bytes([page[2], page[3]]) as usize;
+    let s = page.get(4..4 + len).unwrap_or(&page[4..]);
+    let s: String = String::from_utf8_lossy(s)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
 }
 
 /// One line of /proc/self/mountinfo: the device number of the mounted filesystem (`0:N` for
@@ -440,6 +462,20 @@ mod tests {
         assert_eq!(d[1].serial.as_deref(), Some("seed-disk"));
         assert!(d[1].removable && d[1].mounts.is_empty());
         assert_eq!(d[1].size, 1 << 20);
+    }
+
+    #[test]
+    fn scsi_serials_come_from_the_unit_serial_number_page() {
+        let mut p = vec![0x00, 0x80, 0x00, 0x14];
+        p.extend_from_slice(b"  PHYF812300AB480BGN");
+        assert_eq!(vpd_serial(&p).as_deref(), Some("PHYF812300AB480BGN"));
+        assert_eq!(vpd_serial(&[0, 0x80, 0, 0]), None, "empty");
+        assert_eq!(vpd_serial(&[0, 0x83, 0, 1, b'x']), None, "another page");
+        assert_eq!(
+            vpd_serial(&[0, 0x80, 0, 9, b'a', b'b']).as_deref(),
+            Some("ab"),
+            "short"
+        );
     }
 
     #[test]

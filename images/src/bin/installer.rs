@@ -4,11 +4,13 @@
 //! the stick. Either way it installs (see images::install), then reboots into the installed
 //! disk. On failure it has already reported `failed` (to the appliance, or on the console) and
 //! left the disk unbootable; it then drops to a shell on the console for debugging.
+//! With `ironseed.mode=inspect` it writes no disk: it posts the machine's facts
+//! (images::inspect) to `ironseed.facts=` and powers off (or reboots, `ironseed.after=reboot`).
 
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use images::plan::Cmdline;
+use images::plan::{After, Cmdline};
 
 fn main() -> ExitCode {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -27,6 +29,11 @@ fn main() -> ExitCode {
             );
             images::install::run(&plan_url, &images::system::System, log)
         }
+        Some(Cmdline::Inspect {
+            facts_url,
+            mac,
+            after,
+        }) => return inspect(&facts_url, mac.as_deref(), after),
         Some(Cmdline::Offline) => {
             eprintln!("ironseed installer: offline, looking for the installer stick");
             // USB sticks appear a few seconds after their host controller's driver loaded.
@@ -42,6 +49,35 @@ fn main() -> ExitCode {
         }
         Err(_) => shell(),
     }
+}
+
+fn inspect(facts_url: &str, mac: Option<&str>, after: After) -> ExitCode {
+    eprintln!(
+        "ironseed installer: inspection (booted from {}), no disk is written",
+        mac.unwrap_or("?")
+    );
+    if let Err(e) = images::inspect::run(facts_url, mac, &mut |l: &str| eprintln!("{l}")) {
+        eprintln!("ironseed installer: inspection failed: {e}");
+        return shell();
+    }
+    eprintln!(
+        "ironseed installer: inspection done, {}",
+        match after {
+            After::Poweroff => "powering off",
+            After::Reboot => "rebooting",
+        }
+    );
+    // reboot(2) does not flush: sync first (inspection wrote no disk, but keep the rule every
+    // exit of the installer follows). busybox's `poweroff -f` is the fallback if it is refused.
+    nix::unistd::sync();
+    let e = nix::sys::reboot::reboot(images::inspect::reboot_mode(after)).unwrap_err();
+    eprintln!("ironseed installer: reboot(2): {e}");
+    let cmd = match after {
+        After::Poweroff => "poweroff",
+        After::Reboot => "reboot",
+    };
+    let _ = Command::new(cmd).arg("-f").status();
+    ExitCode::FAILURE
 }
 
 fn shell() -> ExitCode {

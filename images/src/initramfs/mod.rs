@@ -73,6 +73,22 @@ fn norm(name: &str) -> String {
     base.trim_end_matches(".ko").replace('-', "_")
 }
 
+/// Loaded when the kernel has them as modules, skipped when built in (or absent): efivarfs, so
+/// an inspection boot can read the Secure Boot variable (a module or built in, by kernel config).
+pub const OPTIONAL_DRIVERS: &[&str] = &["efivarfs"];
+
+/// The `optional` drivers `dep` (`modules.dep`) has as loadable modules.
+pub fn present<'a>(dep: &str, optional: &[&'a str]) -> Vec<&'a str> {
+    optional
+        .iter()
+        .filter(|o| {
+            dep.lines()
+                .any(|l| l.split_once(':').is_some_and(|(p, _)| norm(p) == norm(o)))
+        })
+        .copied()
+        .collect()
+}
+
 /// The modules to load, dependencies first, for `wanted` driver names. `dep` is the kernel's
 /// `modules.dep` (`path: dep-path …`), `builtin` its `modules.builtin` (drivers compiled in:
 /// nothing to load).
@@ -245,8 +261,10 @@ pub fn build_installer(
     run(Command::new("depmod").arg("-b").arg(&kx).arg(&kver))?;
     let kdir = moddir.join(&kver);
     let read = |n: &str| fs::read_to_string(kdir.join(n)).unwrap_or_default();
-    let wanted: Vec<&str> = o.drivers.iter().map(String::as_str).collect();
-    let modules = resolve(&read("modules.dep"), &read("modules.builtin"), &wanted)?;
+    let dep = read("modules.dep");
+    let mut wanted: Vec<&str> = o.drivers.iter().map(String::as_str).collect();
+    wanted.extend(present(&dep, OPTIONAL_DRIVERS));
+    let modules = resolve(&dep, &read("modules.builtin"), &wanted)?;
 
     let mut a = Archive::default();
     for d in [
@@ -361,6 +379,13 @@ kernel/drivers/scsi/megaraid/megaraid_sas.ko:
         assert!(
             pos("virtio") < pos("virtio_pci") && pos("virtio_pci_modern_dev") < pos("virtio_pci")
         );
+    }
+
+    #[test]
+    fn optional_drivers_are_taken_only_when_they_are_modules() {
+        let dep = "kernel/fs/efivarfs/efivarfs.ko:\nkernel/drivers/nvme/host/nvme.ko: x.ko\n";
+        assert_eq!(present(dep, &["efivarfs", "zram"]), ["efivarfs"]);
+        assert!(present("kernel/drivers/nvme/host/nvme.ko:\n", OPTIONAL_DRIVERS).is_empty());
     }
 
     #[test]
