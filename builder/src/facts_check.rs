@@ -198,7 +198,9 @@ pub fn check(
             );
         }
 
-        if pr.gpu.is_some() && !f.pci.iter().any(|x| x.class.starts_with("0x03")) {
+        if let Some(g) = &pr.gpu
+            && !has_gpu(&g.vendor, &f.pci)
+        {
             d.error(
                 n.gpu
                     .as_ref()
@@ -206,8 +208,8 @@ pub fn check(
                     .unwrap_or_else(|| span(file, &n.profile)),
                 p(if n.gpu.is_some() { "gpu" } else { "profile" }),
                 format!(
-                    "profile `{}` has a GPU, and this machine reported no display controller (PCI class 0x03)",
-                    pr.name
+                    "profile `{}` has a {} GPU, and this machine reported none (no PCI display controller of that vendor; a BMC's VGA does not count)",
+                    pr.name, g.vendor
                 ),
             );
         }
@@ -297,9 +299,47 @@ pub fn from_discovered(body: &serde_json::Value) -> Result<BTreeMap<Mac, Facts>,
     Ok(out)
 }
 
+/// Whether `pci` has a display controller (class 0x03) of the profile's GPU vendor. A server's
+/// BMC (iDRAC's Matrox, ASPEED) is a display controller too: the vendor tells them apart.
+pub fn has_gpu(vendor: &str, pci: &[images::bundle::facts::PciDevice]) -> bool {
+    let want = match vendor.to_ascii_lowercase().as_str() {
+        "nvidia" => Some("10de"),
+        "amd" | "ati" => Some("1002"),
+        "intel" => Some("8086"),
+        _ => None,
+    };
+    pci.iter().any(|x| {
+        x.class.starts_with("0x03")
+            && match want {
+                Some(id) => x.id.starts_with(&format!("{id}:")),
+                // An unknown vendor name: a 3D controller (0x0302) at least is no BMC.
+                None => x.class.starts_with("0x0302"),
+            }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bmc_vga_is_not_a_gpu() {
+        let dev = |class: &str, id: &str| images::bundle::facts::PciDevice {
+            address: "0000:03:00.0".into(),
+            class: class.into(),
+            id: id.into(),
+            driver: None,
+        };
+        let matrox = [dev("0x030000", "102b:0534")];
+        assert!(!has_gpu("nvidia", &matrox));
+        let tesla = [dev("0x030200", "10de:1db4"), dev("0x030000", "102b:0534")];
+        assert!(has_gpu("nvidia", &tesla));
+        assert!(!has_gpu("amd", &tesla));
+        assert!(
+            has_gpu("somebody", &tesla),
+            "a 3D controller counts for an unknown vendor"
+        );
+    }
 
     #[test]
     fn firmware_files_name_their_package() {

@@ -163,13 +163,17 @@ fn validate_facts_reports_each_rule_at_its_inventory_line() {
             "a GPU profile without a GPU",
             R630,
             |f| {
-                f["pci"].as_array_mut().unwrap().remove(0);
+                let pci = f["pci"].as_array_mut().unwrap();
+                pci.remove(0);
+                // The iDRAC's VGA is a display controller too, and no GPU.
+                pci.push(json!({"address": "0000:0a:00.0", "class": "0x030000",
+                    "id": "102b:0534", "driver": "mgag200"}));
             },
             format!(
                 "{}: nodes[5].gpu",
                 loc("default_runtime: false", "default_runtime")
             ),
-            "profile `r630` has a GPU, and this machine reported no display controller",
+            "profile `r630` has a nvidia GPU, and this machine reported none",
         ),
         (
             "firmware the kernel could not load",
