@@ -45,8 +45,8 @@ impl Selector {
                 &self.wwn.as_deref().map(wwn_norm),
                 &other.wwn.as_deref().map(wwn_norm),
             )
-            || differ(&self.by_path, &other.by_path)
-            || differ(&self.by_id, &other.by_id)
+            // Not by_id or by_path: a disk has several of each (ata-…, wwn-…, nvme-eui…; one
+            // per path of a multipath disk), so two different links can name the same disk.
             || differ(&self.rotational, &other.rotational)
         {
             return false;
@@ -429,5 +429,11 @@ mod tests {
             serial.may_overlap(&sel("X")),
             "nothing shared tells them apart"
         );
+        // One disk has several by-id links (ata-…, wwn-…): two different ones prove nothing.
+        let by_id = |l: &str| Selector {
+            by_id: Some(l.into()),
+            ..Default::default()
+        };
+        assert!(by_id("ata-SSD_123").may_overlap(&by_id("wwn-0x5000c500a1b2c3d4")));
     }
 }
