@@ -152,6 +152,16 @@ pub fn parse_window(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Keep watching: one live progress bar per node, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// Which pxe server a client talks to, and with which token.
+#[derive(Debug, Args)]
+pub struct Remote {
     /// The pxe server's HTTP address.
     #[arg(
         long,
@@ -160,9 +170,6 @@ pub struct StatusArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub server: String,
-    /// Keep watching: one live progress bar per node, until Ctrl-C.
-    #[arg(long)]
-    pub watch: bool,
     #[command(flatten)]
     pub token: TokenArgs,
 }
@@ -182,16 +189,8 @@ pub struct InspectArgs {
     /// MACs of machines not in the inventory (52:54:00:12:34:56), e.g. from `pxe status`.
     #[arg(value_name = "MAC", required = true)]
     pub macs: Vec<String>,
-    /// The pxe server's HTTP address.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "IRONSEED_PXE",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub server: String,
     #[command(flatten)]
-    pub token: TokenArgs,
+    pub remote: Remote,
 }
 
 #[derive(Debug, Args)]
@@ -203,14 +202,6 @@ pub struct NodeArgs {
     /// Every node of the served bundle.
     #[arg(long)]
     pub all: bool,
-    /// The pxe server's HTTP address.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "IRONSEED_PXE",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub server: String,
     #[command(flatten)]
-    pub token: TokenArgs,
+    pub remote: Remote,
 }

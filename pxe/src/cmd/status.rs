@@ -115,7 +115,7 @@ fn discovered_table(machines: &[Value], now_ms: u64) -> String {
 }
 
 pub fn status(a: &StatusArgs) -> Result<()> {
-    let client = Client::new(&a.server, &a.token)?;
+    let client = Client::new(&a.remote.server, &a.remote.token)?;
     let path = "/api/v1/nodes";
     if !a.watch {
         let v = client.get(path).context("asking the pxe server")?;
@@ -167,7 +167,7 @@ pub fn status(a: &StatusArgs) -> Result<()> {
 
 pub fn arm(a: &NodeArgs, arm: bool) -> Result<()> {
     let verb = if arm { "arm" } else { "disarm" };
-    let client = Client::new(&a.server, &a.token)?;
+    let client = Client::new(&a.remote.server, &a.remote.token)?;
     let nodes: Vec<String> = if a.all {
         let v = client
             .get("/api/v1/nodes")
@@ -195,7 +195,7 @@ pub fn arm(a: &NodeArgs, arm: bool) -> Result<()> {
 }
 
 pub fn inspect(a: &InspectArgs) -> Result<()> {
-    let client = Client::new(&a.server, &a.token)?;
+    let client = Client::new(&a.remote.server, &a.remote.token)?;
     for mac in &a.macs {
         let m = images::bundle::Mac::parse_nic(mac)?;
         client
