@@ -289,17 +289,7 @@ fn hash_file(p: &Path) -> Result<String> {
 /// Nodes the existing bundle already renders in join form stay that way (see `builder rebuild`).
 fn joined_from(out: &Path) -> BTreeSet<String> {
     std::fs::read(out.join(render::PLAN))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| {
-            v.get("joined").and_then(|j| {
-                j.as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-            })
-        })
+        .map(|b| images::bundle::Plan::joined_of(&b).into_iter().collect())
         .unwrap_or_default()
 }
 

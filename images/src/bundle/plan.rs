@@ -271,6 +271,20 @@ impl Plan {
         Ok(serde_json::from_slice(bytes)?)
     }
 
+    /// Only `joined` of a `plan.json` of any version: a re-render after an upgrade must keep
+    /// rebuilt servers in join form (a first server rendered again with `cluster-init` would
+    /// start a second cluster), even when the rest of the old plan no longer parses.
+    pub fn joined_of(bytes: &[u8]) -> Vec<String> {
+        #[derive(Deserialize)]
+        struct Joined {
+            #[serde(default)]
+            joined: Vec<String>,
+        }
+        serde_json::from_slice::<Joined>(bytes)
+            .map(|j| j.joined)
+            .unwrap_or_default()
+    }
+
     /// `plan.json` as builder writes it: pretty, with a final newline.
     pub fn to_json(&self) -> String {
         let mut s = serde_json::to_string_pretty(self).expect("a plan serialises");
@@ -351,6 +365,13 @@ mod tests {
                 .as_str(),
             "k3s-1"
         );
+    }
+
+    #[test]
+    fn joined_is_read_from_plans_of_any_version() {
+        let old = minimal(1).replace(r#""nodes":[]"#, r#""nodes":[],"joined":["k3s-master1"]"#);
+        assert_eq!(Plan::joined_of(old.as_bytes()), ["k3s-master1"]);
+        assert!(Plan::joined_of(b"not json").is_empty());
     }
 
     #[test]
