@@ -248,6 +248,15 @@ pub fn apply(rec: &NodeRecord, ev: &Event, now_ms: u64) -> Result<NodeRecord, Tr
             if rec.live_secret(now_ms).is_none() {
                 return Err(invalid());
             }
+            if rec.state != Armed {
+                // Booting or Installing: the script was served before. Anyone can fetch a boot
+                // script (firmware has no credential), so a repeat changes nothing: it must not
+                // pull an install in progress back to booting (its reports would be refused and
+                // the node reinstall at every boot), nor write the state file, nor push the
+                // arm entry out of the timeline. A real reboot mid-install reports `installing`
+                // again, which Installing accepts.
+                return Ok(r);
+            }
             detail = mac.clone();
             r.state = Booting;
         }

@@ -164,7 +164,13 @@ fn out_of_order_reports_are_refused() {
 fn an_interrupted_install_stays_armed_and_a_failure_does_not() {
     let r = run(&[served(), installing()]).unwrap();
     let again = apply(&r, &served(), 5).unwrap();
-    assert_eq!(again.state, Booting);
+    assert_eq!(again, r, "a served script changes nothing mid-install");
+    assert!(again.state.install_armed());
+    let restarted = apply(&again, &installing(), 6).unwrap();
+    assert_eq!(
+        restarted.state, Installing,
+        "the restarted installer reports again"
+    );
     let f = apply(&r, &failed("disk"), 5).unwrap();
     assert_eq!(f.state, Failed);
     assert!(!f.state.install_armed());
@@ -176,6 +182,21 @@ fn a_retried_installed_report_is_idempotent() {
     let r = run(&[served(), installing(), installed("ab")]).unwrap();
     assert_eq!(apply(&r, &installed("ab"), 9).unwrap(), r);
     assert!(apply(&r, &installed("cd"), 9).is_err());
+}
+
+/// Protects installs from anonymous boot-script requests: a script served again (anyone with
+/// the MAC can ask) neither moves an install back to booting nor adds a timeline entry.
+#[test]
+fn repeated_boot_scripts_change_nothing() {
+    let mut r = run(&[served(), installing()]).unwrap();
+    let before = r.clone();
+    for i in 0..1000 {
+        r = apply(&r, &served(), 10 + i).unwrap();
+    }
+    assert_eq!(r, before);
+    let r = apply(&r, &installed("ab"), 2000).unwrap();
+    assert_eq!(r.state, Installed);
+    assert!(r.timeline.iter().any(|t| t.event == "arm"));
 }
 
 /// Protects: notes can never push the operator's arm and the install record out of the

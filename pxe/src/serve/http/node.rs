@@ -79,13 +79,19 @@ pub(super) async fn boot(
             .store
             .get(host)
             .and_then(|r| r.live_secret(now_ms()).cloned());
-        let served = Event::ScriptServed {
-            mac: mac.to_string(),
-        };
-        if let Err(e) = apply(&app, host, served).await {
-            // The state moved under us (e.g. disarmed or installed concurrently): be safe.
-            tracing::warn!(%mac, node = %host, "not serving the installer: {e}");
+        if secret.is_none() {
             decision = Script::Local;
+        } else if state == Some(crate::state::NodeState::Armed) {
+            // Only the first script moves the node (to booting); repeats change nothing and
+            // cost no state-file write (anyone with the MAC can ask for the script).
+            let served = Event::ScriptServed {
+                mac: mac.to_string(),
+            };
+            if let Err(e) = apply(&app, host, served).await {
+                // The state moved under us (e.g. disarmed or installed concurrently): be safe.
+                tracing::warn!(%mac, node = %host, "not serving the installer: {e}");
+                decision = Script::Local;
+            }
         }
     }
     if decision == Script::Unknown {
