@@ -36,6 +36,12 @@ pub const VENDOR_CLASS_MAX: usize = 128;
 pub const INTERFACE_MAX: usize = 15;
 /// Option 97 bytes kept (type byte + 16-byte UUID is 17; RFC 4578 §2.3).
 pub const UUID_MAX: usize = 32;
+/// Facts kept in all, in bytes of JSON. Beyond it the facts of the machine seen longest ago go,
+/// those of automatic inspections (`--inspect unknown`) before those an operator asked for.
+pub const FACTS_BUDGET: usize = 16 << 20;
+/// Inspections `--inspect unknown` keeps open at once. Anyone can ask for a boot script with a
+/// made-up MAC; each open inspection takes facts once.
+pub const AUTO_LIVE_MAX: usize = 32;
 
 /// `pxe serve --inspect`. The variants' doc comments are the `--help` text of the values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -94,6 +100,10 @@ pub struct Record {
     pub inspect_secret: Option<Secret>,
     #[serde(default)]
     pub inspect_expires_ms: u64,
+    /// The inspection was asked for by the operator (`pxe inspect`), not minted by
+    /// `--inspect unknown` for whoever asked with this MAC.
+    #[serde(default)]
+    pub operator_inspection: bool,
 }
 
 impl Record {
@@ -110,7 +120,15 @@ impl Record {
             facts: None,
             inspect_secret: None,
             inspect_expires_ms: 0,
+            operator_inspection: false,
         }
+    }
+
+    /// JSON bytes of the facts kept, counted against [`FACTS_BUDGET`].
+    fn facts_bytes(&self) -> usize {
+        self.facts
+            .as_ref()
+            .map_or(0, |f| serde_json::to_vec(f).map_or(0, |v| v.len()))
     }
 
     pub fn live_secret(&self, now_ms: u64) -> Option<&Secret> {
@@ -135,14 +153,14 @@ impl Record {
     }
 
     /// What is lost when this record goes: 0 a DHCP sighting, 1 a live inspection (the
-    /// machine boots into it again), 2 facts (only a new inspection boot brings them back).
+    /// machine boots into it again), 2 facts of an automatic inspection, 3 facts an operator
+    /// asked for (only a new inspection boot brings them back).
     fn worth(&self, now_ms: u64) -> u8 {
-        if self.facts.is_some() {
-            2
-        } else if self.live_secret(now_ms).is_some() {
-            1
-        } else {
-            0
+        match (&self.facts, self.operator_inspection) {
+            (Some(_), true) => 3,
+            (Some(_), false) => 2,
+            (None, _) if self.live_secret(now_ms).is_some() => 1,
+            (None, _) => 0,
         }
     }
 }
@@ -164,6 +182,25 @@ fn make_room(map: &mut BTreeMap<Mac, Record>, cap: usize, now_ms: u64) {
             Some(m) => map.remove(&m),
             None => break,
         };
+    }
+}
+
+/// Drop facts, least worth keeping and seen longest ago first, until those kept and `extra`
+/// more bytes fit [`FACTS_BUDGET`] (`budget` in tests).
+fn fit_facts(map: &mut BTreeMap<Mac, Record>, extra: usize, budget: usize) {
+    let mut total: usize = map.values().map(Record::facts_bytes).sum::<usize>() + extra;
+    while total > budget {
+        let Some(mac) = map
+            .values()
+            .filter(|r| r.facts.is_some())
+            .min_by_key(|r| (r.operator_inspection, r.last_seen_ms))
+            .map(|r| r.mac)
+        else {
+            break;
+        };
+        let r = map.get_mut(&mac).expect("just found");
+        total = total.saturating_sub(r.facts_bytes());
+        r.facts = None;
     }
 }
 
@@ -198,8 +235,6 @@ pub fn record(map: &mut BTreeMap<Mac, Record>, s: &Sighting, now_ms: u64, cap: u
 pub enum FactsRefused {
     #[error("no live inspection for this MAC with this secret")]
     NoInspection,
-    #[error("saving discovered machines: {0}")]
-    Io(String),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -214,6 +249,7 @@ pub struct DiscoveredStore {
     /// One writer at a time, so an older snapshot never lands after a newer one.
     writer: Mutex<()>,
     cap: usize,
+    facts_budget: usize,
     /// Writes of `discovered.json` since start (`ironseed_discovered_saves_total`).
     saves: AtomicU64,
 }
@@ -246,6 +282,7 @@ impl DiscoveredStore {
             dirty: AtomicBool::new(false),
             writer: Mutex::new(()),
             cap: CAP,
+            facts_budget: FACTS_BUDGET,
             saves: AtomicU64::new(0),
         })
     }
@@ -253,6 +290,12 @@ impl DiscoveredStore {
     /// A store holding at most `cap` machines (tests).
     pub fn with_cap(mut self, cap: usize) -> Self {
         self.cap = cap;
+        self
+    }
+
+    /// A store keeping at most `bytes` of facts (tests).
+    pub fn with_facts_budget(mut self, bytes: usize) -> Self {
+        self.facts_budget = bytes;
         self
     }
 
@@ -303,6 +346,7 @@ impl DiscoveredStore {
             let r = m.entry(mac).or_insert_with(|| Record::new(mac, now_ms));
             r.inspect_secret = Some(Secret::mint());
             r.inspect_expires_ms = now_ms.saturating_add(window.as_millis() as u64);
+            r.operator_inspection = true;
             r.view(now_ms)
         };
         self.dirty.store(true, Ordering::Relaxed);
@@ -328,11 +372,20 @@ impl DiscoveredStore {
         if !auto || m.get(&mac).is_some_and(|r| r.facts.is_some()) {
             return None;
         }
+        let open = m
+            .values()
+            .filter(|r| !r.operator_inspection && r.live_secret(now_ms).is_some())
+            .count();
+        if open >= AUTO_LIVE_MAX {
+            tracing::warn!(%mac, open, "--inspect unknown: too many inspections open; not inspecting this one now");
+            return None;
+        }
         if !m.contains_key(&mac) {
             make_room(&mut m, self.cap, now_ms);
         }
         let r = m.entry(mac).or_insert_with(|| Record::new(mac, now_ms));
         let s = Secret::mint();
+        r.operator_inspection = false;
         r.inspect_secret = Some(s.clone());
         r.inspect_expires_ms = now_ms.saturating_add(window.as_millis() as u64);
         drop(m);
@@ -340,8 +393,10 @@ impl DiscoveredStore {
         Some(s)
     }
 
-    /// Take the facts an inspection boot posted, with its live secret; the secret dies. Saved
-    /// before it returns. Blocking.
+    /// Take the facts an inspection boot posted, with its live secret; the secret dies. Kept
+    /// within [`FACTS_BUDGET`]; saved by the next coalesced write (a write per post would let
+    /// anyone with made-up MACs under `--inspect unknown` make the appliance rewrite the whole
+    /// file for each). A crash before it loses the facts: inspect the machine again.
     pub fn post_facts(
         &self,
         mac: &Mac,
@@ -349,19 +404,26 @@ impl DiscoveredStore {
         facts: Facts,
         now_ms: u64,
     ) -> Result<(), FactsRefused> {
+        let size = serde_json::to_vec(&facts).map_or(0, |v| v.len());
         {
             let mut m = self.map();
-            let r = m
-                .get_mut(mac)
-                .filter(|r| r.live_secret(now_ms).is_some_and(|s| s.matches(presented)))
-                .ok_or(FactsRefused::NoInspection)?;
+            let ok = m
+                .get(mac)
+                .is_some_and(|r| r.live_secret(now_ms).is_some_and(|s| s.matches(presented)));
+            if !ok {
+                return Err(FactsRefused::NoInspection);
+            }
+            if let Some(r) = m.get_mut(mac) {
+                r.facts = None;
+            }
+            fit_facts(&mut m, size, self.facts_budget);
+            let r = m.get_mut(mac).expect("checked above");
             r.facts = Some(facts);
             r.inspect_secret = None;
             r.inspect_expires_ms = 0;
         }
         self.dirty.store(true, Ordering::Relaxed);
-        self.persist_if_dirty()
-            .map_err(|e| FactsRefused::Io(e.to_string()))
+        Ok(())
     }
 
     /// Write `discovered.json` if anything changed since the last write. Blocking (JSON +
@@ -508,6 +570,52 @@ mod tests {
     }
 
     /// Protects the facts route: only the live secret of an armed MAC is accepted, once.
+    fn big_facts(n: usize) -> Facts {
+        Facts {
+            version: images::bundle::facts::FACTS_VERSION,
+            missing_firmware: vec!["x".repeat(n)],
+            ..Facts::default()
+        }
+    }
+
+    /// Protects the appliance from `--inspect unknown` floods: made-up MACs get at most
+    /// AUTO_LIVE_MAX open inspections, the facts they post stay within the budget, and the
+    /// facts an operator asked for are the last to go.
+    #[test]
+    fn an_inspection_flood_stays_within_its_budget() {
+        let s = DiscoveredStore::open(None)
+            .unwrap()
+            .with_facts_budget(100_000);
+        let w = Duration::from_secs(600);
+        s.arm(mac(9000), 0, w).unwrap();
+        let op = s.get(&mac(9000)).unwrap().inspect_secret.unwrap();
+        s.post_facts(&mac(9000), op.expose(), big_facts(10_000), 1)
+            .unwrap();
+        let minted: Vec<(Mac, Secret)> = (0..100)
+            .filter_map(|i| {
+                let m = mac(i);
+                s.boot_secret(m, true, 2 + i as u64, w).map(|x| (m, x))
+            })
+            .collect();
+        assert_eq!(minted.len(), AUTO_LIVE_MAX, "open auto inspections capped");
+        for (i, (m, secret)) in minted.iter().enumerate() {
+            s.post_facts(m, secret.expose(), big_facts(10_000), 200 + i as u64)
+                .unwrap();
+        }
+        let m = s.map();
+        let total: usize = m.values().map(Record::facts_bytes).sum();
+        assert!(total <= 100_000, "{total} bytes of facts kept");
+        assert!(
+            m[&mac(9000)].facts.is_some(),
+            "the operator's facts outlive automatic ones"
+        );
+        assert_eq!(
+            m.values().filter(|r| r.facts.is_some()).count(),
+            9,
+            "the newest automatic facts are kept"
+        );
+    }
+
     #[test]
     fn facts_need_the_live_secret_once() {
         let s = DiscoveredStore::open(None).unwrap();

@@ -11,8 +11,8 @@ use super::{Firmware, Mac};
 pub const FACTS_VERSION: u32 = 1;
 
 /// Longest facts document `pxe` accepts (bytes). A large server with many disks and NICs
-/// reports a few tens of KiB.
-pub const FACTS_MAX: usize = 1 << 20;
+/// reports a few tens of KiB; the installer trims its lists to fit.
+pub const FACTS_MAX: usize = 256 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

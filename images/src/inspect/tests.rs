@@ -534,7 +534,12 @@ fn a_huge_machine_still_fits_the_facts_limit() {
     let f = collect(r, "", None);
     let json = serde_json::to_vec(&f).unwrap();
     assert!(json.len() <= FACTS_MAX, "{} bytes", json.len());
-    assert!(f.disks.len() > 100, "most of the machine is still reported");
+    // Each of these disks carries 16 links of 256 bytes (~4 KiB): dozens still fit.
+    assert!(
+        f.disks.len() > 40,
+        "{} disks: most of what fits is reported",
+        f.disks.len()
+    );
     assert!(f.disks.iter().all(|d| d.by_id.len() == LINKS_MAX));
     assert_eq!(
         f.disks[0].wwn.as_deref(),

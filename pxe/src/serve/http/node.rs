@@ -358,8 +358,7 @@ pub(super) async fn inspect_facts(
             Json(serde_json::json!({"stored": true})).into_response()
         }
         Ok(Err(crate::discovered::FactsRefused::NoInspection)) => not_found(),
-        Ok(Err(e)) => internal("saving discovered machines", e),
-        Err(e) => internal("saving discovered machines", e),
+        Err(e) => internal("storing facts", e),
     }
 }
 
