@@ -321,7 +321,7 @@ fn validate_profile(file: &str, raw: &RawProfile, diags: &mut Diagnostics) -> Op
             diags.error(
                 span(file, &dd.selector),
                 format!("{path}.selector"),
-                "this data disk could be the install disk: no attribute both selectors set tells them apart (add model, serial, wwn, by_path, by_id or disjoint sizes to both); data disks are never wiped, so they must never match the install selector",
+                "this data disk could be the install disk: no attribute both selectors set tells them apart (add model, serial, wwn, rotational or disjoint sizes to both; by-id and by-path links do not, a disk has several); data disks are never wiped, so they must never match the install selector",
             );
         }
         for (j, other) in data_disks.iter().enumerate() {
