@@ -323,6 +323,33 @@ fn by_default_nothing_is_armed_until_pxe_arm() {
     }
 }
 
+/// Protects the cluster-init server after a lost state folder: `--arm-new` left on the command
+/// line arms nothing when the cluster's Kubernetes API answers (here: something listening on
+/// the VIP of a lab of its own, 127.0.20.77:6443, so no other test's VIP answers).
+#[test]
+fn arm_new_arms_nothing_when_the_cluster_answers() {
+    let inv = serve::loopback_inventory().replace("vip: 127.0.20.10", "vip: 127.0.20.77");
+    assert!(inv.contains("vip: 127.0.20.77"));
+    let lab = serve::lab_from(&inv, &[]);
+    let vip = match std::net::TcpListener::bind("127.0.20.77:6443") {
+        Ok(l) => l,
+        Err(e) => panic!("binding the lab VIP's API port on loopback: {e}"),
+    };
+    let mut cmd = Server::command(&lab, &[]);
+    cmd.env("RUST_LOG", "info");
+    let s = Server::spawn_capturing(cmd);
+    let nodes: serde_json::Value = serde_json::from_str(&s.get("/api/v1/nodes").1).unwrap();
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(n["state"], "disarmed", "{n}");
+    }
+    let log = s.stop_and_log();
+    assert!(
+        log.contains("--arm-new arms nothing") && log.contains("127.0.20.77:6443"),
+        "{log}"
+    );
+    drop(vip);
+}
+
 /// Protects: a lost state folder with a bundle of an existing cluster (a rebuild's `joined`
 /// nodes) arms nothing even under `--arm-new`, and says so.
 #[test]

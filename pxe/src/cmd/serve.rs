@@ -20,7 +20,7 @@ use pxe::serve::dhcp::{DhcpContext, DhcpSocket, NodeLookup};
 use pxe::serve::http::HttpApp;
 use pxe::serve::http::limits::{self, Connections, HttpLimits};
 use pxe::serve::tftp::{TftpConfig, TftpStats};
-use pxe::state::{NewNodes, Store};
+use pxe::state::Store;
 
 use crate::cli::ServeArgs;
 
@@ -104,12 +104,18 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     let hosts: Vec<&str> = plan.nodes.iter().map(|n| n.hostname.as_str()).collect();
     create_state_dir(&state_dir)?;
     let (api_token, token_path) = api_token(a, &state_dir)?;
-    let new_nodes = pxe::serve::http::new_nodes_policy(a.arm_new, plan);
-    if a.arm_new && new_nodes == NewNodes::Disarmed {
-        tracing::warn!(
-            joined = ?plan.joined,
-            "--arm-new arms nothing: this bundle joins an existing cluster; arm nodes with `pxe arm NODE`"
-        );
+    let probe = a.arm_new && plan.joined.is_empty();
+    let cluster = if probe {
+        let p = plan.clone();
+        tokio::task::spawn_blocking(move || pxe::serve::http::cluster_answers(&p))
+            .await
+            .context("probing the cluster")?
+    } else {
+        None
+    };
+    let (new_nodes, why) = pxe::serve::http::new_nodes_policy(a.arm_new, plan, cluster);
+    if let Some(why) = why {
+        tracing::warn!("--arm-new arms nothing: {why}; arm nodes with `pxe arm NODE`");
     }
     let (store, reconciled) = Store::open(
         Some(&state_dir),

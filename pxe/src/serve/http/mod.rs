@@ -63,21 +63,67 @@ pub struct HttpApp {
 }
 
 impl HttpApp {
-    /// How nodes new to this pxe start when `plan` is loaded: armed only under `--arm-new`, and
-    /// never when the bundle joins an existing cluster (a rebuild: `joined` nodes), where an
-    /// armed bootstrap server would be reinstalled with `cluster-init`.
+    /// How nodes new to this pxe start when `plan` is loaded (blocking: it may probe the
+    /// cluster, see [`new_nodes_policy`]).
     pub fn new_nodes_for(&self, plan: &Plan) -> NewNodes {
-        new_nodes_policy(self.arm_new, plan)
+        let probe = self.arm_new && plan.joined.is_empty();
+        new_nodes_policy(
+            self.arm_new,
+            plan,
+            probe.then(|| cluster_answers(plan)).flatten(),
+        )
+        .0
     }
 }
 
-/// See [`HttpApp::new_nodes_for`].
-pub fn new_nodes_policy(arm_new: bool, plan: &Plan) -> NewNodes {
-    if arm_new && plan.joined.is_empty() {
-        NewNodes::Armed
-    } else {
-        NewNodes::Disarmed
+/// Whether `--arm-new` may arm the nodes this pxe has never seen, and if not, why. Never for a
+/// bundle that joins an existing cluster (a rebuild: `joined` nodes), where an armed bootstrap
+/// server would be reinstalled with `cluster-init`; and never when a Kubernetes API already
+/// answers on the cluster's VIP or a server (`cluster`): the state folder was lost, not the
+/// cluster. Pure; the probe is [`cluster_answers`].
+pub fn new_nodes_policy(
+    arm_new: bool,
+    plan: &Plan,
+    cluster: Option<std::net::SocketAddr>,
+) -> (NewNodes, Option<String>) {
+    if !arm_new {
+        return (NewNodes::Disarmed, None);
     }
+    if !plan.joined.is_empty() {
+        return (
+            NewNodes::Disarmed,
+            Some(format!(
+                "this bundle joins an existing cluster (joined: {})",
+                plan.joined.join(", ")
+            )),
+        );
+    }
+    if let Some(addr) = cluster {
+        return (
+            NewNodes::Disarmed,
+            Some(format!(
+                "a Kubernetes API answers at {addr}: the cluster exists (a lost state folder?)"
+            )),
+        );
+    }
+    (NewNodes::Armed, None)
+}
+
+/// The first of the cluster's API endpoints (the VIP, then each server, port 6443) that
+/// accepts a TCP connection within a short timeout. Blocking, about a second at most per
+/// address that drops packets.
+pub fn cluster_answers(plan: &Plan) -> Option<std::net::SocketAddr> {
+    let servers = plan
+        .nodes
+        .iter()
+        .filter(|n| n.role == images::bundle::Role::Server)
+        .map(|n| n.ip);
+    std::iter::once(plan.api_vip)
+        .chain(servers)
+        .map(|ip| std::net::SocketAddr::from((ip, 6443)))
+        .find(|a| {
+            std::net::TcpStream::connect_timeout(a, std::time::Duration::from_millis(700)).is_ok()
+        })
 }
 
 type App = State<Arc<HttpApp>>;

@@ -160,9 +160,14 @@ async fn reload(State(app): App) -> Response {
         .iter()
         .map(|n| n.hostname.to_string())
         .collect();
-    let policy = app.new_nodes_for(&new.plan);
-    let (store, id) = (app.store.clone(), new.id.clone());
+    let (store, id, a, plan) = (
+        app.store.clone(),
+        new.id.clone(),
+        app.clone(),
+        new.plan.clone(),
+    );
     let reconciled = tokio::task::spawn_blocking(move || {
+        let policy = a.new_nodes_for(&plan);
         let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
         store.reconcile(&id, &hosts, policy)
     })
