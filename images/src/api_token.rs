@@ -54,7 +54,14 @@ pub fn read(path: &Path) -> Result<String, TokenError> {
         path: path.to_path_buf(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
+    // O_NOFOLLOW: pxe reads this as root before it drops privileges; a symlink planted in the
+    // state folder must not make it read another file.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
     if meta.mode() & 0o077 != 0 {
         return Err(TokenError::Exposed {
             path: path.to_path_buf(),
@@ -66,7 +73,8 @@ pub fn read(path: &Path) -> Result<String, TokenError> {
             path: path.to_path_buf(),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(io)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut f, &mut text).map_err(io)?;
     let t = text.trim_end_matches(['\n', '\r']);
     if !valid(t) {
         return Err(TokenError::Malformed {
@@ -170,6 +178,18 @@ mod tests {
         assert!(matches!(read(&p), Err(TokenError::Malformed { .. })));
         std::fs::write(&p, format!("{}\x1b[2J", "a".repeat(40))).unwrap();
         assert!(matches!(read(&p), Err(TokenError::Malformed { .. })));
+    }
+
+    #[test]
+    fn a_symlinked_token_file_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::write(&real, "a".repeat(40)).unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = d.path().join(TOKEN_FILE);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(read(&link), Err(TokenError::Io { .. })));
+        assert!(read(&real).is_ok());
     }
 
     #[test]

@@ -51,9 +51,13 @@ impl PerKey {
         let now = self.start.elapsed().as_secs_f64();
         let mut m = self.buckets.lock().unwrap();
         if m.len() >= self.max_keys && !m.contains_key(key) {
-            // Only authenticated keys get here; a map this full means a bundle this large.
-            // Forgetting every bucket errs on the side of serving.
-            m.clear();
+            // Forget the buckets that have refilled (they would start full anyway); only if
+            // none has, every one: a node mid-flood keeps its empty bucket as long as it can.
+            let (cap, rate) = (self.capacity, self.rate);
+            m.retain(|_, b| b.tokens + (now - b.at).max(0.0) * rate < cap);
+            if m.len() >= self.max_keys {
+                m.clear();
+            }
         }
         let b = m.entry(key.to_string()).or_insert(Bucket {
             tokens: self.capacity,

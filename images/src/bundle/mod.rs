@@ -114,7 +114,10 @@ pub fn hex(bytes: &[u8]) -> String {
 /// terminal or the node's timeline.
 pub fn printable(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max));
-    for c in s.chars().filter(|c| !c.is_control()) {
+    // Bidirectional overrides and isolates (U+202A-202E, U+2066-2069) and marks are not
+    // control characters to Rust, yet reorder what a terminal shows.
+    let bidi = |c: &char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    for c in s.chars().filter(|c| !c.is_control() && !bidi(c)) {
         if out.len() + c.len_utf8() > max {
             break;
         }
@@ -162,6 +165,11 @@ mod tests {
     #[test]
     fn printable_drops_escapes_and_cuts_on_a_char_boundary() {
         assert_eq!(printable("a\x1b[31mb\nc", 100), "a[31mbc");
+        assert_eq!(
+            printable("ab\u{202e}cd\u{2066}e", 100),
+            "abcde",
+            "bidi overrides dropped"
+        );
         assert_eq!(printable("ééé", 5), "éé");
         assert_eq!(printable(&"x".repeat(1000), NOTE_MAX).len(), NOTE_MAX);
     }

@@ -79,17 +79,23 @@ async fn require_operator(
     req: Request,
     next: Next,
 ) -> Response {
+    // Inside the nested router the path has lost its `/api/v1` prefix: log the one asked for.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
+    let path = printable(&path, 200);
     match check(req.headers(), &app.api_token) {
         Ok(()) => next.run(req).await,
         Err(Refused::CrossOrigin) => {
-            tracing::warn!(client = %peer.ip(), path = %printable(req.uri().path(), 200), "operator API: cross-origin request refused");
+            tracing::warn!(client = %peer.ip(), %path, "operator API: cross-origin request refused");
             text(
                 StatusCode::FORBIDDEN,
                 "cross-origin requests to the operator API are refused\n",
             )
         }
         Err(Refused::Unauthorized) => {
-            tracing::warn!(client = %peer.ip(), path = %printable(req.uri().path(), 200), "operator API: missing or wrong token");
+            tracing::warn!(client = %peer.ip(), %path, "operator API: missing or wrong token");
             let mut r = text(
                 StatusCode::UNAUTHORIZED,
                 "operator API token required: Authorization: Bearer <token> (pxe serve wrote it \
