@@ -297,6 +297,8 @@ fn help_documents_every_flag_in_its_commands_section_of_the_docs() {
         "usb image",
         "adopt",
         "discover",
+        "power",
+        "provision",
     ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");
