@@ -281,7 +281,9 @@ pub fn provision(a: &ProvisionArgs) -> Result<()> {
     let states = pxe.nodes()?;
     for n in &selected {
         let name = n.hostname.as_str();
-        let Some(rec) = states.get(name) else { continue };
+        let Some(rec) = states.get(name) else {
+            continue;
+        };
         let state = state_of(Some(rec)).unwrap_or_default();
         let installs = rec["installs"].as_u64().unwrap_or(0);
         if installs == 0 && matches!(state.as_str(), "disarmed" | "failed") {

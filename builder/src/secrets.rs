@@ -190,7 +190,10 @@ mod tests {
         .unwrap();
         let s = Secrets::load(&p).unwrap().unwrap();
         let c = &s.power["r730"];
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("root", "calvin-hunter2"));
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("root", "calvin-hunter2")
+        );
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
         std::fs::write(

@@ -17,7 +17,10 @@ struct Ns(String);
 
 impl Ns {
     fn new(name: String) -> Ns {
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         ip(&["netns", "add", &name]);
         Ns(name)
     }
@@ -62,9 +65,14 @@ fn wol_magic_packet_on_the_wire() {
         return;
     }
     let id = std::process::id() % 100_000;
-    let (a, b) = (Ns::new(format!("power-a-{id}")), Ns::new(format!("power-b-{id}")));
+    let (a, b) = (
+        Ns::new(format!("power-a-{id}")),
+        Ns::new(format!("power-b-{id}")),
+    );
     let (va, vb) = (format!("pwa{id}"), format!("pwb{id}"));
-    ip(&["link", "add", &va, "netns", &a.0, "type", "veth", "peer", "name", &vb, "netns", &b.0]);
+    ip(&[
+        "link", "add", &va, "netns", &a.0, "type", "veth", "peer", "name", &vb, "netns", &b.0,
+    ]);
     a.ip(&["addr", "add", "10.0.20.5/24", "dev", &va]);
     b.ip(&["addr", "add", "10.0.20.21/24", "dev", &vb]);
     for (ns, v) in [(&a, &va), (&b, &vb)] {
@@ -80,10 +88,16 @@ fn wol_magic_packet_on_the_wire() {
     );
     std::fs::write(dir.path().join("lab.yaml"), &inv).unwrap();
     let mac = "d8:9e:f3:20:00:21";
-    assert!(inv.contains(&format!("mac: {mac}")), "k3s1's MAC in the fixture");
+    assert!(
+        inv.contains(&format!("mac: {mac}")),
+        "k3s1's MAC in the fixture"
+    );
 
     let mut dump = Command::new("ip")
-        .args(["netns", "exec", &b.0, "timeout", "30", "tcpdump", "-i", &vb, "-n", "-l", "-x", "-c", "1"])
+        .args([
+            "netns", "exec", &b.0, "timeout", "30", "tcpdump", "-i", &vb, "-n", "-l", "-x", "-c",
+            "1",
+        ])
         .args(["udp", "port", "9"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -95,13 +109,18 @@ fn wol_magic_packet_on_the_wire() {
     let t = Instant::now();
     while !line.contains("listening on") {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "tcpdump ended: {line}");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "tcpdump ended: {line}"
+        );
         assert!(t.elapsed() < Duration::from_secs(20));
     }
 
     let exe = env!("CARGO_BIN_EXE_builder");
     let out = Command::new("ip")
-        .args(["netns", "exec", &a.0, exe, "power", "k3s1", "on", "--yes", "-i", "lab.yaml"])
+        .args([
+            "netns", "exec", &a.0, exe, "power", "k3s1", "on", "--yes", "-i", "lab.yaml",
+        ])
         // Nothing listens there: recording the action in pxe fails with a warning only.
         .args(["--server", "http://127.0.0.1:9"])
         .current_dir(dir.path())
@@ -117,15 +136,25 @@ fn wol_magic_packet_on_the_wire() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("wake-on-LAN packet for d8:9e:f3:20:00:21 to 10.0.20.255:9"), "{text}");
+    assert!(
+        text.contains("wake-on-LAN packet for d8:9e:f3:20:00:21 to 10.0.20.255:9"),
+        "{text}"
+    );
 
     let mut captured = String::new();
-    dump.stdout.take().unwrap().read_to_string(&mut captured).unwrap();
+    dump.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut captured)
+        .unwrap();
     let _ = dump.wait();
     // "IP 10.0.20.5.PORT > 10.0.20.255.9: UDP, length 102"
     let head = captured.lines().next().unwrap_or_default();
     assert!(head.contains("10.0.20.5."), "{captured}");
-    assert!(head.contains("> 10.0.20.255.9: UDP, length 102"), "{captured}");
+    assert!(
+        head.contains("> 10.0.20.255.9: UDP, length 102"),
+        "{captured}"
+    );
     let hex: String = captured
         .lines()
         .skip(1)

@@ -533,7 +533,10 @@ fn power_blocks_of_every_driver_validate() {
         "      ipmi: {address: 10.0.20.200}\n",
         "      manual: {}\n",
         "      redfish: {address: idrac-k3s1, insecure_tls: true}\n",
-        &format!("      redfish: {{address: 'https://10.0.20.201:443', fingerprint: '{}', system: System.Embedded.1}}\n", "ab".repeat(32)),
+        &format!(
+            "      redfish: {{address: 'https://10.0.20.201:443', fingerprint: '{}', system: System.Embedded.1}}\n",
+            "ab".repeat(32)
+        ),
     ] {
         let d = check(&with_power(block));
         assert!(!d.has_errors(), "{block}: {}", d.render(&|_| None));
@@ -580,9 +583,17 @@ fn redfish_tls_must_be_verifiable_unless_insecure_is_written() {
 #[test]
 fn wol_only_on_the_appliance_segment() {
     let d = check(&with_power("      wol: {broadcast: 10.0.30.255}\n"));
-    error(&d, "nodes[3].power.wol.broadcast", "not on the appliance's segment");
+    error(
+        &d,
+        "nodes[3].power.wol.broadcast",
+        "not on the appliance's segment",
+    );
     let d = check(&with_power("      wol: {interface: 'a/b'}\n"));
-    error(&d, "nodes[3].power.wol.interface", "not a Linux interface name");
+    error(
+        &d,
+        "nodes[3].power.wol.interface",
+        "not a Linux interface name",
+    );
 }
 
 /// The built-in optiplex profile renamed, plus a `power:` default.
@@ -615,6 +626,12 @@ fn profile_power_default_is_validated_in_its_file_and_applies_to_its_nodes() {
     let (inv, more) = inventory::load("inv.yaml", &text, &set, &Templates::embedded());
     let inv = inv.unwrap_or_else(|| panic!("{}", more.render(&|_| None)));
     use builder::inventory::model::Power;
-    assert_eq!(inv.nodes[3].power, Some(Power::Wol { broadcast: None, interface: None }));
+    assert_eq!(
+        inv.nodes[3].power,
+        Some(Power::Wol {
+            broadcast: None,
+            interface: None
+        })
+    );
     assert_eq!(inv.nodes[0].power, None, "vm profile has no default");
 }

@@ -84,7 +84,10 @@ fn provision_powers_in_cluster_order_waits_for_each_stage_and_skips_booted_nodes
     // While the bootstrap server is not booted, nobody else is asked for.
     std::thread::sleep(Duration::from_millis(1500));
     while let Ok(l) = rx.try_recv() {
-        assert!(!l.contains("power it on now"), "asked before bootstrap booted: {l}");
+        assert!(
+            !l.contains("power it on now"),
+            "asked before bootstrap booted: {l}"
+        );
         seen.push(l);
     }
     s.install_node(&lab, "k3s-master1", &lab.mac("k3s-master1"));
@@ -93,7 +96,10 @@ fn provision_powers_in_cluster_order_waits_for_each_stage_and_skips_booted_nodes
     expect(&rx, &mut seen, &ask("k3s-master3"));
     std::thread::sleep(Duration::from_millis(1000));
     while let Ok(l) = rx.try_recv() {
-        assert!(!l.contains("power it on now"), "agents asked before the servers booted: {l}");
+        assert!(
+            !l.contains("power it on now"),
+            "agents asked before the servers booted: {l}"
+        );
         seen.push(l);
     }
     for h in ["k3s-master2", "k3s-master3"] {
@@ -114,12 +120,22 @@ fn provision_powers_in_cluster_order_waits_for_each_stage_and_skips_booted_nodes
     assert!(all.contains("k3s2: already booted, skipped"), "{all}");
     assert!(!all.contains(&ask("k3s2")), "{all}");
     let summary = &all[all.find("summary:").expect("a summary")..];
-    for h in ["k3s-master1", "k3s-master2", "k3s-master3", "k3s1", "k3s3", "nfs1"] {
+    for h in [
+        "k3s-master1",
+        "k3s-master2",
+        "k3s-master3",
+        "k3s1",
+        "k3s3",
+        "nfs1",
+    ] {
         let line = summary
             .lines()
             .find(|l| l.split_whitespace().next() == Some(h))
             .unwrap_or_else(|| panic!("{h} missing from the summary:\n{summary}"));
-        assert!(line.contains("by hand") && line.contains("booted after"), "{line}");
+        assert!(
+            line.contains("by hand") && line.contains("booted after"),
+            "{line}"
+        );
     }
     assert!(summary.contains("already booted"), "{summary}");
 
@@ -159,7 +175,10 @@ fn builder_power_refuses_booted_nodes_and_unconfirmed_runs_and_records_what_it_d
     let o = run(dir.path(), &s, &["power", "k3s1", "off", "--yes"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("is booted") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("is booted") && err.contains("--force"),
+        "{err}"
+    );
 
     let o = run(dir.path(), &s, &["power", "k3s3", "on"]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -167,13 +186,20 @@ fn builder_power_refuses_booted_nodes_and_unconfirmed_runs_and_records_what_it_d
     assert!(err.contains("--yes"), "{err}");
     assert!(s.node("k3s3")["last_power"].is_null(), "nothing recorded");
 
-    let o = run(dir.path(), &s, &["power", "k3s3", "on", "--pxe-once", "--yes"]);
+    let o = run(
+        dir.path(),
+        &s,
+        &["power", "k3s3", "on", "--pxe-once", "--yes"],
+    );
     let (out, err) = (
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr),
     );
     assert!(o.status.success(), "{out}{err}");
-    assert!(out.contains("k3s3: power on after setting a one-time network boot"), "{out}");
+    assert!(
+        out.contains("k3s3: power on after setting a one-time network boot"),
+        "{out}"
+    );
     assert!(err.contains("power on k3s3 now"), "{err}");
     let n = s.node("k3s3");
     assert_eq!(n["last_power"]["action"], "on");

@@ -30,9 +30,7 @@ pub(crate) fn check_power(
         diags.error(
             span(file, raw),
             path,
-            format!(
-                "give exactly one power driver (redfish, wol, ipmi or manual); found {given}"
-            ),
+            format!("give exactly one power driver (redfish, wol, ipmi or manual); found {given}"),
         );
         return None;
     }
@@ -95,19 +93,21 @@ pub(crate) fn check_power(
         })
     } else if let Some(w) = &r.wol {
         let p = format!("{path}.wol");
-        let broadcast = w.value.broadcast.as_ref().and_then(|b| {
-            match b.value.trim().parse::<Ipv4Addr>() {
-                Ok(ip) => Some(ip),
-                Err(e) => {
-                    diags.error(
-                        span(file, b),
-                        format!("{p}.broadcast"),
-                        format!("`{}` is not an IPv4 address: {e}", b.value),
-                    );
-                    None
-                }
-            }
-        });
+        let broadcast =
+            w.value
+                .broadcast
+                .as_ref()
+                .and_then(|b| match b.value.trim().parse::<Ipv4Addr>() {
+                    Ok(ip) => Some(ip),
+                    Err(e) => {
+                        diags.error(
+                            span(file, b),
+                            format!("{p}.broadcast"),
+                            format!("`{}` is not an IPv4 address: {e}", b.value),
+                        );
+                        None
+                    }
+                });
         let interface = w.value.interface.as_ref().and_then(|i| {
             if is_ifname(&i.value) {
                 Some(i.value.clone())
@@ -134,7 +134,9 @@ pub(crate) fn check_power(
     } else {
         Some(Power::Manual)
     };
-    (diags.errors().count() == before).then_some(power).flatten()
+    (diags.errors().count() == before)
+        .then_some(power)
+        .flatten()
 }
 
 /// A WoL magic packet is a link-layer broadcast: it reaches the node only when the appliance
@@ -254,7 +256,10 @@ mod tests {
         assert!(check_address("bmc/redfish", true).is_err());
         assert!(check_address("http://bmc", true).is_err());
         assert!(check_address("bmc:443", false).is_err());
-        assert_eq!(check_address("https://idrac-r730:8443/", true).unwrap(), "idrac-r730:8443");
+        assert_eq!(
+            check_address("https://idrac-r730:8443/", true).unwrap(),
+            "idrac-r730:8443"
+        );
         assert_eq!(check_address("10.0.20.200", false).unwrap(), "10.0.20.200");
     }
 

@@ -34,10 +34,12 @@ pub fn command(
     uefi: bool,
     action: Action,
 ) -> (Vec<String>, Vec<(String, String)>) {
-    let mut args: Vec<String> = ["-I", "lanplus", "-H", address, "-U", username, "-E", "chassis"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "-I", "lanplus", "-H", address, "-U", username, "-E", "chassis",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let tail: &[&str] = match action {
         Action::Status => &["power", "status"],
         Action::On => &["power", "on"],
@@ -136,12 +138,21 @@ mod tests {
     /// argument.
     #[test]
     fn password_is_never_an_argument() {
-        for a in [Action::Status, Action::On, Action::Off, Action::Cycle, Action::PxeOnce] {
+        for a in [
+            Action::Status,
+            Action::On,
+            Action::Off,
+            Action::Cycle,
+            Action::PxeOnce,
+        ] {
             let (args, env) = command("10.0.20.200", "root", "hunter2", true, a);
             assert!(args.iter().all(|s| !s.contains("hunter2")), "{args:?}");
             assert!(args.contains(&"-E".to_string()));
             assert!(!args.contains(&"-P".to_string()));
-            assert_eq!(env, vec![("IPMI_PASSWORD".to_string(), "hunter2".to_string())]);
+            assert_eq!(
+                env,
+                vec![("IPMI_PASSWORD".to_string(), "hunter2".to_string())]
+            );
         }
     }
 
@@ -153,7 +164,10 @@ mod tests {
             "-I lanplus -H bmc -U root -E chassis power status"
         );
         let (args, _) = command("bmc", "root", "x", true, Action::PxeOnce);
-        assert!(args.join(" ").ends_with("chassis bootdev pxe options=efiboot"));
+        assert!(
+            args.join(" ")
+                .ends_with("chassis bootdev pxe options=efiboot")
+        );
         let (args, _) = command("bmc", "root", "x", false, Action::PxeOnce);
         assert!(args.join(" ").ends_with("chassis bootdev pxe"));
         let (args, _) = command("bmc", "root", "x", false, Action::Cycle);
@@ -163,7 +177,10 @@ mod tests {
     #[test]
     fn status_is_parsed_and_cycle_of_an_off_chassis_powers_on() {
         assert_eq!(parse_status("Chassis Power is on\n"), Some(PowerState::On));
-        assert_eq!(parse_status("Chassis Power is off\n"), Some(PowerState::Off));
+        assert_eq!(
+            parse_status("Chassis Power is off\n"),
+            Some(PowerState::Off)
+        );
         assert_eq!(parse_status("garbage"), None);
         let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let s2 = seen.clone();

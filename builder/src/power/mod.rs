@@ -28,7 +28,9 @@ pub enum PowerError {
     },
     #[error("{0}")]
     Failed(String),
-    #[error("no BMC account for {node} in the secrets file (add power.{node}.username and power.{node}.password)")]
+    #[error(
+        "no BMC account for {node} in the secrets file (add power.{node}.username and power.{node}.password)"
+    )]
     NoCredentials { node: String },
     #[error("{driver} power control is not implemented yet; use `manual` (or wol/ipmi) for now")]
     NotImplemented { driver: &'static str },
@@ -78,11 +80,12 @@ pub fn driver_for(
             interface: interface.clone(),
         })),
         Power::Ipmi { address } => {
-            let cred = secrets
-                .and_then(|s| s.power.get(&hostname))
-                .ok_or(PowerError::NoCredentials {
-                    node: hostname.clone(),
-                })?;
+            let cred =
+                secrets
+                    .and_then(|s| s.power.get(&hostname))
+                    .ok_or(PowerError::NoCredentials {
+                        node: hostname.clone(),
+                    })?;
             Ok(Box::new(ipmi::Ipmi {
                 address: address.clone(),
                 username: cred.username.clone(),

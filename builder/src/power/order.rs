@@ -125,7 +125,11 @@ mod tests {
                 ("agents and nfs", vec!["w1", "nas"]),
             ]
         );
-        assert_eq!(p.stages[1].start[1].1, Start::Operator, "no power control: ask");
+        assert_eq!(
+            p.stages[1].start[1].1,
+            Start::Operator,
+            "no power control: ask"
+        );
         assert_eq!(p.stages[0].start[0].1, Start::Power);
     }
 
@@ -137,7 +141,11 @@ mod tests {
             c("w1", Role::Agent, false, true, "armed"),
         ]);
         assert_eq!(p.skipped, vec!["s1"]);
-        assert_eq!(p.stages.len(), 2, "no bootstrap stage when it is already booted");
+        assert_eq!(
+            p.stages.len(),
+            2,
+            "no bootstrap stage when it is already booted"
+        );
         assert_eq!(p.stages[0].start, vec![("s2".into(), Start::Wait)]);
         assert_eq!(p.stages[1].start, vec![("w1".into(), Start::Power)]);
     }

@@ -26,9 +26,11 @@ pub struct Wol {
 
 impl Wol {
     fn send(&self) -> Result<(), PowerError> {
-        let fail = |what: &str, e: std::io::Error| PowerError::Failed(format!("wake-on-LAN {what}: {e}"));
+        let fail =
+            |what: &str, e: std::io::Error| PowerError::Failed(format!("wake-on-LAN {what}: {e}"));
         let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| fail("socket", e))?;
-        sock.set_broadcast(true).map_err(|e| fail("SO_BROADCAST", e))?;
+        sock.set_broadcast(true)
+            .map_err(|e| fail("SO_BROADCAST", e))?;
         if let Some(ifname) = &self.interface {
             let name = std::ffi::OsString::from(ifname);
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::BindToDevice, &name)

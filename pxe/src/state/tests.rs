@@ -339,7 +339,11 @@ fn power_entries_never_evict_lifecycle_entries() {
         )
         .unwrap();
     }
-    assert_eq!(r.state, NodeState::Armed, "a power record is not a state change");
+    assert_eq!(
+        r.state,
+        NodeState::Armed,
+        "a power record is not a state change"
+    );
     let power = r.timeline.iter().filter(|e| e.event == "power").count();
     assert_eq!(power, POWER_CAP);
     assert_eq!(
@@ -347,6 +351,15 @@ fn power_entries_never_evict_lifecycle_entries() {
         lifecycle_before
     );
     let last = r.last_power.as_ref().unwrap();
-    assert_eq!((last.action.as_str(), last.result.as_str(), last.at_ms), ("on", "ok 499", 1499));
-    assert!(r.timeline.last().unwrap().detail.contains("(by builder provision)"));
+    assert_eq!(
+        (last.action.as_str(), last.result.as_str(), last.at_ms),
+        ("on", "ok 499", 1499)
+    );
+    assert!(
+        r.timeline
+            .last()
+            .unwrap()
+            .detail
+            .contains("(by builder provision)")
+    );
 }

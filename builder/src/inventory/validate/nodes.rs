@@ -6,10 +6,10 @@ use std::net::Ipv4Addr;
 use super::network::host_in;
 use super::{Ctx, DEFAULT_USER_DATA_TEMPLATE, KUBELET_SYSCTLS, TemplateCatalog};
 use crate::inventory::model::*;
+use crate::inventory::power::{check_power, wol_reaches};
 use crate::inventory::profiles::{
     ProfileSet, check_labels, check_selector, check_sysctls, check_taints, is_package_name,
 };
-use crate::inventory::power::{check_power, wol_reaches};
 use crate::inventory::raw::*;
 use crate::inventory::types::NicMac;
 use crate::k3s_flags;
@@ -306,7 +306,11 @@ pub(super) fn nodes(
         {
             match &n.power {
                 Some(at) => c.err(at, p("power.wol.broadcast"), m),
-                None => c.err(&n.profile, p("profile"), format!("the profile's power default: {m}")),
+                None => c.err(
+                    &n.profile,
+                    p("profile"),
+                    format!("the profile's power default: {m}"),
+                ),
             }
         }
         let bootstrap = role == Some(Role::Server) && !first_server_seen;

@@ -261,16 +261,17 @@ pub fn check_power(body: &[u8]) -> Result<PowerReport, String> {
     let p: PowerReport =
         serde_json::from_slice(body).map_err(|e| format!("not a power report: {e}"))?;
     if !POWER_ACTIONS.contains(&p.action.as_str()) {
-        return Err(format!("action must be one of {}", POWER_ACTIONS.join(", ")));
+        return Err(format!(
+            "action must be one of {}",
+            POWER_ACTIONS.join(", ")
+        ));
     }
     for (field, v, max) in [
         ("result", &p.result, POWER_RESULT_MAX),
         ("by", &p.by, POWER_BY_MAX),
     ] {
         if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
-            return Err(format!(
-                "{field} must be 1–{max} printable characters"
-            ));
+            return Err(format!("{field} must be 1–{max} printable characters"));
         }
     }
     Ok(p)
@@ -358,13 +359,22 @@ mod tests {
             r#"{"action":"explode","result":"ok","by":"x"}"#.to_string(),
             r#"{"action":"on","result":"ok[2J","by":"x"}"#.to_string(),
             r#"{"action":"on","result":"","by":"x"}"#.to_string(),
-            format!(r#"{{"action":"on","result":"{}","by":"x"}}"#, "a".repeat(201)),
-            format!(r#"{{"action":"on","result":"ok","by":"{}"}}"#, "b".repeat(65)),
+            format!(
+                r#"{{"action":"on","result":"{}","by":"x"}}"#,
+                "a".repeat(201)
+            ),
+            format!(
+                r#"{{"action":"on","result":"ok","by":"{}"}}"#,
+                "b".repeat(65)
+            ),
             r#"{"action":"on","result":"ok","by":"x","password":"p"}"#.to_string(),
         ] {
             assert!(check_power(bad.as_bytes()).is_err(), "{bad}");
         }
-        let huge = format!(r#"{{"action":"on","result":"ok","by":"x","pad":"{}"}}"#, "a".repeat(2000));
+        let huge = format!(
+            r#"{{"action":"on","result":"ok","by":"x","pad":"{}"}}"#,
+            "a".repeat(2000)
+        );
         assert!(check_power(huge.as_bytes()).unwrap_err().contains("larger"));
     }
 
