@@ -316,6 +316,24 @@ pub fn provision(a: &ProvisionArgs) -> Result<()> {
             list.join("\n")
         );
     }
+    // Every driver before any power action: a missing BMC account or an unimplemented driver
+    // found halfway would leave the cluster half powered.
+    let mut problems = Vec::new();
+    for stage in &plan.stages {
+        for (name, start) in &stage.start {
+            if *start == Start::Power
+                && let Err(e) = drivers::driver_for(inv, find(inv, name)?, secrets.as_ref(), false)
+            {
+                problems.push(format!("  {name}: {e}"));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "not powering anything: no usable power driver for\n{}",
+            problems.join("\n")
+        );
+    }
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
     for n in &plan.skipped {
         println!("{n}: already booted, skipped");

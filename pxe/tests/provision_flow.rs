@@ -208,3 +208,30 @@ fn builder_power_refuses_booted_nodes_and_unconfirmed_runs_and_records_what_it_d
     assert!(t.contains("pxe-once: ok (by builder power)"), "{t}");
     assert!(t.contains("on: ok (by builder power)"), "{t}");
 }
+
+/// A driver provision cannot use (here: Redfish, not implemented yet) is found before anything
+/// is powered, not halfway through the cluster.
+#[test]
+fn provision_checks_every_driver_before_powering_anything() {
+    let lab: Lab = serve::lab();
+    let s = Server::start(&lab, &[]);
+    let dir = lab_dir();
+    let inv = serve::loopback_inventory().replacen(
+        "    profile: r630\n",
+        "    profile: r630\n    power:\n      redfish: {address: idrac-k3s3, insecure_tls: true}\n",
+        1,
+    );
+    std::fs::write(dir.path().join("lab.yaml"), inv).unwrap();
+    let o = run(dir.path(), &s, &["provision", "--all"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        err.contains("k3s3: redfish power control is not implemented yet"),
+        "{err}"
+    );
+    assert!(!out.contains("power it on now"), "{out}");
+    assert!(s.node("k3s-master1")["last_power"].is_null());
+}
