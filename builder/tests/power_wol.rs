@@ -81,22 +81,28 @@ fn wol_magic_packet_on_the_wire() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let inv = DEFAULT_INVENTORY.replacen(
-        "    profile: optiplex\n",
-        "    profile: optiplex\n    power:\n      wol: {}\n",
-        1,
-    );
-    std::fs::write(dir.path().join("lab.yaml"), &inv).unwrap();
+    // Once with the default (the subnet's broadcast, the route's interface), once bound to the
+    // appliance's interface (SO_BINDTODEVICE).
+    let blocks = ["wol: {}".to_string(), format!("wol: {{interface: {va}}}")];
+    for (i, block) in blocks.iter().enumerate() {
+        let inv = DEFAULT_INVENTORY.replacen(
+            "    profile: optiplex\n",
+            &format!("    profile: optiplex\n    power:\n      {block}\n"),
+            1,
+        );
+        std::fs::write(dir.path().join(format!("lab{i}.yaml")), &inv).unwrap();
+    }
     let mac = "d8:9e:f3:20:00:21";
     assert!(
-        inv.contains(&format!("mac: {mac}")),
+        DEFAULT_INVENTORY.contains(&format!("mac: {mac}")),
         "k3s1's MAC in the fixture"
     );
 
+    // Three copies per send, two sends.
     let mut dump = Command::new("ip")
         .args([
             "netns", "exec", &b.0, "timeout", "30", "tcpdump", "-i", &vb, "-n", "-l", "-x", "-c",
-            "1",
+            "6",
         ])
         .args(["udp", "port", "9"])
         .stdout(Stdio::piped())
@@ -117,29 +123,32 @@ fn wol_magic_packet_on_the_wire() {
     }
 
     let exe = env!("CARGO_BIN_EXE_builder");
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", &a.0, exe, "power", "k3s1", "on", "--yes", "-i", "lab.yaml",
-        ])
-        // Nothing listens there: recording the action in pxe fails with a warning only.
-        .args(["--server", "http://127.0.0.1:9"])
-        .current_dir(dir.path())
-        .env_remove("IRONSEED_INVENTORY")
-        .env_remove("IRONSEED_PXE")
-        .env_remove("IRONSEED_SECRETS")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains("wake-on-LAN packet for d8:9e:f3:20:00:21 to 10.0.20.255:9"),
-        "{text}"
-    );
+    for (i, block) in blocks.iter().enumerate() {
+        let file = format!("lab{i}.yaml");
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &a.0, exe, "power", "k3s1", "on", "--yes", "-i", &file,
+            ])
+            // Nothing listens there: recording the action in pxe fails with a warning only.
+            .args(["--server", "http://127.0.0.1:9"])
+            .current_dir(dir.path())
+            .env_remove("IRONSEED_INVENTORY")
+            .env_remove("IRONSEED_PXE")
+            .env_remove("IRONSEED_SECRETS")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{block}: {text}");
+        assert!(
+            text.contains("wake-on-LAN packet for d8:9e:f3:20:00:21 to 10.0.20.255:9"),
+            "{block}: {text}"
+        );
+    }
 
     let mut captured = String::new();
     dump.stdout
@@ -148,24 +157,30 @@ fn wol_magic_packet_on_the_wire() {
         .read_to_string(&mut captured)
         .unwrap();
     let _ = dump.wait();
-    // "IP 10.0.20.5.PORT > 10.0.20.255.9: UDP, length 102"
-    let head = captured.lines().next().unwrap_or_default();
-    assert!(head.contains("10.0.20.5."), "{captured}");
-    assert!(
-        head.contains("> 10.0.20.255.9: UDP, length 102"),
-        "{captured}"
-    );
-    let hex: String = captured
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.trim().split_once(":  ").map(|(_, h)| h.replace(' ', "")))
-        .collect();
     let mut want = "ff".repeat(6);
     want.push_str(&mac.replace(':', "").repeat(16));
-    assert!(
-        hex.ends_with(&want),
-        "the datagram's payload is not the magic packet for {mac}:\n{captured}"
-    );
-    // IPv4 (20) + UDP (8) + 102.
-    assert_eq!(hex.len(), 2 * (20 + 8 + 102), "{captured}");
+    // One header line per packet ("IP 10.0.20.5.PORT > 10.0.20.255.9: UDP, length 102"), then
+    // its hex dump lines (indented).
+    let mut packets: Vec<(String, String)> = Vec::new();
+    for l in captured.lines() {
+        if !l.starts_with(char::is_whitespace) {
+            packets.push((l.to_string(), String::new()));
+        } else if let (Some(p), Some((_, h))) = (packets.last_mut(), l.trim().split_once(":  ")) {
+            p.1.push_str(&h.replace(' ', ""));
+        }
+    }
+    assert_eq!(packets.len(), 6, "{captured}");
+    for (head, hex) in &packets {
+        assert!(head.contains("IP 10.0.20.5."), "{captured}");
+        assert!(
+            head.contains("> 10.0.20.255.9: UDP, length 102"),
+            "{captured}"
+        );
+        assert!(
+            hex.ends_with(&want),
+            "the datagram's payload is not the magic packet for {mac}:\n{captured}"
+        );
+        // IPv4 (20) + UDP (8) + 102.
+        assert_eq!(hex.len(), 2 * (20 + 8 + 102), "{captured}");
+    }
 }
