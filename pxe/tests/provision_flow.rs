@@ -235,3 +235,48 @@ fn provision_checks_every_driver_before_powering_anything() {
     assert!(!out.contains("power it on now"), "{out}");
     assert!(s.node("k3s-master1")["last_power"].is_null());
 }
+
+/// `builder rebuild NODE --power`: after arming, the one-time boot and power-on through the
+/// node's driver (wake-on-LAN, whose packet stays on loopback here: the loopback inventory's
+/// subnet is 127.0.20.0/24), both recorded in pxe with who did it.
+#[test]
+fn rebuild_power_boots_the_armed_node_through_its_driver() {
+    let lab: Lab = serve::lab();
+    let dir = lab.dir.path();
+    let inv = serve::loopback_inventory().replacen(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    power:\n      wol: {}\n",
+        1,
+    );
+    std::fs::write(dir.join("lab.yaml"), &inv).unwrap();
+    std::fs::remove_dir_all(&lab.bundle).unwrap();
+    let s0 = Command::new(builder_bin())
+        .args(["render", "-i", "lab.yaml", "-o", "bundle"])
+        .current_dir(dir)
+        .env_remove("IRONSEED_INVENTORY")
+        .env_remove("IRONSEED_SECRETS")
+        .output()
+        .unwrap();
+    assert!(
+        s0.status.success(),
+        "{}",
+        String::from_utf8_lossy(&s0.stderr)
+    );
+    let s = Server::start(&lab, &[]);
+    s.install_node(&lab, "k3s1", &lab.mac("k3s1"));
+    let o = builder(dir, &s, &["rebuild", "k3s1", "-o", "bundle", "--power"])
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("k3s1: power on (wol)"), "{out}");
+    assert!(out.contains("LAN with PXE Boot"), "{out}");
+    let n = s.node("k3s1");
+    assert_eq!(n["state"], "armed");
+    let t = n["timeline"].to_string();
+    assert!(t.contains("pxe-once: ok (by builder rebuild)"), "{t}");
+    assert!(t.contains("on: ok (by builder rebuild)"), "{t}");
+}
