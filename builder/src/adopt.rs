@@ -517,6 +517,7 @@ mod tests {
             sysctls: Default::default(),
             labels: Default::default(),
             taints: vec![],
+            power: None,
         }
     }
 

@@ -51,6 +51,91 @@ pub enum Command {
     /// Machines a pxe server saw that are not in the inventory, with the hardware their
     /// inspection boot reported (vendor/product, boot mode, disks, NICs).
     Discover(DiscoverArgs),
+    /// Power one node on, off or through a cycle (or read its power state) with the driver of
+    /// its inventory `power:` block (wol, ipmi, manual; redfish is not implemented yet). Says
+    /// what it will do and asks first; refuses to power off or cycle a node pxe reports
+    /// `booted` unless --force.
+    Power(PowerArgs),
+    /// Take nodes from powered-off metal to booted: arm them in the running pxe, then power
+    /// them on with a one-time network boot in cluster order (the bootstrap server first, wait
+    /// until it is booted, then the other servers, then agents and the NFS host), and print the
+    /// time per node. Nodes without power control are listed ("power it on now") and waited
+    /// for. Booted nodes are skipped, so re-running it is safe.
+    Provision(ProvisionArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PowerAction {
+    Status,
+    On,
+    Off,
+    Cycle,
+}
+
+/// Where the running pxe is, and how to reach its operator API.
+#[derive(Debug, Args)]
+pub struct PxeRemote {
+    /// The pxe server. Default: the inventory's appliance URL
+    /// (http://<appliance.ip>:<appliance.http_port>).
+    #[arg(long, value_name = "URL", env = "IRONSEED_PXE")]
+    pub server: Option<String>,
+    /// File holding the pxe server's operator API token. Default: $IRONSEED_API_TOKEN, else the
+    /// token file of a pxe serve on this machine (/var/lib/ironseed/pxe/api-token, or
+    /// ~/.local/state/ironseed/pxe/api-token) when readable.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PowerArgs {
+    /// The node (hostname as in the inventory).
+    pub node: String,
+    /// status, on, off or cycle.
+    #[arg(value_enum)]
+    pub action: PowerAction,
+    /// Before `on`/`cycle`, set a one-time network boot (ipmi: `chassis bootdev pxe`; wol and
+    /// manual: says which firmware setting or key does it).
+    #[arg(long)]
+    pub pxe_once: bool,
+    /// Power off or cycle even a node pxe reports `booted` (a running cluster member), or when
+    /// pxe cannot be asked.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation (needed when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Secrets file with the BMC accounts (`power.<node>.username/password`). Default:
+    /// <inventory>.secrets.yaml beside the inventory, or ./ironseed.secrets.yaml.
+    #[arg(long, value_name = "FILE", env = "IRONSEED_SECRETS")]
+    pub secrets: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: PxeRemote,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// The nodes to provision (hostnames as in the inventory).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub nodes: Vec<String>,
+    /// Every node of the inventory.
+    #[arg(long)]
+    pub all: bool,
+    /// Show a progress bar per node (state, bytes written) while waiting.
+    #[arg(long)]
+    pub watch: bool,
+    /// Give up when a stage's nodes are not all booted after this many minutes.
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    pub timeout: u64,
+    /// Secrets file with the BMC accounts (`power.<node>.username/password`). Default:
+    /// <inventory>.secrets.yaml beside the inventory, or ./ironseed.secrets.yaml.
+    #[arg(long, value_name = "FILE", env = "IRONSEED_SECRETS")]
+    pub secrets: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: PxeRemote,
+    #[command(flatten)]
+    pub source: SourceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -345,8 +430,12 @@ pub struct RebuildArgs {
     #[arg(long)]
     pub watch: bool,
     /// Only print the runbook: no inventory edit, no render, no arming.
-    #[arg(long, conflicts_with_all = ["mac", "watch"])]
+    #[arg(long, conflicts_with_all = ["mac", "watch", "power"])]
     pub runbook_only: bool,
+    /// After arming, set a one-time network boot and power the node on (or cycle it when it
+    /// is on) with the driver of its inventory `power:` block (secrets from --secrets).
+    #[arg(long)]
+    pub power: bool,
     #[command(flatten)]
     pub render: RenderArgs,
 }

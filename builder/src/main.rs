@@ -4,6 +4,7 @@ mod commands;
 mod discover;
 mod golden_cmd;
 mod images_cmd;
+mod power_cmd;
 mod rebuild;
 mod usb_image;
 
@@ -27,6 +28,8 @@ fn main() -> std::process::ExitCode {
         cli::Command::Rebuild(a) => rebuild::rebuild(a),
         cli::Command::Recover(a) => rebuild::recover(a),
         cli::Command::Discover(a) => discover::discover(a),
+        cli::Command::Power(a) => power_cmd::power(a),
+        cli::Command::Provision(a) => power_cmd::provision(a),
         cli::Command::Usb(cli::UsbCommand::Image(a)) => usb_image::image(a),
     };
     match r {

@@ -110,6 +110,23 @@ pub fn rebuild(a: &RebuildArgs) -> Result<()> {
         "{}: armed on {server}; its next PXE boot installs it",
         a.node
     );
+    if a.power {
+        let pxe = crate::power_cmd::Pxe {
+            url: server.clone(),
+            token: token.clone(),
+        };
+        match node.power {
+            None | Some(builder::inventory::model::Power::Manual) => println!(
+                "{}: no power control: power it on (or reset it) now, with a one-time network boot (Dell: F12)",
+                a.node
+            ),
+            _ => {
+                let mut d = builder::power::driver_for(&l.inventory, node, Some(&secrets), false)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", a.node))?;
+                crate::power_cmd::boot_from_network(d.as_mut(), &pxe, &a.node, "builder rebuild")?;
+            }
+        }
+    }
     if a.watch {
         watch(&server, token.as_deref(), &a.node, armed_at)?;
     }
@@ -147,7 +164,7 @@ fn set_mac(a: &RebuildArgs, mac: &str) -> Result<(Loaded, String)> {
     Ok((l, edited.old))
 }
 
-fn api(method: &str, url: &str, token: Option<&str>) -> Result<(u16, Value)> {
+pub(crate) fn api(method: &str, url: &str, token: Option<&str>) -> Result<(u16, Value)> {
     // The error's own text already names the URL; its source chain would repeat the cause.
     let (status, body) = http::exchange(method, url, None, token)
         .map_err(|e| anyhow::anyhow!("the pxe server did not answer: {e}"))?;
@@ -194,7 +211,7 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-fn fmt_duration(d: Duration) -> String {
+pub(crate) fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
     format!("{}m{:02}s", s / 60, s % 60)
 }

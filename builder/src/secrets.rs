@@ -2,6 +2,7 @@
 //! generated once and reused, because every node of a cluster must share it and it also
 //! encrypts the etcd bootstrap data (back it up with the snapshots).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,23 @@ pub struct Secrets {
     pub etcd_s3_secret_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sops_age_key: Option<String>,
+    /// BMC accounts by node hostname (`power.<node>.username/password`). Only builder reads
+    /// them; nothing here is rendered into the bundle.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub power: BTreeMap<String, PowerCredentials>,
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for PowerCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PowerCredentials { .. redacted .. }")
+    }
 }
 
 impl fmt::Debug for Secrets {
@@ -61,6 +79,7 @@ impl Secrets {
             etcd_s3_access_key: None,
             etcd_s3_secret_key: None,
             sops_age_key: None,
+            power: BTreeMap::new(),
         }
     }
 
@@ -85,7 +104,7 @@ impl Secrets {
                 .unwrap_or_default();
             SecretsError::Invalid {
                 path: shown.clone(),
-                message: format!("{loc}not a valid secrets file (keys: k3s_token, etcd_s3_access_key, etcd_s3_secret_key, sops_age_key)"),
+                message: format!("{loc}not a valid secrets file (keys: k3s_token, etcd_s3_access_key, etcd_s3_secret_key, sops_age_key, power)"),
             }
         })?;
         if s.k3s_token.len() < 16 || s.k3s_token.contains(char::is_whitespace) {
@@ -156,6 +175,34 @@ mod tests {
         let e = Secrets::load_or_create(&p).unwrap_err().to_string();
         assert!(!e.contains("supersecretvalue123"), "{e}");
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    /// Protects the BMC passwords: neither Debug of the secrets nor of one account, nor a parse
+    /// error in the `power:` section, prints them.
+    #[test]
+    fn power_credentials_are_read_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lab.secrets.yaml");
+        std::fs::write(
+            &p,
+            "k3s_token: 0123456789abcdef0123\npower:\n  r730:\n    username: root\n    password: calvin-hunter2\n",
+        )
+        .unwrap();
+        let s = Secrets::load(&p).unwrap().unwrap();
+        let c = &s.power["r730"];
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("root", "calvin-hunter2")
+        );
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        std::fs::write(
+            &p,
+            "k3s_token: 0123456789abcdef0123\npower:\n  r730:\n    password: calvin-hunter2\n    pin: 1\n",
+        )
+        .unwrap();
+        let e = Secrets::load(&p).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

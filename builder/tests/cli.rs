@@ -297,6 +297,8 @@ fn help_documents_every_flag_in_its_commands_section_of_the_docs() {
         "usb image",
         "adopt",
         "discover",
+        "power",
+        "provision",
     ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");
@@ -319,4 +321,40 @@ fn help_documents_every_flag_in_its_commands_section_of_the_docs() {
         }
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+/// Protects the BMC accounts and addresses: a `power:` block and the secrets file's `power:`
+/// credentials reach nothing `render` writes or prints (the bundle is served to the network).
+#[test]
+fn power_settings_and_credentials_never_reach_the_bundle() {
+    let d = tempfile::tempdir().unwrap();
+    let inv = DEFAULT_INVENTORY.replacen(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    power:\n      ipmi: {address: bmc-k3s1-unique.example}\n",
+        1,
+    );
+    std::fs::write(d.path().join("lab.yaml"), inv).unwrap();
+    std::fs::write(
+        d.path().join("lab.secrets.yaml"),
+        "k3s_token: 0123456789abcdef0123456789\npower:\n  k3s1:\n    username: bmc-user-unique\n    password: bmc-pass-unique\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        d.path().join("lab.secrets.yaml"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let o = builder(&["render", "-i", "lab.yaml", "--out", "b"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed = stdout(&o) + &stderr(&o);
+    for (path, bytes, _) in read_tree(&d.path().join("b")).into_iter().chain([(
+        "output".to_string(),
+        printed.into_bytes(),
+        0,
+    )]) {
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in ["bmc-k3s1-unique", "bmc-user-unique", "bmc-pass-unique"] {
+            assert!(!text.contains(secret), "{path} contains `{secret}`");
+        }
+    }
 }

@@ -515,3 +515,123 @@ fn huge_values_are_cut_in_error_messages() {
     let e = error(&d, "cluster.name", "must be");
     assert!(e.message.contains("a\\u{1b}[2Jb"), "{e}");
 }
+
+// ---- power: ----
+
+fn with_power(block: &str) -> String {
+    mutate(
+        "    profile: optiplex\n",
+        &format!("    profile: optiplex\n    power:\n{block}"),
+    )
+}
+
+#[test]
+fn power_blocks_of_every_driver_validate() {
+    for block in [
+        "      wol: {}\n",
+        "      wol: {broadcast: 10.0.20.255, interface: eno1}\n",
+        "      ipmi: {address: 10.0.20.200}\n",
+        "      manual: {}\n",
+        "      redfish: {address: idrac-k3s1, insecure_tls: true}\n",
+        &format!(
+            "      redfish: {{address: 'https://10.0.20.201:443', fingerprint: '{}', system: System.Embedded.1}}\n",
+            "ab".repeat(32)
+        ),
+    ] {
+        let d = check(&with_power(block));
+        assert!(!d.has_errors(), "{block}: {}", d.render(&|_| None));
+    }
+}
+
+#[test]
+fn power_needs_exactly_one_driver() {
+    let d = check(&with_power("      wol: {}\n      manual: {}\n"));
+    error(&d, "nodes[3].power", "exactly one power driver");
+}
+
+#[test]
+fn redfish_and_ipmi_need_an_address() {
+    let d = check(&with_power("      ipmi: {}\n"));
+    error(&d, "nodes[3].power.ipmi", "`address:`");
+    let d = check(&with_power("      redfish: {insecure_tls: true}\n"));
+    error(&d, "nodes[3].power.redfish", "`address:`");
+}
+
+/// Protects ipmitool's argument list: an address that reads as an option is refused.
+#[test]
+fn bmc_address_cannot_be_an_option() {
+    let d = check(&with_power("      ipmi: {address: '-Hevil'}\n"));
+    let e = error(&d, "nodes[3].power.ipmi.address", "not a BMC address");
+    assert_eq!(e.span.file, "inv.yaml");
+    assert!(e.span.line > 90, "points into the node: {}", e.span.line);
+}
+
+/// Protects the BMC credentials: without a CA, a pinned fingerprint or an explicit
+/// `insecure_tls: true`, any certificate would be accepted.
+#[test]
+fn redfish_tls_must_be_verifiable_unless_insecure_is_written() {
+    let d = check(&with_power("      redfish: {address: idrac-k3s1}\n"));
+    error(&d, "nodes[3].power.redfish", "must be verifiable");
+    let d = check(&with_power("      redfish: {address: 'http://idrac'}\n"));
+    error(&d, "nodes[3].power.redfish.address", "plain http");
+    let d = check(&with_power(
+        "      redfish: {address: idrac, fingerprint: 'abcd'}\n",
+    ));
+    error(&d, "nodes[3].power.redfish.fingerprint", "SHA-256");
+}
+
+#[test]
+fn wol_only_on_the_appliance_segment() {
+    let d = check(&with_power("      wol: {broadcast: 10.0.30.255}\n"));
+    error(
+        &d,
+        "nodes[3].power.wol.broadcast",
+        "not on the appliance's segment",
+    );
+    let d = check(&with_power("      wol: {interface: 'a/b'}\n"));
+    error(
+        &d,
+        "nodes[3].power.wol.interface",
+        "not a Linux interface name",
+    );
+}
+
+/// The built-in optiplex profile renamed, plus a `power:` default.
+fn powered_profile() -> String {
+    include_str!("../../hardware/optiplex.yaml").replacen("name: optiplex", "name: shared", 1)
+}
+
+#[test]
+fn profile_power_default_is_validated_in_its_file_and_applies_to_its_nodes() {
+    let p = powered_profile() + "power:\n  ipmi: {}\n";
+    let d = check_with(
+        &mutate("profile: optiplex", "profile: shared"),
+        &[("hw/shared.yaml", &p)],
+    );
+    let e = error(&d, "power.ipmi", "`address:`");
+    assert_eq!(e.span.file, "hw/shared.yaml");
+
+    let p = powered_profile() + "power:\n  wol: {broadcast: 192.168.1.255}\n";
+    let d = check_with(
+        &mutate("profile: optiplex", "profile: shared"),
+        &[("hw/shared.yaml", &p)],
+    );
+    error(&d, "nodes[3].profile", "the profile's power default");
+
+    let p = powered_profile() + "power:\n  wol: {}\n";
+    let text = mutate("profile: optiplex", "profile: shared");
+    let mut d = Diagnostics::default();
+    let mut set = ProfileSet::load(&[], &mut d);
+    set.add("hw/shared.yaml", &p, &mut d);
+    let (inv, more) = inventory::load("inv.yaml", &text, &set, &Templates::embedded());
+    let inv = inv.unwrap_or_else(|| panic!("{}", more.render(&|_| None)));
+    use builder::inventory::model::Power;
+    assert_eq!(
+        inv.nodes[3].power,
+        Some(Power::Wol {
+            broadcast: None,
+            interface: None
+        })
+    );
+    assert_eq!(inv.nodes[0].power, None, "vm profile has no default");
+}

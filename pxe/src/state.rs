@@ -21,6 +21,13 @@ const LIFECYCLE_CAP: usize = 200;
 /// Notes kept per node, apart from the lifecycle entries: a chatty or hostile node can push out
 /// its own older notes, never the record of who armed it and what happened since.
 const NOTES_CAP: usize = 50;
+/// Power entries kept per node, a class of their own: a provision loop retried all night pushes
+/// out only its own older power entries.
+const POWER_CAP: usize = 50;
+/// Bounds of a power record's fields (the operator API checks them; `apply` re-bounds).
+pub const POWER_ACTIONS: &[&str] = &["status", "on", "off", "cycle", "pxe-once"];
+pub const POWER_RESULT_MAX: usize = 200;
+pub const POWER_BY_MAX: usize = 64;
 /// How long an install secret lives unless `pxe serve --install-window` says otherwise.
 pub const DEFAULT_INSTALL_WINDOW: Duration = Duration::from_secs(2 * 3600);
 
@@ -91,9 +98,22 @@ pub struct TimelineEntry {
 }
 
 impl TimelineEntry {
-    fn is_note(&self) -> bool {
-        self.event == "note"
+    /// 0: lifecycle, 1: note, 2: power; each class is capped on its own.
+    fn class(&self) -> u8 {
+        match self.event.as_str() {
+            "note" => 1,
+            "power" => 2,
+            _ => 0,
+        }
     }
+}
+
+/// The last power action builder reported for a node (`builder power`, `provision`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastPower {
+    pub action: String,
+    pub result: String,
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +140,8 @@ pub struct NodeRecord {
     /// When the install secret dies (Unix ms).
     #[serde(default)]
     pub install_expires_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_power: Option<LastPower>,
 }
 
 impl NodeRecord {
@@ -140,6 +162,7 @@ impl NodeRecord {
             }],
             install_secret: None,
             install_expires_ms: 0,
+            last_power: None,
         }
     }
 
@@ -174,6 +197,12 @@ pub enum Event {
     Report(ReportEvent),
     /// The install window ended before the install did.
     Expire,
+    /// builder powered the machine (or tried to): recorded, never a state change.
+    Power {
+        action: String,
+        result: String,
+        by: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -196,21 +225,22 @@ pub fn name(ev: &Event) -> &'static str {
         Event::Report(ReportEvent::Booted) => "booted",
         Event::Report(ReportEvent::Note { .. }) => "note",
         Event::Expire => "install-window-expired",
+        Event::Power { .. } => "power",
     }
 }
 
-/// Keep the timeline bounded: notes only ever push out older notes, lifecycle entries only
-/// older lifecycle entries.
+/// Keep the timeline bounded: notes only ever push out older notes, power entries older power
+/// entries, lifecycle entries only older lifecycle entries.
 fn trim_timeline(t: &mut Vec<TimelineEntry>) {
-    for (is_note, cap) in [(true, NOTES_CAP), (false, LIFECYCLE_CAP)] {
+    for (class, cap) in [(1, NOTES_CAP), (2, POWER_CAP), (0, LIFECYCLE_CAP)] {
         let mut excess = t
             .iter()
-            .filter(|e| e.is_note() == is_note)
+            .filter(|e| e.class() == class)
             .count()
             .saturating_sub(cap);
         if excess > 0 {
             t.retain(|e| {
-                if excess > 0 && e.is_note() == is_note {
+                if excess > 0 && e.class() == class {
                     excess -= 1;
                     false
                 } else {
@@ -333,6 +363,15 @@ pub fn apply(rec: &NodeRecord, ev: &Event, now_ms: u64) -> Result<NodeRecord, Tr
                 _ => {}
             }
             detail = "re-arm to install".into();
+        }
+        Event::Power { action, result, by } => {
+            let (action, result) = (printable(action, 16), printable(result, POWER_RESULT_MAX));
+            detail = format!("{action}: {result} (by {})", printable(by, POWER_BY_MAX));
+            r.last_power = Some(LastPower {
+                action,
+                result,
+                at_ms: now_ms,
+            });
         }
     }
     r.timeline.push(TimelineEntry {

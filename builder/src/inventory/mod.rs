@@ -3,6 +3,7 @@
 
 pub mod edit;
 pub mod model;
+pub mod power;
 pub mod profiles;
 pub mod raw;
 pub mod types;

@@ -147,6 +147,47 @@ pub struct Node {
     pub kernel_args: Vec<String>,
     pub sysctls: BTreeMap<String, String>,
     pub k3s_extra: BTreeMap<String, serde_json::Value>,
+    /// Builder's own business: never rendered into the bundle or the plan.
+    #[serde(skip)]
+    pub power: Option<Power>,
+}
+
+/// How builder controls a machine's power. `None` on a node means "no power control": the
+/// operator powers it on by hand, as with `Manual`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Power {
+    Redfish(Redfish),
+    Wol {
+        /// Where the magic packet goes; `None`: the broadcast address of the served subnet.
+        broadcast: Option<Ipv4Addr>,
+        /// Send through this interface (SO_BINDTODEVICE); `None`: the route decides.
+        interface: Option<String>,
+    },
+    Ipmi {
+        address: String,
+    },
+    Manual,
+}
+
+impl Power {
+    pub fn method(&self) -> &'static str {
+        match self {
+            Power::Redfish(_) => "redfish",
+            Power::Wol { .. } => "wol",
+            Power::Ipmi { .. } => "ipmi",
+            Power::Manual => "manual",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redfish {
+    pub address: String,
+    pub insecure_tls: bool,
+    pub ca: Option<PathBuf>,
+    /// SHA-256 of the BMC's certificate, lowercase hex without separators.
+    pub fingerprint: Option<String>,
+    pub system: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -171,6 +212,8 @@ pub struct Profile {
     pub sysctls: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<String>,
+    #[serde(skip)]
+    pub power: Option<Power>,
 }
 
 #[derive(Debug, Clone, Serialize)]

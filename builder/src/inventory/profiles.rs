@@ -422,6 +422,10 @@ fn validate_profile(file: &str, raw: &RawProfile, diags: &mut Diagnostics) -> Op
         sysctls: check_sysctls(file, "sysctls", &raw.sysctls, diags),
         labels: check_labels(file, "labels", &raw.labels, diags),
         taints: check_taints(file, "taints", &raw.taints, diags),
+        power: raw
+            .power
+            .as_ref()
+            .and_then(|p| super::power::check_power(file, "power", p, diags)),
     };
     for (i, p) in raw.packages.iter().enumerate() {
         if !is_package_name(&p.value) {

@@ -207,7 +207,59 @@ pub struct RawNode {
     pub install_disk: Option<S<RawSelector>>,
     #[serde(default)]
     pub overrides: Option<RawOverrides>,
+    /// How builder powers this machine on and off; replaces its profile's `power:` default.
+    #[serde(default)]
+    pub power: Option<S<RawPower>>,
 }
+
+/// Exactly one of the drivers; credentials never live here (they are in the secrets file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPower {
+    #[serde(default)]
+    pub redfish: Option<S<RawRedfish>>,
+    #[serde(default)]
+    pub wol: Option<S<RawWol>>,
+    #[serde(default)]
+    pub ipmi: Option<S<RawIpmi>>,
+    #[serde(default)]
+    pub manual: Option<S<RawManual>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedfish {
+    #[serde(default)]
+    pub address: Option<S<String>>,
+    #[serde(default)]
+    pub insecure_tls: Option<S<bool>>,
+    #[serde(default)]
+    pub ca: Option<S<String>>,
+    #[serde(default)]
+    pub fingerprint: Option<S<String>>,
+    #[serde(default)]
+    pub system: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawWol {
+    #[serde(default)]
+    pub broadcast: Option<S<String>>,
+    #[serde(default)]
+    pub interface: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIpmi {
+    #[serde(default)]
+    pub address: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawManual {}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -285,6 +337,9 @@ pub struct RawProfile {
     pub labels: Option<S<BTreeMap<String, String>>>,
     #[serde(default)]
     pub taints: Vec<S<String>>,
+    /// The default `power:` block of every node of this profile.
+    #[serde(default)]
+    pub power: Option<S<RawPower>>,
 }
 
 #[derive(Debug, Deserialize)]

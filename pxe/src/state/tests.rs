@@ -340,3 +340,47 @@ fn the_secret_never_shows_in_debug_output() {
     let r = armed();
     assert!(!format!("{r:?}").contains(&"s".repeat(64)));
 }
+
+/// Protects the lifecycle record: a flood of power reports pushes out only older power
+/// entries, never arm/installed/booted.
+#[test]
+fn power_entries_never_evict_lifecycle_entries() {
+    let rec = armed();
+    let lifecycle_before = rec.timeline.iter().filter(|e| e.event != "power").count();
+    let mut r = rec;
+    for i in 0..500 {
+        r = apply(
+            &r,
+            &Event::Power {
+                action: "on".into(),
+                result: format!("ok {i}"),
+                by: "builder provision".into(),
+            },
+            1000 + i,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        r.state,
+        NodeState::Armed,
+        "a power record is not a state change"
+    );
+    let power = r.timeline.iter().filter(|e| e.event == "power").count();
+    assert_eq!(power, POWER_CAP);
+    assert_eq!(
+        r.timeline.iter().filter(|e| e.event != "power").count(),
+        lifecycle_before
+    );
+    let last = r.last_power.as_ref().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.result.as_str(), last.at_ms),
+        ("on", "ok 499", 1499)
+    );
+    assert!(
+        r.timeline
+            .last()
+            .unwrap()
+            .detail
+            .contains("(by builder provision)")
+    );
+}

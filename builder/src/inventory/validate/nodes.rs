@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use super::network::host_in;
 use super::{Ctx, DEFAULT_USER_DATA_TEMPLATE, KUBELET_SYSCTLS, TemplateCatalog};
 use crate::inventory::model::*;
+use crate::inventory::power::{check_power, wol_reaches};
 use crate::inventory::profiles::{
     ProfileSet, check_labels, check_selector, check_sysctls, check_taints, is_package_name,
 };
@@ -296,6 +297,22 @@ pub(super) fn nodes(
                 pr.install_disk = install;
             }
         }
+        let power = match &n.power {
+            Some(pw) => check_power(c.file, &p("power"), pw, c.d),
+            None => profile.as_ref().and_then(|pr| pr.power.clone()),
+        };
+        if let (Some(pw), Some(net)) = (&power, net)
+            && let Err(m) = wol_reaches(pw, net)
+        {
+            match &n.power {
+                Some(at) => c.err(at, p("power.wol.broadcast"), m),
+                None => c.err(
+                    &n.profile,
+                    p("profile"),
+                    format!("the profile's power default: {m}"),
+                ),
+            }
+        }
         let bootstrap = role == Some(Role::Server) && !first_server_seen;
         if role == Some(Role::Server) {
             first_server_seen = true;
@@ -325,6 +342,7 @@ pub(super) fn nodes(
             kernel_args,
             sysctls,
             k3s_extra,
+            power,
         });
     }
     (out, keys)

@@ -28,6 +28,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<HttpApp>>)> {
         ("/nodes/{name}", get(node)),
         ("/nodes/{name}/arm", post(arm)),
         ("/nodes/{name}/disarm", post(disarm)),
+        ("/nodes/{name}/power", post(power)),
         ("/discovered", get(discovered)),
         ("/discovered/{mac}/inspect", post(inspect)),
     ]
@@ -129,6 +130,7 @@ fn view(app: &HttpApp, r: &NodeRecord) -> serde_json::Value {
         "install_secret": live,
         "install_window_ends_ms": live.then_some(r.install_expires_ms),
         "timeline": r.timeline,
+        "last_power": r.last_power,
     })
 }
 
@@ -248,6 +250,68 @@ async fn disarm(State(app): App, UrlPath(name): UrlPath<String>) -> Response {
     answer(&app, &name, "disarm", r)
 }
 
+/// The body of `POST /nodes/{name}/power`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerReport {
+    pub action: String,
+    pub result: String,
+    pub by: String,
+}
+
+/// Largest power report body accepted: three short fields.
+pub const POWER_BODY_MAX: usize = 1024;
+
+/// Check a power report: a known action, and short fields of printable characters only (they
+/// reach the timeline, the API and terminals). Pure.
+pub fn check_power(body: &[u8]) -> Result<PowerReport, String> {
+    use crate::state::{POWER_ACTIONS, POWER_BY_MAX, POWER_RESULT_MAX};
+    if body.len() > POWER_BODY_MAX {
+        return Err(format!("power report larger than {POWER_BODY_MAX} bytes"));
+    }
+    let p: PowerReport =
+        serde_json::from_slice(body).map_err(|e| format!("not a power report: {e}"))?;
+    if !POWER_ACTIONS.contains(&p.action.as_str()) {
+        return Err(format!(
+            "action must be one of {}",
+            POWER_ACTIONS.join(", ")
+        ));
+    }
+    for (field, v, max) in [
+        ("result", &p.result, POWER_RESULT_MAX),
+        ("by", &p.by, POWER_BY_MAX),
+    ] {
+        if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+            return Err(format!("{field} must be 1–{max} printable characters"));
+        }
+    }
+    Ok(p)
+}
+
+/// Record a power action builder took on a node (who, what, result) in its timeline; the node
+/// list shows it as `last_power`. Never changes the install state.
+async fn power(
+    State(app): App,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let p = match check_power(&body) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let r = apply(
+        &app,
+        &name,
+        Event::Power {
+            action: p.action,
+            result: p.result,
+            by: p.by,
+        },
+    )
+    .await;
+    answer(&app, &name, "power", r)
+}
+
 /// Machines not in the inventory that asked for DHCP or a boot script, with their facts.
 async fn discovered(State(app): App) -> Response {
     let machines = app.discovered.all(now_ms());
@@ -294,6 +358,35 @@ mod tests {
             );
         }
         h
+    }
+
+    /// Protects the timeline and terminals: power reports with unknown actions, control
+    /// characters or oversized fields are refused.
+    #[test]
+    fn power_reports_are_bounded_and_printable() {
+        let ok = br#"{"action":"on","result":"ok","by":"builder provision"}"#;
+        assert_eq!(check_power(ok).unwrap().action, "on");
+        for bad in [
+            r#"{"action":"explode","result":"ok","by":"x"}"#.to_string(),
+            r#"{"action":"on","result":"ok[2J","by":"x"}"#.to_string(),
+            r#"{"action":"on","result":"","by":"x"}"#.to_string(),
+            format!(
+                r#"{{"action":"on","result":"{}","by":"x"}}"#,
+                "a".repeat(201)
+            ),
+            format!(
+                r#"{{"action":"on","result":"ok","by":"{}"}}"#,
+                "b".repeat(65)
+            ),
+            r#"{"action":"on","result":"ok","by":"x","password":"p"}"#.to_string(),
+        ] {
+            assert!(check_power(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let huge = format!(
+            r#"{{"action":"on","result":"ok","by":"x","pad":"{}"}}"#,
+            "a".repeat(2000)
+        );
+        assert!(check_power(huge.as_bytes()).unwrap_err().contains("larger"));
     }
 
     #[test]
