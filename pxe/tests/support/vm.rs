@@ -479,6 +479,18 @@ pub struct VmOpts {
     pub smp: u32,
     /// End qemu at the guest's first reboot instead of rebooting it.
     pub no_reboot: bool,
+    /// More disks, after the install disk (vm_discover: a machine with several).
+    pub extra_disks: Vec<ExtraDisk>,
+}
+
+/// A further disk: an existing raw `file` (the test makes it, with known content), attached
+/// with `device` (a qemu `-device` value; `,drive=<id>` is appended), after the `controller`
+/// device it sits on, if any (e.g. `megasas-gen2,id=raid` for `scsi-hd,bus=raid.0`).
+#[derive(Clone, Debug)]
+pub struct ExtraDisk {
+    pub file: PathBuf,
+    pub controller: Option<String>,
+    pub device: String,
 }
 
 impl VmOpts {
@@ -493,6 +505,7 @@ impl VmOpts {
             mem_mb: 256,
             smp: 1,
             no_reboot: true,
+            extra_disks: Vec::new(),
         }
     }
 }
@@ -560,8 +573,20 @@ impl Vm {
                     "scsi-hd,bus=scsi0.0,drive=d0,bootindex=2",
                 ],
             })
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stdin(Stdio::null());
+        for (i, x) in o.extra_disks.iter().enumerate() {
+            if let Some(c) = &x.controller {
+                cmd.args(["-device", c]);
+            }
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},format=raw,if=none,id=x{i},cache=unsafe",
+                    x.file.display()
+                ))
+                .arg("-device")
+                .arg(format!("{},drive=x{i}", x.device));
+        }
+        cmd.stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
             .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap());
         let child = cmd.spawn().expect("spawning qemu-system-x86_64");
         Vm {
@@ -600,6 +625,29 @@ impl Vm {
         );
         eprintln!(
             "timing: {:<14} {:>6.1} s  {marker}",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Wait for qemu to end by itself: the guest powered off, or rebooted under `no_reboot`.
+    pub fn wait_exit(&mut self) {
+        let until = Instant::now() + DEADLINE;
+        while self.proc.alive() {
+            if Instant::now() >= until {
+                FAILED.store(true, Ordering::SeqCst);
+                let text = self.serial_text();
+                let lines: Vec<&str> = text.lines().collect();
+                panic!(
+                    "{}: qemu still running after {DEADLINE:?}; last output:\n{}\n{KEEP_HINT}",
+                    self.name,
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!(
+            "timing: {:<14} {:>6.1} s  qemu exited",
             self.name,
             self.started.elapsed().as_secs_f64()
         );
