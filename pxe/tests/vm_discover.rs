@@ -15,7 +15,9 @@
 //! any disk; adopt names the NVMe disk; the install lands on it (GPT at its head, the installer's
 //! "installed ... on /dev/nvme0n1"); the two data disks stay byte-for-byte unchanged.
 //!
-//! Not covered here: the first boot of the adopted node (vm_install covers first boot).
+//! Then the node's first boot, from the NVMe disk: `booted`, phone_home from the address adopt
+//! chose, and the first-boot script reports the PERC data disk as not blank (it holds data) and
+//! leaves both data disks byte-for-byte as they were.
 //!
 //! Needs what vm_install needs (root, the vm_pxe packages, the image tools, Debian's archive on
 //! the first run; the golden image is cached in `IRONSEED_E2E_CACHE`).
@@ -247,11 +249,13 @@ fn an_unknown_vm_is_inspected_adopted_and_installed_on_the_derived_disk() {
     o.reuse_disk = true;
     o.mem_mb = 1024;
     o.smp = 2;
+    o.disk_bootindex = 3;
     o.extra_disks = vec![
         ExtraDisk {
             file: nvme.clone(),
             controller: None,
-            device: format!("nvme,serial={NVME_SERIAL}"),
+            // The operator's boot order: the NIC, then the OS disk.
+            device: format!("nvme,serial={NVME_SERIAL},bootindex=2"),
         },
         ExtraDisk {
             file: perc.clone(),
@@ -414,6 +418,60 @@ fn an_unknown_vm_is_inspected_adopted_and_installed_on_the_derived_disk() {
         content_digest(&perc),
         before[2],
         "the PERC data disk is unchanged"
+    );
+
+    // 4. First boot from the NVMe disk: pxe sends the installed node to its disk, cloud-init
+    // applies the seed, and the first-boot script finds the data disks holding data it cannot
+    // name: it reports them and leaves them alone (data disks are never wiped).
+    let p3 = Instant::now();
+    let mut vm = Vm::start_with(&lab, &dir, "firstboot", &o);
+    vm.wait("ironseed: booting from local disk");
+    vm.wait(&format!("ironseed: {HOST} finished first boot"));
+    eprintln!("timing: first boot {:>6.1} s", p3.elapsed().as_secs_f64());
+    let until = Instant::now() + std::time::Duration::from_secs(120);
+    let n = loop {
+        let n = nodes(&ns)
+            .into_iter()
+            .find(|n| n["hostname"] == HOST)
+            .unwrap();
+        if n["state"] == "booted" {
+            break n;
+        }
+        assert!(Instant::now() < until, "{HOST} never reached booted: {n:#}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let notes: Vec<String> = n["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["event"] == "note")
+        .map(|t| t["detail"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        notes.iter().any(|d| d.contains("phone-home")
+            && d.contains(&format!("hostname={HOST} "))
+            && d.ends_with("address=10.88.0.22")),
+        "phone_home from the address adopt chose: {notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|d| d.starts_with("first-boot-failed: data disk raid: ")
+                && d.contains("is not blank")
+                && d.contains("left untouched")),
+        "the PERC disk with data is reported, not formatted: {notes:?}"
+    );
+    vm.proc.stop();
+    drop(vm);
+    assert_eq!(
+        content_digest(&virtio),
+        before[0],
+        "the virtio data disk is unchanged after the first boot"
+    );
+    assert_eq!(
+        content_digest(&perc),
+        before[2],
+        "the PERC data disk is unchanged after the first boot"
     );
 
     assert!(pxe.alive(), "pxe serve died");

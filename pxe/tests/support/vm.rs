@@ -473,6 +473,10 @@ pub struct VmOpts {
     pub mac: String,
     pub bus: DiskBus,
     pub disk_size: u64,
+    /// The install disk's place in the firmware's boot order (the NIC is 1). SeaBIOS makes the
+    /// lowest-numbered disk BIOS drive 0x80, the one local boot (`sanboot 0x80`, "Booting from
+    /// Hard Disk") tries.
+    pub disk_bootindex: u32,
     /// Keep an existing disk file instead of making a fresh blank one.
     pub reuse_disk: bool,
     pub mem_mb: u32,
@@ -501,6 +505,7 @@ impl VmOpts {
             mac: mac.into(),
             bus: DiskBus::VirtioBlk,
             disk_size: 64 << 20,
+            disk_bootindex: 2,
             reuse_disk: false,
             mem_mb: 256,
             smp: 1,
@@ -565,12 +570,18 @@ impl Vm {
                 disk.display()
             ))
             .args(match o.bus {
-                DiskBus::VirtioBlk => vec!["-device", "virtio-blk-pci,drive=d0,bootindex=2"],
+                DiskBus::VirtioBlk => vec![
+                    "-device".to_string(),
+                    format!("virtio-blk-pci,drive=d0,bootindex={}", o.disk_bootindex),
+                ],
                 DiskBus::Scsi => vec![
-                    "-device",
-                    "virtio-scsi-pci,id=scsi0",
-                    "-device",
-                    "scsi-hd,bus=scsi0.0,drive=d0,bootindex=2",
+                    "-device".to_string(),
+                    "virtio-scsi-pci,id=scsi0".to_string(),
+                    "-device".to_string(),
+                    format!(
+                        "scsi-hd,bus=scsi0.0,drive=d0,bootindex={}",
+                        o.disk_bootindex
+                    ),
                 ],
             })
             .stdin(Stdio::null());
