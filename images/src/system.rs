@@ -147,6 +147,23 @@ pub fn sysfs_disks(sys: &Path, mountinfo: &str) -> Vec<Disk> {
     out
 }
 
+/// The network interfaces the installer takes down before reboot(2): every one under
+/// `<sys>/class/net` but loopback, sorted. Debian 12's kernel can spin forever in virtio_net's
+/// `free_old_xmit_skbs` when IPv6 MLD work transmits while `device_shutdown()` resets the NIC
+/// (seen in vm_discover: a soft lockup, the VM never powered off); a downed link sends nothing.
+pub fn interfaces_to_down(sys: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(sys.join("class/net"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n != "lo")
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// The serial in a SCSI Unit Serial Number VPD page (0x80; SPC-4 7.8.15): a 4-byte header
 /// with the length at bytes 2-3, then the serial in ASCII, space-padded. This is what udev's
 /// `ID_SCSI_SERIAL` (and so lsblk's SERIAL) reads for SCSI and SATA disks.
@@ -421,6 +438,16 @@ impl Device for DeviceFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_interface_but_loopback_goes_down_before_reboot() {
+        let t = tempfile::tempdir().unwrap();
+        for n in ["lo", "eth1", "eth0", "bond0"] {
+            std::fs::create_dir_all(t.path().join("class/net").join(n)).unwrap();
+        }
+        assert_eq!(interfaces_to_down(t.path()), ["bond0", "eth0", "eth1"]);
+        assert!(interfaces_to_down(&t.path().join("nothing")).is_empty());
+    }
 
     /// A fake sysfs as the installer's VM shows it: a virtio-scsi disk with a mounted partition,
     /// a virtio-blk disk with a serial, and devices that are never install targets.

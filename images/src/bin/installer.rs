@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     match r {
         Ok(_) => {
             eprintln!("ironseed installer: done, rebooting into the installed system");
+            links_down();
             let _ = Command::new("sync").status();
             let _ = Command::new("reboot").arg("-f").status();
             ExitCode::SUCCESS
@@ -67,6 +68,7 @@ fn inspect(facts_url: &str, mac: Option<&str>, after: After) -> ExitCode {
             After::Reboot => "rebooting",
         }
     );
+    links_down();
     // reboot(2) does not flush: sync first (inspection wrote no disk, but keep the rule every
     // exit of the installer follows). busybox's `poweroff -f` is the fallback if it is refused.
     nix::unistd::sync();
@@ -78,6 +80,16 @@ fn inspect(facts_url: &str, mac: Option<&str>, after: After) -> ExitCode {
     };
     let _ = Command::new(cmd).arg("-f").status();
     ExitCode::FAILURE
+}
+
+/// Every NIC down before reboot(2) (`images::system::interfaces_to_down` says why). Best
+/// effort: a link that stays up only risks the hang this avoids.
+fn links_down() {
+    for n in images::system::interfaces_to_down(std::path::Path::new("/sys")) {
+        let _ = Command::new("ip")
+            .args(["link", "set", "dev", &n, "down"])
+            .status();
+    }
 }
 
 fn shell() -> ExitCode {

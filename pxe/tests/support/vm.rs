@@ -473,12 +473,28 @@ pub struct VmOpts {
     pub mac: String,
     pub bus: DiskBus,
     pub disk_size: u64,
+    /// The install disk's place in the firmware's boot order (the NIC is 1). SeaBIOS makes the
+    /// lowest-numbered disk BIOS drive 0x80, the one local boot (`sanboot 0x80`, "Booting from
+    /// Hard Disk") tries.
+    pub disk_bootindex: u32,
     /// Keep an existing disk file instead of making a fresh blank one.
     pub reuse_disk: bool,
     pub mem_mb: u32,
     pub smp: u32,
     /// End qemu at the guest's first reboot instead of rebooting it.
     pub no_reboot: bool,
+    /// More disks, after the install disk (vm_discover: a machine with several).
+    pub extra_disks: Vec<ExtraDisk>,
+}
+
+/// A further disk: an existing raw `file` (the test makes it, with known content), attached
+/// with `device` (a qemu `-device` value; `,drive=<id>` is appended), after the `controller`
+/// device it sits on, if any (e.g. `megasas-gen2,id=raid` for `scsi-hd,bus=raid.0`).
+#[derive(Clone, Debug)]
+pub struct ExtraDisk {
+    pub file: PathBuf,
+    pub controller: Option<String>,
+    pub device: String,
 }
 
 impl VmOpts {
@@ -489,10 +505,12 @@ impl VmOpts {
             mac: mac.into(),
             bus: DiskBus::VirtioBlk,
             disk_size: 64 << 20,
+            disk_bootindex: 2,
             reuse_disk: false,
             mem_mb: 256,
             smp: 1,
             no_reboot: true,
+            extra_disks: Vec::new(),
         }
     }
 }
@@ -552,16 +570,34 @@ impl Vm {
                 disk.display()
             ))
             .args(match o.bus {
-                DiskBus::VirtioBlk => vec!["-device", "virtio-blk-pci,drive=d0,bootindex=2"],
+                DiskBus::VirtioBlk => vec![
+                    "-device".to_string(),
+                    format!("virtio-blk-pci,drive=d0,bootindex={}", o.disk_bootindex),
+                ],
                 DiskBus::Scsi => vec![
-                    "-device",
-                    "virtio-scsi-pci,id=scsi0",
-                    "-device",
-                    "scsi-hd,bus=scsi0.0,drive=d0,bootindex=2",
+                    "-device".to_string(),
+                    "virtio-scsi-pci,id=scsi0".to_string(),
+                    "-device".to_string(),
+                    format!(
+                        "scsi-hd,bus=scsi0.0,drive=d0,bootindex={}",
+                        o.disk_bootindex
+                    ),
                 ],
             })
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stdin(Stdio::null());
+        for (i, x) in o.extra_disks.iter().enumerate() {
+            if let Some(c) = &x.controller {
+                cmd.args(["-device", c]);
+            }
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},format=raw,if=none,id=x{i},cache=unsafe",
+                    x.file.display()
+                ))
+                .arg("-device")
+                .arg(format!("{},drive=x{i}", x.device));
+        }
+        cmd.stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
             .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap());
         let child = cmd.spawn().expect("spawning qemu-system-x86_64");
         Vm {
@@ -600,6 +636,29 @@ impl Vm {
         );
         eprintln!(
             "timing: {:<14} {:>6.1} s  {marker}",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Wait for qemu to end by itself: the guest powered off, or rebooted under `no_reboot`.
+    pub fn wait_exit(&mut self) {
+        let until = Instant::now() + DEADLINE;
+        while self.proc.alive() {
+            if Instant::now() >= until {
+                FAILED.store(true, Ordering::SeqCst);
+                let text = self.serial_text();
+                let lines: Vec<&str> = text.lines().collect();
+                panic!(
+                    "{}: qemu still running after {DEADLINE:?}; last output:\n{}\n{KEEP_HINT}",
+                    self.name,
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!(
+            "timing: {:<14} {:>6.1} s  qemu exited",
             self.name,
             self.started.elapsed().as_secs_f64()
         );
