@@ -76,16 +76,9 @@ labels:
 taints: []
 ";
 
+/// The lab inventory's writable copy with this test's profile beside the others.
 fn inventory_copy(dir: &Path) -> PathBuf {
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let inv = dir.join("inventory");
-    std::fs::create_dir_all(inv.join("hardware")).unwrap();
-    for f in ["vmlab.yaml", "vmlab.secrets.yaml"] {
-        std::fs::copy(fx.join(f), inv.join(f)).unwrap();
-    }
-    for e in std::fs::read_dir(fx.join("hardware")).unwrap().flatten() {
-        std::fs::copy(e.path(), inv.join("hardware").join(e.file_name())).unwrap();
-    }
+    let inv = support::vm::inventory_copy(dir);
     std::fs::write(inv.join("hardware/qemu-inspect.yaml"), PROFILE).unwrap();
     inv
 }
@@ -162,19 +155,6 @@ fn discovered(ns: &str) -> Value {
         .find(|m| m["mac"] == MAC)
         .unwrap_or_else(|| panic!("{MAC} not discovered: {body}"))
         .clone()
-}
-
-fn lab_dir(tmp: tempfile::TempDir) -> (PathBuf, Option<tempfile::TempDir>) {
-    let dir = if std::env::var_os("IRONSEED_VM_KEEP").is_some() {
-        let p = tmp.keep();
-        eprintln!("keeping {}", p.display());
-        (p, None)
-    } else {
-        (tmp.path().to_owned(), Some(tmp))
-    };
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
 }
 
 /// One process in the lab's pxe namespace, as the operator (token in the environment).

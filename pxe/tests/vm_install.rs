@@ -32,7 +32,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -140,34 +140,6 @@ fn assert_installed_and_configured(ns: &str, vm: &Vm, host: &str, ip: &str, bund
         "{host}: static address applied: {s:?}"
     );
     assert_eq!(s["k3s-config-sha256"], want, "{host}: k3s config in place");
-}
-
-/// A writable copy of the VM inventory (with its hardware/ profiles and secrets): `builder
-/// rebuild --mac` edits the inventory file in place.
-fn inventory_copy(dir: &Path) -> PathBuf {
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let inv = dir.join("inventory");
-    std::fs::create_dir_all(inv.join("hardware")).unwrap();
-    for f in ["vmlab.yaml", "vmlab.secrets.yaml"] {
-        std::fs::copy(fx.join(f), inv.join(f)).unwrap();
-    }
-    for e in std::fs::read_dir(fx.join("hardware")).unwrap().flatten() {
-        std::fs::copy(e.path(), inv.join("hardware").join(e.file_name())).unwrap();
-    }
-    inv
-}
-
-fn lab_dir(tmp: tempfile::TempDir) -> (PathBuf, Option<tempfile::TempDir>) {
-    let dir = if std::env::var_os("IRONSEED_VM_KEEP").is_some() {
-        let p = tmp.keep();
-        eprintln!("keeping {}", p.display());
-        (p, None)
-    } else {
-        (tmp.path().to_owned(), Some(tmp))
-    };
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
 }
 
 #[test]

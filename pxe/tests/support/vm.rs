@@ -786,3 +786,33 @@ pub fn summary(serial: &str, node: &str) -> std::collections::BTreeMap<String, S
     }
     out
 }
+
+/// A writable copy of the VM inventory (with its hardware/ profiles and secrets): `builder
+/// rebuild --mac` and `builder adopt` edit the inventory file in place.
+pub fn inventory_copy(dir: &Path) -> PathBuf {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let inv = dir.join("inventory");
+    std::fs::create_dir_all(inv.join("hardware")).unwrap();
+    for f in ["vmlab.yaml", "vmlab.secrets.yaml"] {
+        std::fs::copy(fx.join(f), inv.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(fx.join("hardware")).unwrap().flatten() {
+        std::fs::copy(e.path(), inv.join("hardware").join(e.file_name())).unwrap();
+    }
+    inv
+}
+
+/// The test's folder, world-readable (pxe drops to its own user); kept with
+/// `IRONSEED_VM_KEEP` set (the guard is then `None`).
+pub fn lab_dir(tmp: tempfile::TempDir) -> (PathBuf, Option<tempfile::TempDir>) {
+    let dir = if std::env::var_os("IRONSEED_VM_KEEP").is_some() {
+        let p = tmp.keep();
+        eprintln!("keeping {}", p.display());
+        (p, None)
+    } else {
+        (tmp.path().to_owned(), Some(tmp))
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
