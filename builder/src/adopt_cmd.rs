@@ -177,7 +177,7 @@ pub fn adopt(a: &AdoptArgs) -> Result<()> {
     let entry = adopt::entry_yaml(
         &NewNode {
             hostname: hostname.as_str(),
-            role: a.role.as_str(),
+            role: images::bundle::Role::from(a.role).as_str(),
             profile: &profile.name,
             mac: &mac_text,
             ip,
@@ -235,7 +235,7 @@ pub fn adopt(a: &AdoptArgs) -> Result<()> {
     println!(
         "{}: added {hostname} ({}, profile {}, {mac}, {ip}); next: builder render, then pxe arm {hostname}",
         l.name,
-        a.role.as_str(),
+        images::bundle::Role::from(a.role).as_str(),
         profile.name
     );
     Ok(())

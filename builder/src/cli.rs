@@ -484,12 +484,12 @@ pub enum RoleArg {
     Nfs,
 }
 
-impl RoleArg {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RoleArg::Server => "server",
-            RoleArg::Agent => "agent",
-            RoleArg::Nfs => "nfs",
+impl From<RoleArg> for images::bundle::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Server => images::bundle::Role::Server,
+            RoleArg::Agent => images::bundle::Role::Agent,
+            RoleArg::Nfs => images::bundle::Role::Nfs,
         }
     }
 }

@@ -529,10 +529,15 @@ impl Store {
     /// The node's state as boot decisions see it: an armed node whose install window ended
     /// is no longer armed, even before the sweeper has recorded it.
     pub fn state(&self, hostname: &str) -> Option<NodeState> {
-        let rec = self.get(hostname)?;
+        // On every DHCP request and boot script: no copy of the record (its timeline).
+        if !self.served(hostname) {
+            return None;
+        }
+        let g = self.inner.lock().unwrap();
+        let rec = g.nodes.get(hostname)?;
         let now = now_ms();
         if rec.state.install_armed() && rec.live_secret(now).is_none() {
-            return Some(apply(&rec, &Event::Expire, now).map_or(rec.state, |r| r.state));
+            return Some(apply(rec, &Event::Expire, now).map_or(rec.state, |r| r.state));
         }
         Some(rec.state)
     }
