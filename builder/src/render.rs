@@ -12,6 +12,7 @@ use crate::inventory::model::{DiskPurpose, Inventory, Node, Role};
 use crate::k3s_flags;
 use crate::secrets::Secrets;
 use crate::templates::{TemplateError, Templates};
+use crate::topology;
 use images::bundle::{Artifact, Plan, PlanNode};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +232,16 @@ pub fn render(
     };
     // The plan holds each node's report token: private like the seeds themselves.
     bundle.add(PLAN, plan.to_json(), 0o600);
+    // The picture is parsed back like every rendered YAML file: the dashboard finds each node
+    // by its group, so one that is missing or malformed fails the render, not the page.
+    let svg = topology::svg(inv, &opts.joined);
+    topology::check_svg(&svg, inv.nodes.iter().map(|n| n.hostname.as_str())).map_err(|e| {
+        RenderError::Invalid {
+            file: topology::FILE.into(),
+            message: e.to_string(),
+        }
+    })?;
+    bundle.add(topology::FILE, svg, 0o644);
     let sums = bundle.sha256sums();
     bundle.add(SUMS, sums, 0o644);
     Ok(bundle)

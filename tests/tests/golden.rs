@@ -112,3 +112,92 @@ fn rewrite(dir: &Path, want: &BTreeMap<String, Vec<u8>>, have: &BTreeMap<String,
         std::fs::write(path, bytes).unwrap();
     }
 }
+
+/// The width `builder topology` uses when its output is not a terminal.
+const TOPOLOGY_WIDTH: usize = 100;
+
+/// Protects the terminal picture (`builder topology`) against unreviewed change, for each
+/// fixture at the default width, without colour. Same rule as the bundle snapshots: compared
+/// first, rewritten only with `UPDATE_GOLDEN=1` outside CI. (The SVG is a bundle file: the
+/// bundle snapshots above pin it.)
+#[test]
+fn topology_ascii_matches_golden() {
+    let update = ironseed_tests::ci::update_golden();
+    let mut failures = Vec::new();
+    for name in FIXTURES {
+        let f = render_fixture(name);
+        let want = builder::topology::ascii(&f.inventory, TOPOLOGY_WIDTH, false);
+        let path = repo_root().join(format!("tests/golden/topology/{name}.txt"));
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        if have != want {
+            failures.push(format!(
+                "{}: differs from the golden:\n{}",
+                path.display(),
+                builder::diff::line_diff(&have, &want, 2).join("\n")
+            ));
+            if update {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &want).unwrap();
+            }
+        }
+    }
+    if update && !failures.is_empty() {
+        eprintln!(
+            "UPDATED (review `git diff tests/golden/topology`):\n\n{}",
+            failures.join("\n\n")
+        );
+        return;
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n\nIf the change is intended: UPDATE_GOLDEN=1 cargo test -p ironseed-tests --test golden",
+        failures.join("\n\n")
+    );
+}
+
+/// Protects the dashboard contract of the bundle's topology.svg for every fixture: an SVG root
+/// with a viewBox, and exactly one `<g id="node-H" class="node role-R" data-node="H">` with a
+/// `<rect>` per inventory node, with the node's role.
+#[test]
+fn topology_svg_is_svg_and_names_every_node() {
+    for name in FIXTURES {
+        let f = render_fixture(name);
+        let file = &f.bundle.files[builder::topology::FILE];
+        assert_eq!(file.mode, 0o644, "{name}");
+        let svg = std::str::from_utf8(&file.bytes).unwrap();
+        builder::topology::check_svg(svg, f.inventory.nodes.iter().map(|n| n.hostname.as_str()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for n in &f.inventory.nodes {
+            let h = n.hostname.as_str();
+            let group = format!(
+                r#"<g id="node-{h}" class="node role-{}" data-node="{h}">"#,
+                n.role.as_str()
+            );
+            assert!(svg.contains(&group), "{name}: no {group}");
+        }
+        assert!(
+            f.bundle.sha256sums().contains("  topology.svg\n"),
+            "{name}: topology.svg is not in SHA256SUMS"
+        );
+    }
+}
+
+/// Protects determinism: two renders of a fixture give the same picture, byte for byte (it is
+/// in SHA256SUMS, so a drifting picture would make every render look like a change).
+#[test]
+fn topology_is_byte_identical_across_renders() {
+    for name in FIXTURES {
+        let a = render_fixture(name);
+        let b = render_fixture(name);
+        assert_eq!(
+            a.bundle.files[builder::topology::FILE].bytes,
+            b.bundle.files[builder::topology::FILE].bytes,
+            "{name}"
+        );
+        assert_eq!(
+            builder::topology::ascii(&a.inventory, TOPOLOGY_WIDTH, false),
+            builder::topology::ascii(&b.inventory, TOPOLOGY_WIDTH, false),
+            "{name}"
+        );
+    }
+}
