@@ -32,6 +32,11 @@ pub enum Command {
     Render(RenderArgs),
     /// Show what `render` would change in an existing bundle, without writing anything.
     Diff(RenderArgs),
+    /// Print the cluster picture: the subnet, gateway, appliance and API VIP, then the servers,
+    /// agents and NFS hosts as boxes (hostname, IP, profile, etcd, GPU, Longhorn tiers, NFS
+    /// exports), laid out for the terminal's width. The same picture is the bundle's
+    /// topology.svg.
+    Topology(TopologyArgs),
     /// OS images: the catalog, and verified images in the artifacts folder `pxe serve` serves.
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -406,6 +411,16 @@ pub struct RenderArgs {
     /// `iso` (ISO9660 labelled cidata with Rock Ridge, for a VM's virtual CD-ROM).
     #[arg(long, value_enum, default_value_t = UsbFormat::Fat, requires = "usb")]
     pub usb_format: UsbFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Lay the boxes out for N columns. Default: the terminal's width, or 100 when the output
+    /// is not a terminal.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(20..))]
+    pub width: Option<u16>,
 }
 
 #[derive(Debug, Args)]

@@ -18,7 +18,9 @@ use builder::{bundle, diff, facts_check, fsutil};
 use images::system::{self, DeviceFile};
 use images::usb::{self, Phase, Policy};
 
-use crate::cli::{InitArgs, RenderArgs, SourceArgs, UsbFormat, UsbWriteArgs, ValidateArgs};
+use crate::cli::{
+    InitArgs, RenderArgs, SourceArgs, TopologyArgs, UsbFormat, UsbWriteArgs, ValidateArgs,
+};
 
 pub fn init(a: &InitArgs) -> Result<()> {
     if a.path.exists() && !a.force {
@@ -130,6 +132,27 @@ pub fn load_text(a: &SourceArgs, name: String, text: String) -> Result<Loaded> {
         }
         _ => bail!("{name}: inventory is not valid; nothing was rendered"),
     }
+}
+
+pub fn topology(a: &TopologyArgs) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let l = load(&a.source)?;
+    let stdout = std::io::stdout();
+    let tty = stdout.is_terminal();
+    let width = match a.width {
+        Some(w) => usize::from(w),
+        None if tty => {
+            terminal_size::terminal_size_of(&stdout).map_or(100, |(w, _)| usize::from(w.0))
+        }
+        None => 100,
+    };
+    // NO_COLOR (no-color.org): any non-empty value turns colour off.
+    let colour = tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let text = builder::topology::ascii(&l.inventory, width, colour);
+    stdout
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")
 }
 
 pub fn validate(v: &ValidateArgs) -> Result<()> {

@@ -18,6 +18,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Adopt(a) => adopt_cmd::adopt(a),
         cli::Command::Render(a) => commands::render(a),
         cli::Command::Diff(a) => commands::diff(a),
+        cli::Command::Topology(a) => commands::topology(a),
         cli::Command::Images(c) => match c {
             cli::ImagesCommand::List(a) => images_cmd::list(a),
             cli::ImagesCommand::Fetch(a) => images_cmd::fetch(a),

@@ -273,6 +273,39 @@ fn diff_on_a_fresh_folder_creates_nothing() {
     assert_eq!(names, ["lab.yaml"], "diff wrote files");
 }
 
+/// `builder topology` through a pipe: every node of the inventory, no colour (stdout is not a
+/// terminal), the default width of 100 columns, `--width` honoured.
+#[test]
+fn topology_prints_every_node_for_a_pipe_without_colour() {
+    let d = tempfile::tempdir().unwrap();
+    let o = builder(&["topology"], d.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    for h in [
+        "k3s-master1",
+        "k3s-master2",
+        "k3s-master3",
+        "k3s1",
+        "k3s2",
+        "k3s3",
+        "nfs1",
+        "API VIP",
+        "10.0.20.10",
+    ] {
+        assert!(out.contains(h), "{h} missing:\n{out}");
+    }
+    assert!(!out.contains('\x1b'), "colour through a pipe");
+    assert!(out.lines().all(|l| l.chars().count() <= 100));
+    assert!(out.lines().any(|l| l.chars().count() > 60));
+    let narrow = stdout(&builder(&["topology", "--width", "40"], d.path()));
+    assert!(narrow.lines().all(|l| l.chars().count() <= 40), "{narrow}");
+    assert!(
+        !builder(&["topology", "--width", "5"], d.path())
+            .status
+            .success()
+    );
+}
+
 /// Protects: `--help` is documentation, and so is docs/: every flag a `builder` command shows
 /// is explained in that command's own section of docs/ (the heading naming it, e.g.
 /// "## `builder render`"), not merely somewhere in some file.
@@ -287,6 +320,7 @@ fn help_documents_every_flag_in_its_commands_section_of_the_docs() {
         "validate",
         "render",
         "diff",
+        "topology",
         "images list",
         "images fetch",
         "images build",

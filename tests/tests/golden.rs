@@ -201,3 +201,16 @@ fn topology_is_byte_identical_across_renders() {
         );
     }
 }
+
+/// Protects docs/topology.md from going stale: the seed homelab's picture shown there is the
+/// one `builder topology` prints (the golden above).
+#[test]
+fn the_docs_show_the_current_homelab_picture() {
+    let f = render_fixture("homelab");
+    let want = builder::topology::ascii(&f.inventory, TOPOLOGY_WIDTH, false);
+    let doc = std::fs::read_to_string(repo_root().join("docs/topology.md")).unwrap();
+    assert!(
+        doc.contains(&format!("```\n{want}```\n")),
+        "docs/topology.md does not show the current `builder topology` output; paste tests/golden/topology/homelab.txt"
+    );
+}
