@@ -384,6 +384,7 @@ pub fn diff(a: &RenderArgs) -> Result<()> {
     masked.extend(secrets.etcd_s3_secret_key.as_deref());
     masked.extend(secrets.sops_age_key.as_deref());
     let d = diff::diff(&old, &b, &masked);
+    let dangers = diff::dangers(&old, &b);
     if d.is_empty() {
         println!("{}: up to date", a.out.display());
         return Ok(());
@@ -406,6 +407,19 @@ pub fn diff(a: &RenderArgs) -> Result<()> {
         d.removed.len(),
         d.changed.len()
     );
+    if !dangers.is_empty() {
+        println!(
+            "\nDANGEROUS for a running cluster: {} change{} (docs/operations.md \"Dangerous changes\")",
+            dangers.len(),
+            if dangers.len() == 1 { "" } else { "s" }
+        );
+        for x in &dangers {
+            println!("  ! {}", x.what);
+            println!("    nodes:     {}", x.nodes.join(", "));
+            println!("    why:       {}", x.why);
+            println!("    a rebuild: {}", x.rebuild);
+        }
+    }
     Ok(())
 }
 

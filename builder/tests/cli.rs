@@ -244,11 +244,52 @@ fn diff_shows_what_a_render_would_change_without_secrets() {
         .trim()
         .trim_matches('"');
     assert!(!out.contains(token), "diff printed the token");
+    assert!(
+        !out.contains("DANGEROUS"),
+        "a new address is not dangerous: {out}"
+    );
     assert_eq!(
         before,
         read_tree(&d.path().join("b")),
         "diff writes nothing"
     );
+}
+
+/// `builder diff` marks a change a running cluster refuses, names the nodes and what a rebuild
+/// would do (the classification itself: builder/src/diff.rs unit tests).
+#[test]
+fn diff_marks_a_cidr_change_as_dangerous_naming_the_servers() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("lab.yaml"), DEFAULT_INVENTORY).unwrap();
+    assert!(
+        builder(&["render", "-i", "lab.yaml", "-o", "b"], d.path())
+            .status
+            .success()
+    );
+    std::fs::write(
+        d.path().join("lab.yaml"),
+        DEFAULT_INVENTORY.replacen(
+            "service_cidr: 10.43.0.0/16",
+            "service_cidr: 10.53.0.0/16",
+            1,
+        ),
+    )
+    .unwrap();
+    let o = builder(&["diff", "-i", "lab.yaml", "-o", "b"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("DANGEROUS for a running cluster: "), "{out}");
+    assert!(
+        out.contains(
+            "! critical server flag service-cidr changes from 10.43.0.0/16 to 10.53.0.0/16"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("nodes:     k3s-master1, k3s-master2, k3s-master3\n"),
+        "{out}"
+    );
+    assert!(out.contains("a rebuild: "), "{out}");
 }
 
 /// Protects "diff writes nothing" (issue 12: diff created the secrets file when it was
