@@ -64,4 +64,31 @@ fn main() {
         r.as_secs_f64() * 1e3
     );
     println!("  + write bundle (fsync) {:>8.1} ms", w.as_secs_f64() * 1e3);
+
+    // The picture alone (it is part of the render above): drawing it and parsing it back.
+    let templates = Templates::embedded();
+    let mut d = Diagnostics::default();
+    let profiles = ProfileSet::load(&[], &mut d);
+    let inv = inventory::load("bench.yaml", &text, &profiles, &templates)
+        .0
+        .unwrap();
+    let mut draw = Vec::new();
+    let mut check = Vec::new();
+    let mut size = 0;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let svg = builder::topology::svg(&inv, &Default::default());
+        draw.push(t0.elapsed());
+        let t1 = Instant::now();
+        builder::topology::check_svg(&svg, inv.nodes.iter().map(|n| n.hostname.as_str())).unwrap();
+        check.push(t1.elapsed());
+        size = svg.len();
+    }
+    draw.sort();
+    check.sort();
+    println!(
+        "  topology.svg: {size} bytes, drawn in {:.1} ms, parsed back and checked in {:.1} ms",
+        draw[2].as_secs_f64() * 1e3,
+        check[2].as_secs_f64() * 1e3
+    );
 }

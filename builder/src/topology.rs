@@ -569,10 +569,12 @@ pub fn check_svg<'a>(
 // Terminal
 
 /// Text that reaches a terminal: a control character from the inventory (an escape sequence in
-/// an export path) is shown as `?`, never sent.
+/// an export path) or a bidi override (which reorders what the terminal shows) is shown as `?`,
+/// never sent.
 fn printable(s: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
     s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if c.is_control() || bidi(c) { '?' } else { c })
         .collect()
 }
 
@@ -743,8 +745,7 @@ mod tests {
     #[test]
     fn free_text_cannot_break_out_of_the_svg() {
         let mut inv = homelab();
-        let evil =
-            "</text></g><script>alert(1)</script><g id=\"node-x\" class=\"node\">&amp;'\u{1b}\u{0}";
+        let evil = "</text></g><script>alert(1)</script><g id=\"node-x\" class=\"node\">&amp;'\u{1b}\u{0}\u{202e}";
         for n in &mut inv.nodes {
             n.profile.description = evil.into();
         }
@@ -769,7 +770,7 @@ mod tests {
         );
         // And the terminal gets no escape character from it.
         let a = render_ascii(&picture_with(&inv, &BTreeSet::new(), ASCII), 100, false);
-        assert!(!a.contains('\u{1b}') && !a.contains('\0'));
+        assert!(!a.contains('\u{1b}') && !a.contains('\0') && !a.contains('\u{202e}'));
     }
 
     #[test]
