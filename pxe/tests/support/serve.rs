@@ -452,25 +452,26 @@ pub fn tftp_get(port: u16, file: &str, out: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// A stand-in `topology.svg` with the contract `builder render` follows: every node is a group
-/// `<g id="node-HOST" class="node" data-node="HOST">` holding a `rect`. It also carries what a
-/// hostile or careless picture could (a script, an event handler, inline style), which the
-/// dashboard must strip before the picture joins its page.
+/// A stand-in `topology.svg` shaped like `builder render`'s: one `<style>` element, classes,
+/// and every node a group `<g id="node-HOST" class="node role-ROLE" data-node="HOST">` holding
+/// a `rect`. It also carries a script, which must never run in the dashboard.
 pub fn topology_fixture(plan: &serde_json::Value) -> Vec<(String, Vec<u8>)> {
     let nodes = plan["nodes"].as_array().unwrap();
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {} 200\" onload=\"alert(1)\">\n\
-         <script>document.title='pwned'</script>\n<style>rect{{fill:red}}</style>\n",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"ironseed-topology\" viewBox=\"0 0 {} 200\">\n\
+         <style>\n.ironseed-topology .box {{ stroke-width: 1.5; }}\n</style>\n\
+         <script>document.title='pwned'</script>\n",
         20 + 170 * nodes.len()
     );
     for (i, n) in nodes.iter().enumerate() {
         let h = n["hostname"].as_str().unwrap();
+        let role = n["role"].as_str().unwrap();
         let x = 20 + 170 * i;
         svg.push_str(&format!(
-            "<g id=\"node-{h}\" class=\"node\" data-node=\"{h}\">\
-             <rect x=\"{x}\" y=\"40\" width=\"150\" height=\"80\" rx=\"6\" fill=\"#fff\" stroke=\"#888\" style=\"fill:blue\"/>\
-             <text x=\"{}\" y=\"75\" font-size=\"14\">{h}</text>\
-             <text x=\"{}\" y=\"98\" font-size=\"12\">{}</text></g>\n",
+            "<g id=\"node-{h}\" class=\"node role-{role}\" data-node=\"{h}\">\
+             <rect class=\"box\" x=\"{x}\" y=\"40\" width=\"150\" height=\"80\" rx=\"6\"/>\
+             <text x=\"{}\" y=\"75\" class=\"head\">{h}</text>\
+             <text x=\"{}\" y=\"98\">{}</text></g>\n",
             x + 10,
             x + 10,
             n["ip"].as_str().unwrap()

@@ -227,6 +227,8 @@ fn render(app: &HttpApp, c: &Change) -> Option<Bytes> {
             let v = serde_json::json!({
                 "cluster": bundle.plan.cluster,
                 "bundle": bundle.id,
+                // The page asks for the picture only when there is one (a 404 is a console error).
+                "topology": bundle.has(super::dashboard::TOPOLOGY_FILE),
                 "nodes": nodes,
             });
             Some(frame("snapshot", &v.to_string()))

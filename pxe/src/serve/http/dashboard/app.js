@@ -92,7 +92,6 @@ function loggedIn() {
   $('main').hidden = false;
   $('forget').hidden = false;
   connect();
-  loadTopology();
 }
 
 $('login-form').addEventListener('submit', (e) => {
@@ -182,6 +181,14 @@ function onFrame(block) {
     nodes.clear();
     for (const n of v.nodes) { nodes.set(n.hostname, n); sample(n); }
     $('cluster').textContent = v.cluster ? '· ' + v.cluster : '';
+    hasTopology = v.topology === true;
+    // A reloaded bundle brings its own picture.
+    if (v.bundle !== bundleId) { bundleId = v.bundle; topologyLoaded = false; }
+    if (!hasTopology) {
+      topologyLoaded = false;
+      $('topology').replaceChildren();
+      $('topology-note').textContent = 'This bundle has no topology.svg (render it with a newer builder).';
+    } else if (!topologyLoaded) loadTopology();
     renderPage();
     if (window.ironseed.firstRenderMs === null && window.ironseed.tokenAt !== null) {
       window.ironseed.firstRenderMs = performance.now() - window.ironseed.tokenAt;
@@ -507,8 +514,9 @@ setInterval(() => { if (!$('tab-discovered').hidden && token()) loadDiscovered()
 
 // ---------- topology ----------
 
-// The picture comes from the bundle; it is parsed as XML and stripped of anything active
-// before it joins the page (the CSP would block scripts anyway; this keeps the console clean).
+// The picture comes from the bundle (builder render); it is parsed as XML and stripped of
+// anything active before it joins the page. The CSP is the real guard: an event handler or
+// inline style left in the file is blocked (and reported) when it is parsed.
 function sanitizeSvg(svg) {
   const bad = new Set(['script', 'foreignobject', 'iframe', 'style', 'object', 'embed']);
   const walk = (e) => {
@@ -532,8 +540,16 @@ function sanitizeSvg(svg) {
 }
 
 let topologyLoaded = false;
+let topologyLoading = false;
+let hasTopology = false;
+let bundleId = null;
 async function loadTopology() {
-  if (topologyLoaded) return;
+  if (topologyLoaded || topologyLoading || !hasTopology) return;
+  topologyLoading = true;
+  try { await fetchTopology(); } finally { topologyLoading = false; }
+}
+
+async function fetchTopology() {
   let r;
   try { r = await api('/topology.svg'); } catch (e) { return; }
   if (r.status === 404) {
@@ -541,7 +557,10 @@ async function loadTopology() {
     return;
   }
   if (!r.ok) return;
-  const doc = new DOMParser().parseFromString(await r.text(), 'image/svg+xml');
+  // The picture's own <style> goes before parsing: the page's policy allows no inline style
+  // (parsing it would already be reported as a violation); app.css styles its classes.
+  const text = (await r.text()).replace(/<style[\s\S]*?<\/style>/gi, '');
+  const doc = new DOMParser().parseFromString(text, 'image/svg+xml');
   const svg = doc.documentElement;
   if (svg.localName !== 'svg' || doc.querySelector('parsererror')) {
     $('topology-note').textContent = 'topology.svg is not valid SVG.';
