@@ -293,6 +293,36 @@ fn the_dashboard_follows_an_install_and_arms_a_node() {
     b.wait(&row_state(host, "armed"), 5.0);
     assert_eq!(s.state(host), "armed");
 
+    // A failure reason is network text: shown as text, never as markup.
+    let hostile = r#"disk gone <img src=x onerror="document.title='pwned'"><b>bold</b>"#;
+    let secret3 = s.secret_from_boot(&lab.mac("k3s3"));
+    let failed = json!({"event": "failed", "reason": hostile}).to_string();
+    assert_eq!(s.install_event("k3s3", &secret3, &failed), 200);
+    b.wait(&row_state("k3s3", "failed"), 2.0);
+    let shown = b.eval(&format!(
+        "{}.querySelector('.c-error').textContent",
+        row("k3s3")
+    ));
+    assert_eq!(shown, json!(hostile));
+    assert_eq!(
+        b.eval(&format!(
+            "{}.querySelectorAll('img, b').length",
+            row("k3s3")
+        )),
+        json!(0)
+    );
+
+    // Discovered machines: one armed for inspection shows up with its MAC.
+    assert_eq!(
+        s.post("/api/v1/discovered/52:54:00:aa:bb:cc/inspect", "").0,
+        200
+    );
+    b.eval("document.querySelector('.tab[data-tab=discovered]').click(); true");
+    b.wait(
+        "[...document.querySelectorAll('#disc-rows tr')].some(r => r.textContent.includes('52:54:00:aa:bb:cc') && r.textContent.includes('armed'))",
+        5.0,
+    );
+
     // The topology picture, coloured by live state, stripped of anything active.
     b.eval("document.getElementById('d-close').click(); true");
     b.eval("document.querySelector('.tab[data-tab=topology]').click(); true");
