@@ -313,6 +313,15 @@ fn event_streams_are_capped() {
     let refused = Stream::open(&s);
     assert_eq!(refused.status, 503, "{}", refused.head);
     assert_eq!(header(&refused.head, "retry-after"), Some("5"));
+    let (_, metrics) = s.anon_get("/metrics");
+    assert!(
+        metrics.contains("ironseed_event_streams_open 16\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ironseed_event_streams_refused_total 1\n"),
+        "{metrics}"
+    );
     drop(open.pop());
     // The pump notices the closed socket at once (its queue's receiver is dropped).
     let deadline = Instant::now() + Duration::from_secs(10);

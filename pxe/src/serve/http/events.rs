@@ -80,6 +80,24 @@ impl Streams {
         self.closing.send_replace(true);
     }
 
+    /// The Prometheus lines of the event streams, for `/metrics`.
+    pub fn render_metrics(&self, o: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            o,
+            "# HELP ironseed_event_streams_open Dashboard event streams open now (at most {}).\n\
+             # TYPE ironseed_event_streams_open gauge\nironseed_event_streams_open {}\n\
+             # HELP ironseed_event_streams_refused_total Event streams refused by the cap (503).\n\
+             # TYPE ironseed_event_streams_refused_total counter\nironseed_event_streams_refused_total {}\n\
+             # HELP ironseed_event_streams_dropped_total Event streams ended because the client did not keep up.\n\
+             # TYPE ironseed_event_streams_dropped_total counter\nironseed_event_streams_dropped_total {}",
+            self.limits.max_streams,
+            self.open(),
+            self.refused.load(Ordering::Relaxed),
+            self.dropped_slow.load(Ordering::Relaxed)
+        );
+    }
+
     /// A place for one more stream, if the cap allows.
     fn try_open(self: &Arc<Self>) -> Option<StreamGuard> {
         let max = self.limits.max_streams.max(1);

@@ -337,6 +337,7 @@ async fn metrics_handler(State(app): App) -> Response {
         app.discovered.len(),
         app.discovered.saves()
     ));
+    app.streams.render_metrics(&mut body);
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
