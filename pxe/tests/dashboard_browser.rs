@@ -434,6 +434,16 @@ fn a_thousand_nodes_render_and_update() {
         5.0,
     );
     eprintln!("1000 nodes: update latency (s, event posted → row changed): {lat:?}");
+    let flip = b.eval(
+        "(() => { const t = performance.now(); document.getElementById('next').click(); \
+         return performance.now() - t; })()",
+    );
+    let search = b.eval(
+        "(() => { const t = performance.now(); const f = document.getElementById('filter'); \
+         f.value = 'node99'; f.dispatchEvent(new Event('input')); return performance.now() - t; })()",
+    );
+    b.wait("document.querySelectorAll('tr.node').length === 11", 5.0);
+    eprintln!("1000 nodes: next page drawn in {flip} ms, filter applied in {search} ms");
     let errors = b.errors();
     assert_eq!(errors, Vec::<String>::new());
 }

@@ -190,6 +190,7 @@ function onFrame(block) {
       $('topology-note').textContent = 'This bundle has no topology.svg (render it with a newer builder).';
     } else if (!topologyLoaded) loadTopology();
     renderPage();
+    colourTopology();
     if (window.ironseed.firstRenderMs === null && window.ironseed.tokenAt !== null) {
       window.ironseed.firstRenderMs = performance.now() - window.ironseed.tokenAt;
     }
@@ -201,7 +202,6 @@ function onFrame(block) {
     if (detailHost === v.hostname) loadDetail(v.hostname);
   }
   window.ironseed.updates++;
-  colourTopology();
 }
 
 // Install rate from successive byte counts (smoothed), for the rate and ETA.
@@ -233,6 +233,8 @@ function queueRender() {
     const changedSet = matches(dirtyRows);
     dirtyRows = new Set();
     if (changedSet) renderPage(); else renderSummary();
+    // Once per frame, however many events arrived: the picture has a group per node.
+    colourTopology();
   });
 }
 
