@@ -72,6 +72,11 @@ impl Bundle {
     }
 
     /// A verified file of the bundle (paths come from the plan, never from a request).
+    /// Whether the bundle holds `rel` (listed in its `SHA256SUMS`).
+    pub fn has(&self, rel: &str) -> bool {
+        self.files.contains_key(rel)
+    }
+
     pub fn read(&self, rel: &str) -> std::io::Result<Vec<u8>> {
         self.files.get(rel).map(|b| b.to_vec()).ok_or_else(|| {
             std::io::Error::new(

@@ -417,6 +417,19 @@ pub struct Reconciled {
     pub returned: Vec<String>,
 }
 
+/// What changed in the store, for live views (the dashboard's event stream).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    /// One node's record.
+    Node(String),
+    /// The set of nodes (a bundle was loaded): every view is stale.
+    All,
+}
+
+/// Changes kept for subscribers that have not read them yet. One shared ring: a subscriber more
+/// than this far behind gets `Lagged` and is dropped by its reader (`events`), never buffered.
+pub const CHANGES_CAP: usize = 1024;
+
 pub struct Store {
     dir: Option<PathBuf>,
     inner: Mutex<StateFile>,
@@ -425,6 +438,7 @@ pub struct Store {
     /// One writer at a time; readers (`/boot`, DHCP) never wait for a disk write.
     writer: Mutex<()>,
     install_window: Duration,
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 impl Store {
@@ -456,6 +470,7 @@ impl Store {
             current: Mutex::new(BTreeSet::new()),
             writer: Mutex::new(()),
             install_window,
+            changes: tokio::sync::broadcast::channel(CHANGES_CAP).0,
         };
         let r = store.reconcile(bundle_id, hostnames, new_nodes)?;
         Ok((store, r))
@@ -463,6 +478,11 @@ impl Store {
 
     pub fn install_window(&self) -> Duration {
         self.install_window
+    }
+
+    /// Every change from now on, after it is on disk and visible (see [`CHANGES_CAP`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     /// A bundle is being served: nodes known from before keep their state (install-once
@@ -504,6 +524,8 @@ impl Store {
         self.persist(&next)?;
         *self.inner.lock().unwrap() = next;
         *self.current.lock().unwrap() = hostnames.iter().map(|h| h.to_string()).collect();
+        // No subscriber is not an error.
+        let _ = self.changes.send(Change::All);
         Ok(out)
     }
 
@@ -592,6 +614,7 @@ impl Store {
         // Not on disk means not done: memory never runs ahead of the disk.
         self.persist(&next).map_err(StoreError::Io)?;
         *self.inner.lock().unwrap() = next;
+        let _ = self.changes.send(Change::Node(hostname.to_string()));
         Ok(updated)
     }
 

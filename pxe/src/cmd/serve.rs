@@ -281,6 +281,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         discovered: discovered.clone(),
         inspect: a.inspect,
         after_inspect: a.after_inspect,
+        streams: Arc::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -50,6 +50,16 @@ pub fn lab_with_joined(joined: &[&str]) -> Lab {
 
 /// [`lab`] from another inventory text (e.g. the default one moved to a netns test's subnet).
 pub fn lab_from(text: &str, joined: &[&str]) -> Lab {
+    lab_with_files(text, joined, |_| Vec::new())
+}
+
+/// [`lab_from`] with more files in the bundle (listed in its `SHA256SUMS`, mode 0644), made
+/// from the rendered plan: e.g. a stand-in `topology.svg`.
+pub fn lab_with_files(
+    text: &str,
+    joined: &[&str],
+    extra: impl Fn(&serde_json::Value) -> Vec<(String, Vec<u8>)>,
+) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let templates = Templates::embedded();
@@ -62,7 +72,20 @@ pub fn lab_from(text: &str, joined: &[&str]) -> Lab {
         joined: joined.iter().map(|s| s.to_string()).collect(),
         ..RenderOptions::default()
     };
-    let b = render::render(&inv, &secrets, &templates, &opts).unwrap();
+    let mut b = render::render(&inv, &secrets, &templates, &opts).unwrap();
+    let rendered: serde_json::Value = serde_json::from_slice(&b.files["plan.json"].bytes).unwrap();
+    for (path, bytes) in extra(&rendered) {
+        b.files
+            .insert(path, builder::render::BundleFile { bytes, mode: 0o644 });
+    }
+    let sums = b.sha256sums().into_bytes();
+    b.files.insert(
+        builder::render::SUMS.to_string(),
+        builder::render::BundleFile {
+            bytes: sums,
+            mode: 0o644,
+        },
+    );
     let bundle = dir.path().join("bundle");
     builder::bundle::write(&bundle, &b).unwrap();
     let ipxe = dir.path().join("ipxe");
@@ -427,4 +450,33 @@ pub fn tftp_get(port: u16, file: &str, out: &Path) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// A stand-in `topology.svg` shaped like `builder render`'s: one `<style>` element, classes,
+/// and every node a group `<g id="node-HOST" class="node role-ROLE" data-node="HOST">` holding
+/// a `rect`. It also carries a script, which must never run in the dashboard.
+pub fn topology_fixture(plan: &serde_json::Value) -> Vec<(String, Vec<u8>)> {
+    let nodes = plan["nodes"].as_array().unwrap();
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"ironseed-topology\" viewBox=\"0 0 {} 200\">\n\
+         <style>\n.ironseed-topology .box {{ stroke-width: 1.5; }}\n</style>\n\
+         <script>document.title='pwned'</script>\n",
+        20 + 170 * nodes.len()
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let h = n["hostname"].as_str().unwrap();
+        let role = n["role"].as_str().unwrap();
+        let x = 20 + 170 * i;
+        svg.push_str(&format!(
+            "<g id=\"node-{h}\" class=\"node role-{role}\" data-node=\"{h}\">\
+             <rect class=\"box\" x=\"{x}\" y=\"40\" width=\"150\" height=\"80\" rx=\"6\"/>\
+             <text x=\"{}\" y=\"75\" class=\"head\">{h}</text>\
+             <text x=\"{}\" y=\"98\">{}</text></g>\n",
+            x + 10,
+            x + 10,
+            n["ip"].as_str().unwrap()
+        ));
+    }
+    svg.push_str("</svg>\n");
+    vec![("topology.svg".to_string(), svg.into_bytes())]
 }

@@ -28,6 +28,8 @@ use crate::metrics::{self, HttpCounters};
 use crate::serve::dhcp::DhcpContext;
 use crate::state::{NewNodes, Store};
 
+pub mod dashboard;
+pub mod events;
 mod files;
 pub mod limits;
 pub mod node;
@@ -60,6 +62,8 @@ pub struct HttpApp {
     pub inspect: crate::discovered::InspectMode,
     /// `pxe serve --after-inspect`.
     pub after_inspect: crate::discovered::AfterInspect,
+    /// The dashboard's event streams (`/api/v1/events/stream`): cap, queues, shutdown.
+    pub streams: Arc<events::Streams>,
 }
 
 impl HttpApp {
@@ -156,6 +160,9 @@ pub fn router(app: Arc<HttpApp>) -> Router {
         .nest("/api/v1", operator::router(app.clone()))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style))
         .route("/{file}", get(boot_file));
     // Counted outside the limits, so their 408 and 413 answers show in the metrics.
     bounded(router, &app.connections.limits)
@@ -211,6 +218,7 @@ async fn count(State(app): App, req: Request, next: Next) -> Response {
         Some("/metrics") => "metrics",
         Some("/{file}") => "boot-file",
         Some("/healthz") => "healthz",
+        Some("/") | Some("/dashboard/app.js") | Some("/dashboard/app.css") => "dashboard",
         _ if req.uri().path().starts_with("/api/") => "api",
         _ => "other",
     };
@@ -329,6 +337,7 @@ async fn metrics_handler(State(app): App) -> Response {
         app.discovered.len(),
         app.discovered.saves()
     ));
+    app.streams.render_metrics(&mut body);
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -347,8 +356,11 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (handoff_tx, handoff_rx) = tokio::sync::mpsc::channel(64);
+    let streams = app.streams.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Event streams never end by themselves; the drain below would wait for them.
+        streams.close_all();
         let _ = stop_tx.send(true);
     });
     let front = files::front(listener, app.clone(), handoff_tx, stop_rx.clone());

@@ -31,6 +31,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<HttpApp>>)> {
         ("/nodes/{name}/power", post(power)),
         ("/discovered", get(discovered)),
         ("/discovered/{mac}/inspect", post(inspect)),
+        ("/events/stream", get(super::events::stream)),
+        ("/topology.svg", get(super::dashboard::topology)),
     ]
 }
 
@@ -111,16 +113,19 @@ async fn require_operator(
     }
 }
 
-/// A node as the API shows it: never its install secret, only whether it has a live one.
-fn view(app: &HttpApp, r: &NodeRecord) -> serde_json::Value {
+/// A node as the API shows it: never its install secret, only whether it has a live one. The
+/// event stream leaves the timeline out (`timeline: false`); `last_event_ms` is its newest entry.
+pub(super) fn view(app: &HttpApp, r: &NodeRecord, timeline: bool) -> serde_json::Value {
     let bundle = app.bundle.get();
     let n = bundle.node(&r.hostname);
     let live = r.live_secret(now_ms()).is_some();
-    json!({
+    let mut v = json!({
         "hostname": r.hostname,
         "mac": n.map(|n| n.mac.to_string()),
         "ip": n.map(|n| n.ip),
         "role": n.map(|n| n.role),
+        "profile": n.map(|n| n.profile.as_str()),
+        "last_event_ms": r.timeline.iter().map(|e| e.at_ms).max(),
         "state": r.state,
         "bytes_written": r.bytes_written,
         "bytes_total": r.bytes_total,
@@ -129,13 +134,21 @@ fn view(app: &HttpApp, r: &NodeRecord) -> serde_json::Value {
         "installs": r.installs,
         "install_secret": live,
         "install_window_ends_ms": live.then_some(r.install_expires_ms),
-        "timeline": r.timeline,
         "last_power": r.last_power,
-    })
+    });
+    if timeline {
+        v["timeline"] = json!(r.timeline);
+    }
+    v
 }
 
 async fn nodes(State(app): App) -> Response {
-    let list: Vec<_> = app.store.all().iter().map(|r| view(&app, r)).collect();
+    let list: Vec<_> = app
+        .store
+        .all()
+        .iter()
+        .map(|r| view(&app, r, true))
+        .collect();
     let bundle = app.bundle.get();
     Json(json!({"cluster": bundle.plan.cluster, "bundle": bundle.id, "nodes": list}))
         .into_response()
@@ -210,7 +223,7 @@ async fn reload(State(app): App) -> Response {
 
 async fn node(State(app): App, UrlPath(name): UrlPath<String>) -> Response {
     match app.store.get(&name) {
-        Some(r) => Json(view(&app, &r)).into_response(),
+        Some(r) => Json(view(&app, &r, true)).into_response(),
         None => text(
             StatusCode::NOT_FOUND,
             format!("unknown node {}\n", printable(&name, 64)),
@@ -222,7 +235,7 @@ fn answer(app: &HttpApp, name: &str, what: &str, r: Result<NodeRecord, StoreErro
     match r {
         Ok(r) => {
             tracing::info!(node = name, event = what, state = ?r.state, "operator action");
-            Json(view(app, &r)).into_response()
+            Json(view(app, &r, true)).into_response()
         }
         Err(StoreError::Transition(TransitionError::UnknownNode(_))) => text(
             StatusCode::NOT_FOUND,
