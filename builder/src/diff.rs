@@ -63,7 +63,8 @@ pub struct Danger {
 }
 
 /// k3s server flags that must be equal on every server, or a joining server is refused with
-/// "critical configuration value mismatch" (k3s docs, datastore/ha-embedded.md). `disable` is
+/// "critical configuration value mismatch" (the k3s embedded-etcd HA documentation; the list
+/// as operators read it: docs/operations.md "Dangerous changes"). `disable` is
 /// critical only for `servicelb`, handled apart.
 const CRITICAL: &[&str] = &[
     "agent-token",
