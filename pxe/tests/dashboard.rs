@@ -366,7 +366,9 @@ fn lab_with_topology() -> Lab {
 /// script in it from running when opened on its own; 404 when the bundle has none.
 #[test]
 fn the_topology_picture_is_for_the_operator_and_inert() {
-    let lab = lab();
+    let lab = lab_with_files(&loopback_inventory(), &[], |_| {
+        vec![("topology.svg".to_string(), Vec::new())]
+    });
     let s = Server::start(&lab, &[]);
     let auth = format!("Authorization: Bearer {}", s.token);
     let (st, _, body) = get_raw(s.http, "/api/v1/topology.svg", &[&auth]);

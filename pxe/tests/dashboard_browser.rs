@@ -360,6 +360,44 @@ fn the_dashboard_follows_an_install_and_arms_a_node() {
     assert_eq!(errors, Vec::<String>::new(), "at the end");
 }
 
+/// The picture `builder render` really writes (not the stand-in): every node of the bundle gets
+/// its coloured group, and the page stays free of console errors (its `<style>` is not loaded).
+#[test]
+fn the_rendered_topology_is_shown_in_live_colours() {
+    if !browser_available() {
+        return;
+    }
+    let lab = support::serve::lab();
+    assert!(
+        lab.bundle.join("topology.svg").is_file(),
+        "builder render writes topology.svg"
+    );
+    let s = Server::start(&lab, &[]);
+    let mut b = Browser::start();
+    b.login(&s.url("/"), &s.token);
+    b.wait("window.ironseed.connected", 10.0);
+    b.eval("document.querySelector('.tab[data-tab=topology]').click(); true");
+    let hosts = lab.plan["nodes"].as_array().unwrap();
+    for n in hosts {
+        let h = n["hostname"].as_str().unwrap();
+        b.wait(
+            &format!(
+                "(() => {{ const g = document.querySelector('#topology g.node[data-node={}]'); \
+                 return g && g.classList.contains('st-armed'); }})()",
+                json!(h)
+            ),
+            10.0,
+        );
+    }
+    assert_eq!(s.post("/api/v1/nodes/nfs1/disarm", "").0, 200);
+    b.wait(
+        "document.querySelector('#topology g.node[data-node=\"nfs1\"]').classList.contains('st-disarmed')",
+        2.0,
+    );
+    b.screenshot("topology-rendered.png");
+    assert_eq!(b.errors(), Vec::<String>::new());
+}
+
 /// The node generator of builder/benches/render.rs, moved to 127.0.0.0/16: `--arm-new` probes
 /// the servers' API port, which must stay on loopback.
 fn big_inventory(nodes: usize) -> String {

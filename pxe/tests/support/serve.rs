@@ -54,7 +54,8 @@ pub fn lab_from(text: &str, joined: &[&str]) -> Lab {
 }
 
 /// [`lab_from`] with more files in the bundle (listed in its `SHA256SUMS`, mode 0644), made
-/// from the rendered plan: e.g. a stand-in `topology.svg`.
+/// from the rendered plan: e.g. a stand-in `topology.svg`. Empty contents remove the file (a
+/// bundle from an older builder).
 pub fn lab_with_files(
     text: &str,
     joined: &[&str],
@@ -75,6 +76,10 @@ pub fn lab_with_files(
     let mut b = render::render(&inv, &secrets, &templates, &opts).unwrap();
     let rendered: serde_json::Value = serde_json::from_slice(&b.files["plan.json"].bytes).unwrap();
     for (path, bytes) in extra(&rendered) {
+        if bytes.is_empty() {
+            b.files.remove(&path);
+            continue;
+        }
         b.files
             .insert(path, builder::render::BundleFile { bytes, mode: 0o644 });
     }
