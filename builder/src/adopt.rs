@@ -514,6 +514,8 @@ mod tests {
             gpu: None,
             packages: vec![],
             kernel_args: vec![],
+            efi_boot_file: None,
+            installer_kernel_args: vec![],
             sysctls: Default::default(),
             labels: Default::default(),
             taints: vec![],

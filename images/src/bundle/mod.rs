@@ -19,8 +19,8 @@ mod plan;
 
 pub use mac::{Mac, MacError};
 pub use plan::{
-    Appliance, Artifact, Firmware, Hostname, Network, Plan, PlanError, PlanNode, Pool, Role,
-    check_label,
+    Appliance, Artifact, EfiBootFile, Firmware, Hostname, KERNEL_ARG_MAX_LEN, KERNEL_ARGS_MAX,
+    Network, Plan, PlanError, PlanNode, Pool, Role, check_kernel_arg, check_label,
 };
 
 /// The version of `plan.json` this release writes and reads. 2: install secrets (no seed token
