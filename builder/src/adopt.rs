@@ -516,6 +516,7 @@ mod tests {
             kernel_args: vec![],
             efi_boot_file: None,
             installer_kernel_args: vec![],
+            drivers: vec![],
             sysctls: Default::default(),
             labels: Default::default(),
             taints: vec![],

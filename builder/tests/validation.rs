@@ -729,3 +729,25 @@ fn efi_boot_file_comes_from_the_profile_and_the_node_override() {
     );
     assert_eq!(of("k3s-master1"), None, "vm (bios)");
 }
+
+/// A profile whose NIC or disk driver the installer environment does not carry is a warning
+/// (the installer would see no network or no disk there), naming the driver and the fix; a
+/// name that is not a module name is an error. The built-in profiles' drivers are all packed
+/// (the default inventory's only warning is the example key).
+#[test]
+fn a_profile_driver_missing_from_the_installer_warns() {
+    let p = PROFILE_SHARED_DISK
+        .replacen("      model: Samsung SSD 980\n", "      model: Other\n", 1)
+        .to_string()
+        + "drivers: [bnx2x, qede, r8169, \"a b\"]\n";
+    let d = check_with(DEFAULT_INVENTORY, &[("hw/shared.yaml", &p)]);
+    let w: Vec<_> = d
+        .warnings()
+        .filter(|w| w.message.contains("installer environment"))
+        .collect();
+    assert_eq!(w.len(), 1, "{}", d.render(&|_| None));
+    assert_eq!(w[0].path, "drivers[1]");
+    assert!(w[0].message.contains("--driver qede"), "{}", w[0].message);
+    assert_eq!(w[0].span.file, "hw/shared.yaml");
+    error(&d, "drivers[3]", "not a kernel module name");
+}

@@ -216,6 +216,8 @@ pub struct Profile {
     /// UEFI boot file for DHCP; `None`: pxe's `--efi-file`.
     pub efi_boot_file: Option<EfiBootFile>,
     pub installer_kernel_args: Vec<String>,
+    /// The NIC and storage drivers the machine needs (kernel module names).
+    pub drivers: Vec<String>,
     pub sysctls: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<String>,

@@ -271,6 +271,41 @@ pub(crate) fn check_kernel_args(
     args.iter().map(|a| a.value.clone()).collect()
 }
 
+/// The profile's `drivers`: kernel module names. One the installer environment does not pack
+/// ([`images::initramfs::DRIVERS`]) is a warning: the machine's NIC or disk would be missing
+/// in the installer (no network, no install disk) unless it is added with
+/// `builder images installer --driver NAME`.
+fn check_drivers(file: &str, drivers: &[S<String>], diags: &mut Diagnostics) -> Vec<String> {
+    let norm = |s: &str| s.replace('-', "_");
+    let packed: Vec<String> = images::initramfs::DRIVERS.iter().map(|d| norm(d)).collect();
+    for (i, d) in drivers.iter().enumerate() {
+        let v = &d.value;
+        let name_ok = !v.is_empty()
+            && v.len() <= 56
+            && v.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !name_ok {
+            diags.error(
+                span(file, d),
+                format!("drivers[{i}]"),
+                format!(
+                    "`{}` is not a kernel module name (lowercase letters, digits, `_`, `-`)",
+                    images::bundle::printable(v, 80)
+                ),
+            );
+        } else if !packed.contains(&norm(v)) {
+            diags.warning(
+                span(file, d),
+                format!("drivers[{i}]"),
+                format!(
+                    "driver `{v}` is not in the installer environment: the installer will not see this NIC or disk; add it with `builder images installer --driver {v}`"
+                ),
+            );
+        }
+    }
+    drivers.iter().map(|d| d.value.clone()).collect()
+}
+
 pub(crate) fn check_efi_boot_file(
     file: &str,
     path: &str,
@@ -478,6 +513,7 @@ fn validate_profile(file: &str, raw: &RawProfile, diags: &mut Diagnostics) -> Op
             &raw.installer_kernel_args,
             diags,
         ),
+        drivers: check_drivers(file, &raw.drivers, diags),
         sysctls: check_sysctls(file, "sysctls", &raw.sysctls, diags),
         labels: check_labels(file, "labels", &raw.labels, diags),
         taints: check_taints(file, "taints", &raw.taints, diags),

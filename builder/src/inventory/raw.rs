@@ -343,6 +343,10 @@ pub struct RawProfile {
     /// Only on the installer's kernel line (the iPXE install script), not the installed system.
     #[serde(default)]
     pub installer_kernel_args: Vec<S<String>>,
+    /// Kernel modules of the machine's NICs and storage controllers: `builder validate` warns
+    /// about any the installer environment does not carry.
+    #[serde(default)]
+    pub drivers: Vec<S<String>>,
     #[serde(default)]
     pub sysctls: Option<S<BTreeMap<String, String>>>,
     #[serde(default)]
