@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use images::initramfs::cpio;
-use support::vm::{builder_bin, cache_dir, run, static_installer};
+use support::vm::{builder_bin, cache_dir, static_installer};
 
 fn can_fetch_the_kernel() -> bool {
     Command::new("apt-cache")
@@ -52,7 +52,7 @@ fn files(entries: &[cpio::ReadEntry]) -> BTreeSet<&str> {
 
 #[test]
 fn the_initramfs_has_the_named_hardwares_drivers_and_their_firmware() {
-    if !support::require(
+    if !support::ci::require(
         can_fetch_the_kernel(),
         "apt knows no linux-image-amd64 here (apt-get update, and Debian's archive reachable)",
     ) {
