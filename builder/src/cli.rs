@@ -260,6 +260,11 @@ pub struct ImageBuildArgs {
     /// Keep the work folder (debootstrapped tree, partition files) for inspection.
     #[arg(long)]
     pub keep_work: bool,
+    /// Leave out Debian's non-free-firmware component: no NIC firmware (firmware-bnx2x,
+    /// firmware-realtek) and no CPU microcode in the image. Prints which hardware then will
+    /// not work (docs/hardware.md).
+    #[arg(long)]
+    pub no_nonfree: bool,
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +284,18 @@ pub struct InstallerArgs {
     /// Extra kernel module to include (with its dependencies); repeatable.
     #[arg(long = "driver", value_name = "NAME")]
     pub drivers: Vec<String>,
+    /// Pack no firmware: the drivers' firmware files (firmware-bnx2x, firmware-realtek from
+    /// Debian's non-free-firmware) are left out. Prints which hardware then will not work.
+    #[arg(long)]
+    pub no_nonfree: bool,
+    /// Debian mirror the firmware packages are fetched from (apt verifies them against Debian's
+    /// archive key). Default: the first URIs of this machine's apt sources, else deb.debian.org.
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+    /// A firmware package (.deb) to take the firmware from instead of downloading
+    /// firmware-bnx2x and firmware-realtek; repeatable.
+    #[arg(long = "firmware-deb", value_name = "FILE")]
+    pub firmware_debs: Vec<PathBuf>,
     /// Scratch folder, removed afterwards.
     #[arg(
         long,

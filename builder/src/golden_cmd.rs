@@ -50,6 +50,20 @@ fn apt_mirror() -> Option<String> {
     None
 }
 
+/// The suite of this machine's Debian (`VERSION_CODENAME`), whose kernel the installer takes
+/// with apt: its firmware packages come from the same suite.
+fn host_suite() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_lowercase()))
+        .unwrap_or_else(|| "bookworm".into())
+}
+
 /// A line above the bar, or on stderr when there is no terminal to draw the bar on (CI logs).
 fn say(pb: &ProgressBar, line: &str) {
     if pb.is_hidden() {
@@ -93,7 +107,11 @@ pub fn build(a: &ImageBuildArgs) -> Result<()> {
         },
         force: a.force,
         keep_work: a.keep_work,
+        nonfree: !a.no_nonfree,
     };
+    if a.no_nonfree {
+        eprintln!("--no-nonfree: {}", golden::WITHOUT_NONFREE);
+    }
     eprintln!(
         "building {} from {} into {}",
         recipe.name,
@@ -159,18 +177,30 @@ pub fn installer(a: &InstallerArgs) -> Result<()> {
         installer_bin: bin,
         busybox: a.busybox.clone(),
         drivers,
+        nonfree: !a.no_nonfree,
+        mirror: a
+            .mirror
+            .clone()
+            .or_else(apt_mirror)
+            .unwrap_or_else(|| "http://deb.debian.org/debian".into()),
+        suite: host_suite(),
+        firmware_debs: a.firmware_debs.clone(),
     };
+    if a.no_nonfree {
+        eprintln!("--no-nonfree: {}", initramfs::firmware::WITHOUT_NONFREE);
+    }
     let pb = bar(0);
     let built = initramfs::build_installer(&o, &mut |l| say(&pb, l));
     pb.finish_and_clear();
     let built = built.context("building the installer environment")?;
     eprintln!(
-        "installer for kernel {}: {} and {} ({} KiB; drivers {})",
+        "installer for kernel {}: {} and {} ({} KiB; drivers {}; {} firmware files)",
         built.kernel_version,
         built.vmlinuz.display(),
         built.initrd.display(),
         built.initrd_size >> 10,
-        built.modules.join(" ")
+        built.modules.join(" "),
+        built.firmware.len()
     );
     Ok(())
 }

@@ -520,6 +520,7 @@ fn render_node(
         profile: node.profile.name.clone(),
         firmware: node.profile.firmware,
         dhcp_arch: node.profile.dhcp_arch,
+        efi_boot_file: node.efi_boot_file,
         boot_nic: node.profile.boot_nic.name.clone(),
         install_disk: node.profile.install_disk.clone(),
         data_disks: node

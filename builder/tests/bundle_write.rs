@@ -196,3 +196,48 @@ fn a_failed_write_removes_the_staged_bundle() {
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!d.path().join("missing").exists());
 }
+
+/// The per-profile boot quirks reach what pxe and the firmware read: `plan.json` names each
+/// UEFI node's boot file (pxe's DHCP answer uses it), and a node's installer kernel arguments
+/// are on its install script's `kernel` line only.
+#[test]
+fn plan_carries_the_efi_boot_file_and_the_script_the_installer_arguments() {
+    let text = DEFAULT_INVENTORY.replacen(
+        "    profile: r630\n",
+        "    profile: r630\n    overrides:\n      installer_kernel_args: [\"console=ttyS1,115200n8\"]\n",
+        1,
+    );
+    let mut d = Diagnostics::default();
+    let profiles = ProfileSet::load(&[], &mut d);
+    let templates = Templates::embedded();
+    let (inv, diags) = inventory::load("inv.yaml", &text, &profiles, &templates);
+    assert!(!diags.has_errors(), "{}", diags.render(&|_| None));
+    let b = render::render(
+        &inv.unwrap(),
+        &Secrets::generate(),
+        &templates,
+        &RenderOptions::default(),
+    )
+    .unwrap();
+    let plan = images::bundle::Plan::from_json(&b.files["plan.json"].bytes).unwrap();
+    let efi = |h: &str| plan.node(h).unwrap().efi_boot_file.map(|f| f.file_name());
+    assert_eq!(efi("k3s3"), Some("snponly.efi"));
+    assert_eq!(efi("nfs1"), Some("snponly.efi"));
+    assert_eq!(efi("k3s1"), Some("ipxe.efi"));
+    assert_eq!(efi("k3s-master1"), None);
+    let script =
+        |h: &str| String::from_utf8(b.files[&format!("ipxe/{h}.ipxe")].bytes.clone()).unwrap();
+    let kernel = |h: &str| {
+        script(h)
+            .lines()
+            .find(|l| l.starts_with("kernel "))
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        kernel("k3s3").ends_with(" console=ttyS1,115200n8"),
+        "{}",
+        kernel("k3s3")
+    );
+    assert!(!kernel("k3s1").contains("ttyS1"), "{}", kernel("k3s1"));
+}

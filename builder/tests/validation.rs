@@ -635,3 +635,119 @@ fn profile_power_default_is_validated_in_its_file_and_applies_to_its_nodes() {
     );
     assert_eq!(inv.nodes[0].power, None, "vm profile has no default");
 }
+
+/// Protects the iPXE install script and the GRUB line: a kernel argument with a space, a
+/// newline, a quote or `${…}` would split into several arguments or inject a script command.
+#[test]
+fn kernel_arguments_are_single_safe_tokens() {
+    for bad in [
+        "console=ttyS1 quiet",
+        "a\\nchain http://evil/x",
+        "x=${net0/ip}",
+        "x=\\\"y\\\"",
+        "x='y'",
+    ] {
+        let p = PROFILE_SHARED_DISK
+            .replacen("      model: Samsung SSD 980\n", "      model: Other\n", 1)
+            .to_string()
+            + &format!("installer_kernel_args: [\"{bad}\"]\n");
+        let d = check_with(DEFAULT_INVENTORY, &[("hw/shared.yaml", &p)]);
+        error(&d, "installer_kernel_args[0]", "kernel argument");
+        let d = check(&mutate(
+            "    profile: optiplex\n",
+            &format!("    profile: optiplex\n    overrides:\n      kernel_args: [\"{bad}\"]\n"),
+        ));
+        error(&d, "nodes[3].overrides.kernel_args[0]", "kernel argument");
+    }
+    let many = (0..33)
+        .map(|i| format!("a{i}=1"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let d = check(&mutate(
+        "    profile: optiplex\n",
+        &format!("    profile: optiplex\n    overrides:\n      installer_kernel_args: [{many}]\n"),
+    ));
+    error(
+        &d,
+        "nodes[3].overrides.installer_kernel_args[32]",
+        "more than 32",
+    );
+    let d = check(&mutate(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    overrides:\n      installer_kernel_args: [\"console=ttyS1,115200n8\", pci=realloc]\n",
+    ));
+    assert!(!d.has_errors(), "{}", d.render(&|_| None));
+}
+
+#[test]
+fn efi_boot_file_is_a_known_uefi_file_on_uefi_profiles() {
+    let d = check(&mutate(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    overrides:\n      efi_boot_file: grubx64.efi\n",
+    ));
+    error(
+        &d,
+        "nodes[3].overrides.efi_boot_file",
+        "not a UEFI boot file",
+    );
+    // vm is a bios profile: it boots undionly.kpxe.
+    let d = check(&mutate(
+        "    profile: vm\n",
+        "    profile: vm\n    overrides:\n      efi_boot_file: snponly.efi\n",
+    ));
+    error(&d, "nodes[0].overrides.efi_boot_file", "uefi profiles");
+}
+
+/// The per-profile boot quirk reaches the model: r630/r730 nodes boot `snponly.efi`, optiplex
+/// ones `ipxe.efi`, a node override wins, and bios nodes name none (pxe's default applies).
+#[test]
+fn efi_boot_file_comes_from_the_profile_and_the_node_override() {
+    use images::bundle::EfiBootFile;
+    let text = mutate(
+        "    profile: optiplex\n    mac: d8:9e:f3:20:00:22\n",
+        "    profile: optiplex\n    mac: d8:9e:f3:20:00:22\n    overrides:\n      efi_boot_file: snponly.efi\n",
+    );
+    let mut d = Diagnostics::default();
+    let set = ProfileSet::load(&[], &mut d);
+    let (inv, more) = inventory::load("inv.yaml", &text, &set, &Templates::embedded());
+    assert!(!more.has_errors(), "{}", more.render(&|_| None));
+    let inv = inv.unwrap();
+    let of = |h: &str| {
+        inv.nodes
+            .iter()
+            .find(|n| n.hostname.as_str() == h)
+            .unwrap()
+            .efi_boot_file
+    };
+    assert_eq!(of("k3s3"), Some(EfiBootFile::SnpOnly), "r630");
+    assert_eq!(of("nfs1"), Some(EfiBootFile::SnpOnly), "r730");
+    assert_eq!(of("k3s1"), Some(EfiBootFile::Ipxe), "optiplex");
+    assert_eq!(
+        of("k3s2"),
+        Some(EfiBootFile::SnpOnly),
+        "optiplex with override"
+    );
+    assert_eq!(of("k3s-master1"), None, "vm (bios)");
+}
+
+/// A profile whose NIC or disk driver the installer environment does not carry is a warning
+/// (the installer would see no network or no disk there), naming the driver and the fix; a
+/// name that is not a module name is an error. The built-in profiles' drivers are all packed
+/// (the default inventory's only warning is the example key).
+#[test]
+fn a_profile_driver_missing_from_the_installer_warns() {
+    let p = PROFILE_SHARED_DISK
+        .replacen("      model: Samsung SSD 980\n", "      model: Other\n", 1)
+        .to_string()
+        + "drivers: [bnx2x, qede, r8169, \"a b\"]\n";
+    let d = check_with(DEFAULT_INVENTORY, &[("hw/shared.yaml", &p)]);
+    let w: Vec<_> = d
+        .warnings()
+        .filter(|w| w.message.contains("installer environment"))
+        .collect();
+    assert_eq!(w.len(), 1, "{}", d.render(&|_| None));
+    assert_eq!(w[0].path, "drivers[1]");
+    assert!(w[0].message.contains("--driver qede"), "{}", w[0].message);
+    assert_eq!(w[0].span.file, "hw/shared.yaml");
+    error(&d, "drivers[3]", "not a kernel module name");
+}

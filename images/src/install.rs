@@ -29,6 +29,10 @@ pub trait Machine {
     fn disks(&self) -> io::Result<Vec<Disk>>;
     /// Open the chosen disk for writing (exclusively, for a block device).
     fn open(&self, disk: &Disk) -> io::Result<File>;
+    /// The kernel log so far (messages, one a line), for its firmware load failures.
+    fn kernel_log(&self) -> String {
+        String::new()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -388,6 +392,19 @@ fn install_from(
         },
         log,
     );
+    // A missing firmware blob leaves a NIC or controller silently dead: say so in the node's
+    // timeline (`pxe status`), not only on a console nobody watches.
+    for f in crate::bundle::firmware_failures(&machine.kernel_log()) {
+        log(&format!("ironseed: {f}"));
+        report(
+            plan,
+            InstallEvent::Note {
+                kind: "firmware".into(),
+                detail: f,
+            },
+            log,
+        );
+    }
     let mut dev = machine
         .open(&target)
         .map_err(|e| InstallError::Open(target.path.clone(), e))?;

@@ -67,6 +67,9 @@ impl Machine for System {
         }
         o.open(&d.path)
     }
+    fn kernel_log(&self) -> String {
+        crate::inspect::read_kmsg()
+    }
 }
 
 /// Disks as the kernel lists them under `SYS/block`, without udev: size, flags, model, serial

@@ -81,7 +81,8 @@ pub struct ServeArgs {
     /// Folder with the iPXE binaries served over TFTP (Debian package `ipxe`).
     #[arg(long, value_name = "DIR", default_value = "/usr/lib/ipxe")]
     pub ipxe_dir: PathBuf,
-    /// UEFI boot file for client architectures 7 and 9.
+    /// UEFI boot file for client architectures 7 and 9 (and 16, over HTTP) of machines whose
+    /// hardware profile names no `efi_boot_file`, and of machines not in the inventory.
     #[arg(long, value_name = "FILE", default_value = "ipxe.efi")]
     pub efi_file: String,
     /// Folder served at /artifacts/ (installer kernel and initrd, OS images from `builder images`);

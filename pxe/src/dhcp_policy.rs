@@ -31,6 +31,7 @@ use crate::proto::dhcp::{
     BootInfo, BootRequest, LeaseParams, MacAddr, MessageType, RecvPort, Reply, ReplyKind,
 };
 use crate::state::NodeState;
+use images::bundle::EfiBootFile;
 
 /// RFC 4578 §2.1 / IANA processor architecture types we act on.
 pub mod arch {
@@ -74,6 +75,10 @@ pub struct NodeView {
     pub state: NodeState,
     #[serde(default)]
     pub firmware: Firmware,
+    /// The node's UEFI boot file (its profile's `efi_boot_file` or override); `None`: the
+    /// global `--efi-file`.
+    #[serde(default)]
+    pub efi_boot_file: Option<EfiBootFile>,
 }
 
 /// An inclusive address range handed to unknown MACs in full mode.
@@ -311,14 +316,27 @@ pub fn decide_explained(
         _ if !req.giaddr.is_unspecified() && !cfg.subnet.contains(&req.giaddr) => {
             (None, Reason::Relayed)
         }
-        _ if req.port == RecvPort::PxeBoot => pxe_port(req, cfg),
-        DhcpMode::Proxy => proxy(req, cfg),
+        _ if req.port == RecvPort::PxeBoot => pxe_port(req, node, cfg),
+        DhcpMode::Proxy => proxy(req, node, cfg),
         DhcpMode::Full => full(req, node, cfg, leases),
     }
 }
 
+/// The UEFI boot file for this client: a known node's own (per-profile firmware quirks, e.g.
+/// `snponly.efi` on 13th-gen PowerEdge), else the global `--efi-file`.
+pub fn efi_file<'a>(node: Option<&NodeView>, cfg: &'a DhcpPolicyConfig) -> &'a str {
+    match node.and_then(|n| n.efi_boot_file) {
+        Some(f) => f.file_name(),
+        None => &cfg.efi_file,
+    }
+}
+
 /// Boot information for this client, or why there is none.
-pub fn boot_info(req: &BootRequest, cfg: &DhcpPolicyConfig) -> Result<BootInfo, Reason> {
+pub fn boot_info(
+    req: &BootRequest,
+    node: Option<&NodeView>,
+    cfg: &DhcpPolicyConfig,
+) -> Result<BootInfo, Reason> {
     if !req.is_boot_client() {
         return Err(Reason::NotBootClient);
     }
@@ -341,12 +359,12 @@ pub fn boot_info(req: &BootRequest, cfg: &DhcpPolicyConfig) -> Result<BootInfo, 
     } else {
         match arch {
             arch::BIOS => tftp(&cfg.bios_file),
-            arch::EFI_X64 | arch::EFI_BC => tftp(&cfg.efi_file),
+            arch::EFI_X64 | arch::EFI_BC => tftp(efi_file(node, cfg)),
             // UEFI HTTP boot fetches the NBP itself; it needs HTTPClient in
             // option 60 or EDK2 drops the offer (and waits 60 s).
             arch::EFI_X64_HTTP => (
                 cfg.server_ip,
-                format!("{}/{}", cfg.http_base, cfg.efi_file),
+                format!("{}/{}", cfg.http_base, efi_file(node, cfg)),
                 "HTTPClient",
             ),
             _ => return Err(Reason::UnsupportedArch),
@@ -377,11 +395,15 @@ fn base_reply(kind: ReplyKind, cfg: &DhcpPolicyConfig) -> Reply {
 
 /// Port 4011 (PXE 2.1 §2.2.2): the client already has an address and asks
 /// the boot server directly; answer with an ACK carrying the boot file.
-fn pxe_port(req: &BootRequest, cfg: &DhcpPolicyConfig) -> (Option<Reply>, Reason) {
+fn pxe_port(
+    req: &BootRequest,
+    node: Option<&NodeView>,
+    cfg: &DhcpPolicyConfig,
+) -> (Option<Reply>, Reason) {
     if !matches!(req.msg_type, MessageType::Request | MessageType::Inform) {
         return (None, Reason::NotForThisPort);
     }
-    match boot_info(req, cfg) {
+    match boot_info(req, node, cfg) {
         Ok(boot) => {
             let mut r = base_reply(ReplyKind::Ack, cfg);
             r.boot = Some(boot);
@@ -391,7 +413,11 @@ fn pxe_port(req: &BootRequest, cfg: &DhcpPolicyConfig) -> (Option<Reply>, Reason
     }
 }
 
-fn proxy(req: &BootRequest, cfg: &DhcpPolicyConfig) -> (Option<Reply>, Reason) {
+fn proxy(
+    req: &BootRequest,
+    node: Option<&NodeView>,
+    cfg: &DhcpPolicyConfig,
+) -> (Option<Reply>, Reason) {
     let kind = match req.msg_type {
         MessageType::Discover => ReplyKind::Offer,
         // An INFORM from a configured client: boot info only.
@@ -399,7 +425,7 @@ fn proxy(req: &BootRequest, cfg: &DhcpPolicyConfig) -> (Option<Reply>, Reason) {
         MessageType::Request => return (None, Reason::ProxyIgnoresRequest),
         _ => return (None, Reason::NotForThisPort),
     };
-    match boot_info(req, cfg) {
+    match boot_info(req, node, cfg) {
         Ok(boot) => {
             let mut r = base_reply(kind, cfg);
             r.boot = Some(boot);
@@ -472,7 +498,7 @@ fn full(
         dns: cfg.dns.clone(),
     });
     // Boot info rides along for boot clients; an unsupported arch still gets its address.
-    r.boot = boot_info(req, cfg).ok();
+    r.boot = boot_info(req, node, cfg).ok();
     (Some(r), why)
 }
 

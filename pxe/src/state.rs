@@ -222,6 +222,7 @@ pub fn name(ev: &Event) -> &'static str {
         Event::Install(InstallEvent::Progress { .. }) => "progress",
         Event::Install(InstallEvent::Installed { .. }) => "installed",
         Event::Install(InstallEvent::Failed { .. }) => "failed",
+        Event::Install(InstallEvent::Note { .. }) => "note",
         Event::Report(ReportEvent::Booted) => "booted",
         Event::Report(ReportEvent::Note { .. }) => "note",
         Event::Expire => "install-window-expired",
@@ -333,6 +334,15 @@ pub fn apply(rec: &NodeRecord, ev: &Event, now_ms: u64) -> Result<NodeRecord, Tr
             r.last_error = Some(reason.clone());
             r.install_secret = None;
             detail = reason;
+        }
+        Event::Install(InstallEvent::Note { kind, detail: d }) => {
+            // Only from a node being installed (the route also wants its live secret); a
+            // note, so it can only push out older notes (NOTES_CAP).
+            if !matches!(rec.state, Booting | Installing) {
+                return Err(invalid());
+            }
+            let kind = printable(kind, 64);
+            detail = printable(&format!("{kind}: {d}"), NOTE_MAX);
         }
         Event::Report(ReportEvent::Booted) => {
             if !matches!(rec.state, Installed | Booted) {

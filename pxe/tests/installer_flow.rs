@@ -20,6 +20,7 @@ const MIB: u64 = 1 << 20;
 struct FileDisk {
     path: PathBuf,
     by_path: String,
+    kernel_log: String,
 }
 
 impl images::install::Machine for FileDisk {
@@ -41,6 +42,9 @@ impl images::install::Machine for FileDisk {
     }
     fn open(&self, _: &Disk) -> io::Result<File> {
         File::options().read(true).write(true).open(&self.path)
+    }
+    fn kernel_log(&self) -> String {
+        self.kernel_log.clone()
     }
 }
 
@@ -94,6 +98,11 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
     let machine = FileDisk {
         path: disk.clone(),
         by_path: "pci-0000:02:00.0-nvme-1".into(),
+        // A NIC whose firmware blob is missing, once with a terminal escape in the line.
+        kernel_log: "e1000e: Intel(R) PRO/1000 Network Driver\n\
+            bnx2x 0000:01:00.0: firmware: failed to load bnx2x/bnx2x-e2-7.13.21.0.fw (-2)\n\
+            r8169 0000:02:00.0: firmware: failed to load \x1b[2Jrtl_nic/rtl8168h-2.fw (-2)\n"
+            .into(),
     };
     let mut lines = Vec::new();
     let done = images::install::install(&plan, &machine, &mut |l| lines.push(l.to_string()))
@@ -118,6 +127,21 @@ fn installs_a_verified_image_with_the_seed_and_reports_installed() {
         .map(|t| t["event"].as_str().unwrap())
         .collect();
     assert!(timeline.contains(&"installing"), "{timeline:?}");
+    // The kernel's firmware load failures reach the timeline as notes, printable.
+    let notes: Vec<&str> = n["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["event"] == "note")
+        .map(|t| t["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            "firmware: bnx2x 0000:01:00.0: firmware: failed to load bnx2x/bnx2x-e2-7.13.21.0.fw (-2)",
+            "firmware: r8169 0000:02:00.0: firmware: failed to load [2Jrtl_nic/rtl8168h-2.fw (-2)",
+        ]
+    );
 
     // Disk = image everywhere but the cidata slot and the partition table, which now gives the
     // root partition the whole disk (a real disk is larger than the image; cloud-init grows the
@@ -197,6 +221,7 @@ fn a_bad_checksum_fails_the_install_and_leaves_the_disk_unbootable() {
     let machine = FileDisk {
         path: disk.clone(),
         by_path: "pci-0000:02:00.0-nvme-1".into(),
+        kernel_log: String::new(),
     };
     let e = images::install::install(&plan, &machine, &mut |_| {})
         .err()
@@ -219,6 +244,7 @@ fn a_disk_that_matches_nothing_is_never_written() {
     let machine = FileDisk {
         path: disk.clone(),
         by_path: "pci-0000:03:00.0-nvme-1".into(),
+        kernel_log: String::new(),
     };
     let e = images::install::install(&plan, &machine, &mut |_| {})
         .err()

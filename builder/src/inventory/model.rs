@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 /// The plan contract's types (`images::bundle`): the inventory model uses them as they are.
-pub use images::bundle::{Appliance, Firmware, Network, Pool, Role};
+pub use images::bundle::{Appliance, EfiBootFile, Firmware, Network, Pool, Role};
 
 pub use super::types::{Hostname, Mac, SshKey, Taint};
 
@@ -145,6 +145,10 @@ pub struct Node {
     pub template: String,
     pub packages: Vec<String>,
     pub kernel_args: Vec<String>,
+    /// The profile's, or the node override's.
+    pub efi_boot_file: Option<EfiBootFile>,
+    /// The profile's plus the node override's: only on the installer's kernel line.
+    pub installer_kernel_args: Vec<String>,
     pub sysctls: BTreeMap<String, String>,
     pub k3s_extra: BTreeMap<String, serde_json::Value>,
     /// Builder's own business: never rendered into the bundle or the plan.
@@ -209,6 +213,11 @@ pub struct Profile {
     pub gpu: Option<Gpu>,
     pub packages: Vec<String>,
     pub kernel_args: Vec<String>,
+    /// UEFI boot file for DHCP; `None`: pxe's `--efi-file`.
+    pub efi_boot_file: Option<EfiBootFile>,
+    pub installer_kernel_args: Vec<String>,
+    /// The NIC and storage drivers the machine needs (kernel module names).
+    pub drivers: Vec<String>,
     pub sysctls: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<String>,

@@ -7,6 +7,7 @@ use super::model::{BootNic, DataDisk, DiskPurpose, Firmware, Gpu, Profile, Selec
 use super::raw::{RawProfile, RawSelector, S};
 use super::types::{Taint, check_label_key, check_label_value};
 use crate::diag::{Diagnostics, Span, from_yaml_error};
+use images::bundle::{EfiBootFile, KERNEL_ARGS_MAX};
 
 /// Profiles shipped in the binary, from the repository's `hardware/` folder.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -246,6 +247,89 @@ pub(crate) fn check_sysctls(
     s.value.clone()
 }
 
+/// Kernel arguments end up in the iPXE install script and the installed system's GRUB command
+/// line: each is checked by [`images::bundle::check_kernel_arg`] so none can split into two or
+/// inject a script line, and there are at most [`KERNEL_ARGS_MAX`] of them.
+pub(crate) fn check_kernel_args(
+    file: &str,
+    path: &str,
+    args: &[S<String>],
+    diags: &mut Diagnostics,
+) -> Vec<String> {
+    for (i, a) in args.iter().enumerate() {
+        if let Err(e) = images::bundle::check_kernel_arg(&a.value) {
+            diags.error(span(file, a), format!("{path}[{i}]"), e);
+        }
+        if i == KERNEL_ARGS_MAX {
+            diags.error(
+                span(file, a),
+                format!("{path}[{i}]"),
+                format!("more than {KERNEL_ARGS_MAX} kernel arguments"),
+            );
+        }
+    }
+    args.iter().map(|a| a.value.clone()).collect()
+}
+
+/// The profile's `drivers`: kernel module names. One the installer environment does not pack
+/// ([`images::initramfs::DRIVERS`]) is a warning: the machine's NIC or disk would be missing
+/// in the installer (no network, no install disk) unless it is added with
+/// `builder images installer --driver NAME`.
+fn check_drivers(file: &str, drivers: &[S<String>], diags: &mut Diagnostics) -> Vec<String> {
+    let norm = |s: &str| s.replace('-', "_");
+    let packed: Vec<String> = images::initramfs::DRIVERS.iter().map(|d| norm(d)).collect();
+    for (i, d) in drivers.iter().enumerate() {
+        let v = &d.value;
+        let name_ok = !v.is_empty()
+            && v.len() <= 56
+            && v.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !name_ok {
+            diags.error(
+                span(file, d),
+                format!("drivers[{i}]"),
+                format!(
+                    "`{}` is not a kernel module name (lowercase letters, digits, `_`, `-`)",
+                    images::bundle::printable(v, 80)
+                ),
+            );
+        } else if !packed.contains(&norm(v)) {
+            diags.warning(
+                span(file, d),
+                format!("drivers[{i}]"),
+                format!(
+                    "driver `{v}` is not in the installer environment: the installer will not see this NIC or disk; add it with `builder images installer --driver {v}`"
+                ),
+            );
+        }
+    }
+    drivers.iter().map(|d| d.value.clone()).collect()
+}
+
+pub(crate) fn check_efi_boot_file(
+    file: &str,
+    path: &str,
+    f: &S<String>,
+    firmware: Firmware,
+    diags: &mut Diagnostics,
+) -> Option<EfiBootFile> {
+    if firmware == Firmware::Bios {
+        diags.error(
+            span(file, f),
+            path,
+            "a bios machine boots undionly.kpxe; efi_boot_file applies to uefi profiles",
+        );
+        return None;
+    }
+    match f.value.parse::<EfiBootFile>() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            diags.error(span(file, f), path, e);
+            None
+        }
+    }
+}
+
 fn validate_profile(file: &str, raw: &RawProfile, diags: &mut Diagnostics) -> Option<Profile> {
     let before = diags.errors().count();
     let name = raw.name.value.clone();
@@ -418,7 +502,18 @@ fn validate_profile(file: &str, raw: &RawProfile, diags: &mut Diagnostics) -> Op
         data_disks,
         gpu,
         packages: raw.packages.iter().map(|p| p.value.clone()).collect(),
-        kernel_args: raw.kernel_args.iter().map(|p| p.value.clone()).collect(),
+        kernel_args: check_kernel_args(file, "kernel_args", &raw.kernel_args, diags),
+        efi_boot_file: raw
+            .efi_boot_file
+            .as_ref()
+            .and_then(|f| check_efi_boot_file(file, "efi_boot_file", f, firmware, diags)),
+        installer_kernel_args: check_kernel_args(
+            file,
+            "installer_kernel_args",
+            &raw.installer_kernel_args,
+            diags,
+        ),
+        drivers: check_drivers(file, &raw.drivers, diags),
         sysctls: check_sysctls(file, "sysctls", &raw.sysctls, diags),
         labels: check_labels(file, "labels", &raw.labels, diags),
         taints: check_taints(file, "taints", &raw.taints, diags),

@@ -277,6 +277,12 @@ pub struct RawOverrides {
     pub packages: Vec<S<String>>,
     #[serde(default)]
     pub kernel_args: Vec<S<String>>,
+    /// Replaces the profile's `efi_boot_file` for this node.
+    #[serde(default)]
+    pub efi_boot_file: Option<S<String>>,
+    /// Added to the profile's `installer_kernel_args`.
+    #[serde(default)]
+    pub installer_kernel_args: Vec<S<String>>,
     #[serde(default)]
     pub sysctls: Option<S<BTreeMap<String, String>>>,
     #[serde(default)]
@@ -331,6 +337,16 @@ pub struct RawProfile {
     pub packages: Vec<S<String>>,
     #[serde(default)]
     pub kernel_args: Vec<S<String>>,
+    /// `ipxe.efi` or `snponly.efi`: the UEFI boot file DHCP gives this profile's machines.
+    #[serde(default)]
+    pub efi_boot_file: Option<S<String>>,
+    /// Only on the installer's kernel line (the iPXE install script), not the installed system.
+    #[serde(default)]
+    pub installer_kernel_args: Vec<S<String>>,
+    /// Kernel modules of the machine's NICs and storage controllers: `builder validate` warns
+    /// about any the installer environment does not carry.
+    #[serde(default)]
+    pub drivers: Vec<S<String>>,
     #[serde(default)]
     pub sysctls: Option<S<BTreeMap<String, String>>>,
     #[serde(default)]

@@ -19,8 +19,8 @@ mod plan;
 
 pub use mac::{Mac, MacError};
 pub use plan::{
-    Appliance, Artifact, Firmware, Hostname, Network, Plan, PlanError, PlanNode, Pool, Role,
-    check_label,
+    Appliance, Artifact, EfiBootFile, Firmware, Hostname, KERNEL_ARG_MAX_LEN, KERNEL_ARGS_MAX,
+    Network, Plan, PlanError, PlanNode, Pool, Role, check_kernel_arg, check_label,
 };
 
 /// The version of `plan.json` this release writes and reads. 2: install secrets (no seed token
@@ -56,6 +56,39 @@ pub enum InstallEvent {
     Failed {
         reason: String,
     },
+    /// Something the operator should see in the node's timeline that does not change its state:
+    /// `firmware` for each `firmware: failed to load` line of the kernel log (a NIC whose
+    /// firmware blob is missing stays link-down with no other sign).
+    Note {
+        #[serde(default)]
+        kind: String,
+        #[serde(default)]
+        detail: String,
+    },
+}
+
+/// Most firmware notes the installer reports per install, and longest detail it sends; pxe
+/// bounds notes again on its side ([`NOTE_MAX`], and its per-node notes cap).
+pub const FIRMWARE_NOTES_MAX: usize = 8;
+
+/// The `firmware: failed to load` lines of a kernel log (`/dev/kmsg` messages, one a line),
+/// printable and cut to [`NOTE_MAX`], at most [`FIRMWARE_NOTES_MAX`] of them (distinct, first
+/// seen first): what the installer reports as `firmware` notes.
+pub fn firmware_failures(kernel_log: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in kernel_log.lines() {
+        if out.len() == FIRMWARE_NOTES_MAX {
+            break;
+        }
+        if !l.contains("firmware: failed to load") {
+            continue;
+        }
+        let l = printable(l.trim(), NOTE_MAX);
+        if !out.contains(&l) {
+            out.push(l);
+        }
+    }
+    out
 }
 
 /// What a node reports after the install, from its first boot (`POST <report>/events`).
@@ -172,6 +205,38 @@ mod tests {
         );
         assert_eq!(printable("ééé", 5), "éé");
         assert_eq!(printable(&"x".repeat(1000), NOTE_MAX).len(), NOTE_MAX);
+    }
+
+    /// Protects the timeline from a kernel log the node controls: lines are made printable,
+    /// cut, deduplicated and capped.
+    #[test]
+    fn firmware_failures_are_bounded_printable_lines() {
+        let log = "\
+bnx2x 0000:01:00.0: firmware: failed to load bnx2x/bnx2x-e2-7.13.21.0.fw (-2)
+bnx2x 0000:01:00.0: Direct firmware load for bnx2x/bnx2x-e2-7.13.21.0.fw failed with error -2
+r8169 0000:02:00.0: firmware: failed to load rtl_nic/rtl8168h-2.fw (-2)
+r8169 0000:02:00.0: firmware: failed to load rtl_nic/rtl8168h-2.fw (-2)
+e1000e: Intel(R) PRO/1000 Network Driver
+";
+        assert_eq!(
+            firmware_failures(log),
+            [
+                "bnx2x 0000:01:00.0: firmware: failed to load bnx2x/bnx2x-e2-7.13.21.0.fw (-2)",
+                "r8169 0000:02:00.0: firmware: failed to load rtl_nic/rtl8168h-2.fw (-2)",
+            ]
+        );
+        let hostile: String = (0..100)
+            .map(|i| {
+                format!(
+                    "x{i} firmware: failed to load \x1b[31m{}\n",
+                    "a".repeat(1000)
+                )
+            })
+            .collect();
+        let f = firmware_failures(&hostile);
+        assert_eq!(f.len(), FIRMWARE_NOTES_MAX);
+        assert!(f.iter().all(|l| l.len() <= NOTE_MAX && !l.contains('\x1b')));
+        assert!(firmware_failures("").is_empty());
     }
 
     #[test]

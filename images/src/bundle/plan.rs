@@ -140,6 +140,89 @@ impl fmt::Display for Firmware {
     }
 }
 
+/// The UEFI network boot program a node's firmware gets from DHCP (arch 7, 9 and 16), one of
+/// the iPXE builds Debian's `ipxe` package ships in `/usr/lib/ipxe`.
+///
+/// `snponly.efi` drives the NIC through the firmware's own UEFI network driver (SNP) instead of
+/// iPXE's native one: 13th-gen PowerEdge (R630/R730) UEFI PXE with iPXE's native drivers hangs
+/// or loses the link on several NICs (Broadcom 57800 among them), and `snponly.efi` is the known
+/// fix. `ipxe.efi` carries its own drivers and suits firmware whose SNP is poor (OptiPlex, VMs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EfiBootFile {
+    #[serde(rename = "ipxe.efi")]
+    Ipxe,
+    #[serde(rename = "snponly.efi")]
+    SnpOnly,
+}
+
+impl EfiBootFile {
+    pub const ALL: [EfiBootFile; 2] = [EfiBootFile::Ipxe, EfiBootFile::SnpOnly];
+
+    /// The file name, as served over TFTP and HTTP.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            EfiBootFile::Ipxe => "ipxe.efi",
+            EfiBootFile::SnpOnly => "snponly.efi",
+        }
+    }
+}
+
+impl fmt::Display for EfiBootFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.file_name())
+    }
+}
+
+impl FromStr for EfiBootFile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EfiBootFile::ALL
+            .into_iter()
+            .find(|f| f.file_name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "`{}` is not a UEFI boot file ironseed serves (ipxe.efi or snponly.efi)",
+                    super::printable(s, 80)
+                )
+            })
+    }
+}
+
+/// Most kernel arguments one node may add (profile plus overrides), and longest one (bytes).
+pub const KERNEL_ARGS_MAX: usize = 32;
+pub const KERNEL_ARG_MAX_LEN: usize = 256;
+
+/// One kernel command-line argument as it may appear in an iPXE `kernel` line and a GRUB
+/// command line: printable ASCII without whitespace, quotes, `\`, `$`, `{`, `}`, `;`, `#`, `&`,
+/// `|`, `<`, `>` or backquote. A space would split it into two arguments, a newline would start a
+/// new iPXE command, `${…}` is iPXE settings expansion, and quotes and `\` change GRUB's parsing.
+pub fn check_kernel_arg(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("kernel argument is empty".into());
+    }
+    if s.len() > KERNEL_ARG_MAX_LEN {
+        return Err(format!(
+            "kernel argument `{}` is {} bytes long (at most {KERNEL_ARG_MAX_LEN})",
+            super::printable(s, 60),
+            s.len()
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| {
+        !c.is_ascii_graphic()
+            || matches!(
+                c,
+                '"' | '\'' | '`' | '\\' | '$' | '{' | '}' | ';' | '#' | '&' | '|' | '<' | '>'
+            )
+    }) {
+        return Err(format!(
+            "kernel argument `{}` contains `{}`, which would break the iPXE boot script or the GRUB command line (one argument: no spaces, quotes, `$`, braces or `#`)",
+            super::printable(s, 80),
+            c.escape_default()
+        ));
+    }
+    Ok(())
+}
+
 /// Where the nodes reach the appliance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +285,10 @@ pub struct PlanNode {
     pub firmware: Firmware,
     /// RFC 4578 option 93 the profile's firmware sends.
     pub dhcp_arch: u16,
+    /// The UEFI boot file DHCP hands this node (profile `efi_boot_file`, node override);
+    /// `None`: pxe's `--efi-file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efi_boot_file: Option<EfiBootFile>,
     pub boot_nic: String,
     pub install_disk: Selector,
     pub data_disks: Vec<DataDisk>,
@@ -372,6 +459,52 @@ mod tests {
         let old = minimal(1).replace(r#""nodes":[]"#, r#""nodes":[],"joined":["k3s-master1"]"#);
         assert_eq!(Plan::joined_of(old.as_bytes()), ["k3s-master1"]);
         assert!(Plan::joined_of(b"not json").is_empty());
+    }
+
+    #[test]
+    fn efi_boot_files_are_named_as_served_and_others_refused() {
+        for f in EfiBootFile::ALL {
+            assert_eq!(f.file_name().parse::<EfiBootFile>(), Ok(f));
+            let json = serde_json::to_string(&f).unwrap();
+            assert_eq!(json, format!("\"{}\"", f.file_name()));
+        }
+        for bad in ["grubx64.efi", "../ipxe.efi", "IPXE.EFI", ""] {
+            assert!(bad.parse::<EfiBootFile>().is_err(), "{bad}");
+            assert!(serde_json::from_str::<EfiBootFile>(&format!("\"{bad}\"")).is_err());
+        }
+    }
+
+    /// Protects the iPXE install script and GRUB line from a kernel argument that splits or
+    /// injects: each rejected character is one that would.
+    #[test]
+    fn kernel_arguments_are_one_token_without_script_syntax() {
+        for ok in [
+            "console=ttyS1,115200n8",
+            "pci=realloc",
+            "quiet",
+            "modprobe.blacklist=nouveau",
+        ] {
+            assert_eq!(check_kernel_arg(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a\tb",
+            "a\nchain x",
+            "x=${net0/ip}",
+            "x=\"y\"",
+            "x='y'",
+            "a\\b",
+            "a;b",
+            "a#b",
+            "a|b",
+            "a`b`",
+            "é",
+        ] {
+            assert!(check_kernel_arg(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_kernel_arg(&"a".repeat(KERNEL_ARG_MAX_LEN)).is_ok());
+        assert!(check_kernel_arg(&"a".repeat(KERNEL_ARG_MAX_LEN + 1)).is_err());
     }
 
     #[test]

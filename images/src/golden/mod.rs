@@ -33,6 +33,9 @@ pub struct Recipe {
     pub description: &'static str,
     /// debootstrap `--include`: beyond minbase.
     pub packages: &'static [&'static str],
+    /// From Debian's non-free-firmware component (enabled in the image's sources with them);
+    /// left out by `--no-nonfree`.
+    pub nonfree_packages: &'static [&'static str],
     /// initramfs-tools `MODULES=list`: a 6 MB initrd boots ~5 s faster than the default 30 MB
     /// one under emulation, and these are all the disks/NICs of the supported hardware.
     pub initramfs_modules: &'static [&'static str],
@@ -98,6 +101,15 @@ pub const DEBIAN_12: Recipe = Recipe {
         "open-iscsi",
         "nfs-common",
     ],
+    // NIC firmware of the profiles' hardware (docs/hardware.md) and CPU microcode, loaded early
+    // by the initramfs hooks these packages install. firmware-misc-nonfree only where a profile
+    // asks (the r630's GPU driver_packages).
+    nonfree_packages: &[
+        "firmware-bnx2x",
+        "firmware-realtek",
+        "intel-microcode",
+        "amd64-microcode",
+    ],
     initramfs_modules: &[
         "virtio_pci",
         "virtio_blk",
@@ -106,6 +118,7 @@ pub const DEBIAN_12: Recipe = Recipe {
         "ahci",
         "nvme",
         "megaraid_sas",
+        "mpt3sas",
         "ext4",
     ],
     files: &[
@@ -161,6 +174,31 @@ pub struct BuildOptions {
     pub force: bool,
     /// Keep the work folder (the debootstrapped tree, partition files) for inspection.
     pub keep_work: bool,
+    /// Enable non-free-firmware and install the recipe's `nonfree_packages`.
+    pub nonfree: bool,
+}
+
+/// What an image built without non-free firmware (`--no-nonfree`) cannot do.
+pub const WITHOUT_NONFREE: &str = "without non-free firmware an installed node has no network on Broadcom 57800/57810 NICs (bnx2x: the usual R630/R730 rNDC), Realtek NICs (r8169, some OptiPlex) run without their firmware patches, and no CPU gets microcode updates (intel-microcode, amd64-microcode)";
+
+impl Recipe {
+    /// What debootstrap installs beyond minbase: `packages`, plus `nonfree_packages` if `nonfree`.
+    pub fn include(&self, nonfree: bool) -> Vec<&'static str> {
+        let mut v = self.packages.to_vec();
+        if nonfree {
+            v.extend(self.nonfree_packages);
+        }
+        v
+    }
+
+    /// debootstrap `--components`: also the image's apt sources.
+    pub fn components(&self, nonfree: bool) -> &'static str {
+        if nonfree {
+            "main,non-free-firmware"
+        } else {
+            "main"
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -239,6 +277,11 @@ fn sha256_file(p: &Path) -> io::Result<String> {
 pub fn input_key(r: &Recipe, o: &BuildOptions) -> io::Result<String> {
     let mut h = Sha256::new();
     h.update(format!("ironseed-golden-v1\n{r:?}\n{}\n", o.mirror));
+    h.update(if o.nonfree {
+        "nonfree\n"
+    } else {
+        "no-nonfree\n"
+    });
     h.update(layout::sfdisk_script(&layout::layout(0, 0), &IDS));
     h.update(layout::kernel_cmdline(&IDS, &[]));
     for f in [&o.kit.binary, &o.kit.images, &o.kit.install_script] {
@@ -449,7 +492,8 @@ fn build_in(
     run(
         Command::new("debootstrap")
             .arg("--variant=minbase")
-            .arg(format!("--include={}", r.packages.join(",")))
+            .arg(format!("--components={}", r.components(o.nonfree)))
+            .arg(format!("--include={}", r.include(o.nonfree).join(",")))
             .arg(r.suite)
             .arg(&root)
             .arg(&o.mirror),
@@ -704,4 +748,52 @@ fn compress(
     let f = hw.inner.into_inner().map_err(|e| ctx()(e.into_error()))?;
     f.sync_all().map_err(ctx())?;
     Ok((hex(&hw.hash.finalize()), hw.n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(nonfree: bool) -> BuildOptions {
+        BuildOptions {
+            artifacts: "/a".into(),
+            work: "/w".into(),
+            mirror: "http://deb.debian.org/debian".into(),
+            kit: K3sKit::default(),
+            force: false,
+            keep_work: false,
+            nonfree,
+        }
+    }
+
+    /// The image's package list has the NIC firmware and microcode from non-free-firmware (and
+    /// that component enabled), `--no-nonfree` has none of it, and the two never share a cached
+    /// image.
+    #[test]
+    fn nonfree_firmware_and_microcode_only_without_no_nonfree() {
+        let r = &DEBIAN_12;
+        let with = r.include(true);
+        for p in [
+            "firmware-bnx2x",
+            "firmware-realtek",
+            "intel-microcode",
+            "amd64-microcode",
+        ] {
+            assert!(with.contains(&p), "{p} in {with:?}");
+            assert!(!r.include(false).contains(&p), "{p} with --no-nonfree");
+        }
+        assert!(r.include(false).iter().all(|p| with.contains(p)));
+        assert_eq!(r.components(true), "main,non-free-firmware");
+        assert_eq!(r.components(false), "main");
+        let (a, b) = (
+            input_key(r, &opts(true)).unwrap(),
+            input_key(r, &opts(false)).unwrap(),
+        );
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            input_key(r, &opts(true)).unwrap(),
+            "the key is deterministic"
+        );
+    }
 }

@@ -84,6 +84,61 @@ impl Archive {
     }
 }
 
+/// One entry read back by [`read`]: its path, full mode (type and permission bits) and data
+/// (a symlink's target).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadEntry {
+    pub path: String,
+    pub mode: u32,
+    pub data: Vec<u8>,
+}
+
+impl ReadEntry {
+    pub fn is_file(&self) -> bool {
+        self.mode & 0o170000 == S_IFREG
+    }
+}
+
+/// The entries of a `newc` archive up to its trailer, to check what an initramfs holds. Every
+/// length is checked against the input, so a truncated or corrupt archive is an error, never
+/// a read out of bounds.
+pub fn read(b: &[u8]) -> Result<Vec<ReadEntry>, String> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    let align = |n: usize| n.div_ceil(4) * 4;
+    loop {
+        let h = b
+            .get(at..at + 110)
+            .ok_or_else(|| format!("truncated header at byte {at}"))?;
+        if &h[..6] != b"070701" {
+            return Err(format!("no newc magic at byte {at}"));
+        }
+        let field = |i: usize| -> Result<usize, String> {
+            let f = std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).map_err(|e| e.to_string())?;
+            usize::from_str_radix(f, 16).map_err(|e| format!("header field at byte {at}: {e}"))
+        };
+        let (mode, size, namesize) = (field(1)?, field(6)?, field(11)?);
+        let name_end = at + 110 + namesize;
+        let name = b
+            .get(at + 110..name_end)
+            .ok_or_else(|| format!("truncated name at byte {at}"))?;
+        let name = String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into_owned();
+        let data_at = align(name_end);
+        let data = b
+            .get(data_at..data_at + size)
+            .ok_or_else(|| format!("truncated data of {name}"))?;
+        if name == "TRAILER!!!" {
+            return Ok(out);
+        }
+        out.push(ReadEntry {
+            path: name,
+            mode: mode as u32,
+            data: data.to_vec(),
+        });
+        at = align(data_at + size);
+    }
+}
+
 fn pad4(out: &mut Vec<u8>) {
     while !out.len().is_multiple_of(4) {
         out.push(0);
@@ -147,6 +202,24 @@ mod tests {
         let trailer = b.windows(10).position(|w| w == b"TRAILER!!!").unwrap();
         assert_eq!(&b[trailer - 110..trailer - 104], b"070701");
         assert_eq!(sample().encode(), b, "deterministic");
+    }
+
+    #[test]
+    fn read_gives_back_what_was_written_and_refuses_truncation() {
+        let b = sample().encode();
+        let e = read(&b).unwrap();
+        let names: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            names,
+            ["bin", "dev", "dev/console", "init", "bin/odd", "bin/sh"]
+        );
+        assert!(e[3].is_file() && e[3].mode & 0o777 == 0o755);
+        assert_eq!(e[3].data, b"#!/bin/sh\necho hi\n");
+        assert_eq!(e[5].data, b"busybox");
+        assert!(!e[5].is_file());
+        for cut in [0, 50, 120, b.len() - 120, b.len() - 1] {
+            assert!(read(&b[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     /// GNU cpio with the archive on stdin.

@@ -4,6 +4,7 @@
 //! `<artifacts>/installer/{vmlinuz,initrd.img}`, which the rendered iPXE install scripts boot.
 
 pub mod cpio;
+pub mod firmware;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -13,10 +14,13 @@ use std::process::Command;
 
 use cpio::Archive;
 
-/// Drivers for the rack: qemu/Proxmox (virtio, e1000), OptiPlex (e1000e, ahci, nvme), Dell
-/// R630/R730 (igb, ixgbe, tg3, bnx2x NICs; PERC megaraid_sas; ahci), and USB sticks for the
-/// offline installer (xhci/ehci host controllers, usb-storage and UAS). Their dependencies come
-/// from the kernel's modules.dep.
+/// Drivers for the rack: qemu/Proxmox (virtio, e1000), OptiPlex (e1000e, some r8169, ahci,
+/// nvme), Dell R630/R730 (igb, ixgbe, tg3, bnx2x NICs, i40e and bnxt_en add-in cards; PERC
+/// megaraid_sas, HBA330 mpt3sas; ahci), and USB sticks for the offline installer (xhci/ehci host
+/// controllers, usb-storage and UAS). Their dependencies come from the kernel's modules.dep;
+/// `realtek` is r8169's PHY driver, a soft dependency modules.dep does not list (without it
+/// some RTL8111 revisions run on the generic PHY driver and never get a link). Which hardware
+/// each serves: docs/hardware.md.
 pub const DRIVERS: &[&str] = &[
     "virtio_pci",
     "virtio_net",
@@ -29,9 +33,14 @@ pub const DRIVERS: &[&str] = &[
     "ixgbe",
     "tg3",
     "bnx2x",
+    "i40e",
+    "bnxt_en",
+    "realtek",
+    "r8169",
     "ahci",
     "nvme",
     "megaraid_sas",
+    "mpt3sas",
     "xhci_pci",
     "ehci_pci",
     "usb_storage",
@@ -61,6 +70,8 @@ pub enum InitramfsError {
     NoZstd(String),
     #[error("unexpected kernel package: {0}")]
     Kernel(String),
+    #[error("firmware: {0}")]
+    Firmware(String),
 }
 
 fn io_ctx(ctx: impl Into<String>) -> impl FnOnce(io::Error) -> InitramfsError {
@@ -159,6 +170,15 @@ pub struct InstallerOptions {
     pub installer_bin: PathBuf,
     pub busybox: PathBuf,
     pub drivers: Vec<String>,
+    /// Pack the drivers' firmware from Debian's non-free-firmware ([`firmware`]); `false` is
+    /// `--no-nonfree`.
+    pub nonfree: bool,
+    /// Where the firmware packages come from: the Debian mirror and suite (the kernel's).
+    pub mirror: String,
+    pub suite: String,
+    /// Firmware packages already at hand (`.deb`), instead of downloading
+    /// [`firmware::FIRMWARE_PACKAGES`].
+    pub firmware_debs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +188,10 @@ pub struct InstallerBuilt {
     pub initrd: PathBuf,
     pub initrd_size: u64,
     pub modules: Vec<String>,
+    /// Firmware files packed under `lib/firmware`.
+    pub firmware: Vec<String>,
+    /// (module, file) declared by a packed module that no firmware package ships.
+    pub firmware_missing: Vec<(String, String)>,
 }
 
 fn run(cmd: &mut Command) -> Result<String, InitramfsError> {
@@ -311,10 +335,63 @@ pub fn build_installer(
         names.push(base.trim_end_matches(".ko").to_string());
     }
     a.file("etc/modules.order", 0o644, order.into_bytes());
+    let (fw_names, fw_missing) = if o.nonfree {
+        let mut declared = BTreeMap::new();
+        for m in &modules {
+            let names = firmware::declared(&kdir.join(m))?;
+            if !names.is_empty() {
+                declared.insert(norm(m), names);
+            }
+        }
+        let debs = if o.firmware_debs.is_empty() {
+            firmware::download(
+                &o.work.join("apt"),
+                &o.mirror,
+                &o.suite,
+                firmware::FIRMWARE_PACKAGES,
+                log,
+            )?
+        } else {
+            o.firmware_debs.clone()
+        };
+        let fx = o.work.join("firmware");
+        for d in &debs {
+            run(Command::new("dpkg-deb").arg("-x").arg(d).arg(&fx))?;
+        }
+        let picked = firmware::pick(&declared, &firmware::shipped_files(&fx));
+        let mut dirs = BTreeSet::new();
+        for name in picked.files.keys() {
+            let mut at = String::from("lib/firmware");
+            dirs.insert(at.clone());
+            let parts: Vec<&str> = name.split('/').collect();
+            for p in &parts[..parts.len() - 1] {
+                at = format!("{at}/{p}");
+                dirs.insert(at.clone());
+            }
+        }
+        // BTreeSet order puts every parent before its children, as the archive needs.
+        for d in &dirs {
+            a.dir(d);
+        }
+        for (name, f) in &picked.files {
+            let data = fs::read(f).map_err(io_ctx(format!("reading firmware {name}")))?;
+            a.file(&format!("lib/firmware/{name}"), 0o644, data);
+        }
+        for (m, n) in &picked.missing {
+            log(&format!(
+                "firmware: {m} declares {n}, which no package of {} ships (not packed)",
+                firmware::FIRMWARE_PACKAGES.join(", ")
+            ));
+        }
+        (picked.files.into_keys().collect(), picked.missing)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     log(&format!(
-        "initramfs: {} entries, {} modules",
+        "initramfs: {} entries, {} modules, {} firmware files",
         a.len(),
-        modules.len()
+        modules.len(),
+        fw_names.len()
     ));
     let cpio = a.encode();
     // The kernel's zstd unpacker handles the default window of level 3 (initramfs-tools'
@@ -341,6 +418,8 @@ pub fn build_installer(
         initrd: ir,
         initrd_size: initrd.len() as u64,
         modules: names,
+        firmware: fw_names,
+        firmware_missing: fw_missing,
     })
 }
 

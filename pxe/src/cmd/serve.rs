@@ -42,6 +42,7 @@ impl NodeLookup for PlanLookup {
                 images::bundle::Firmware::Bios => Firmware::Bios,
                 images::bundle::Firmware::Uefi => Firmware::Uefi,
             },
+            efi_boot_file: n.efi_boot_file,
         })
     }
 }
@@ -161,7 +162,16 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
             a.ipxe_dir.display()
         )
     })?);
-    for want in ["undionly.kpxe", a.efi_file.as_str()] {
+    // The nodes' own UEFI boot files (profile `efi_boot_file`) come from the same folder.
+    let mut wanted: Vec<&str> = vec!["undionly.kpxe", a.efi_file.as_str()];
+    wanted.extend(
+        plan.nodes
+            .iter()
+            .filter_map(|n| n.efi_boot_file.map(|f| f.file_name())),
+    );
+    wanted.sort_unstable();
+    wanted.dedup();
+    for want in wanted {
         if provider.get(want).is_none() {
             tracing::warn!(dir = %a.ipxe_dir.display(), file = want, "boot file missing: firmware asking for it will fail");
         }

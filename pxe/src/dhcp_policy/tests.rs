@@ -37,6 +37,7 @@ fn node() -> NodeView {
         inventory_ip: Some(KNOWN_IP),
         state: NodeState::Armed,
         firmware: Firmware::Uefi,
+        efi_boot_file: None,
     }
 }
 
@@ -312,6 +313,68 @@ fn snponly_is_configurable() {
                 .file,
             "snponly.efi"
         );
+    }
+}
+
+/// Per-profile boot quirks: a known node gets its own UEFI boot file (r630/r730 ship
+/// `snponly.efi`, optiplex `ipxe.efi`), an unknown machine the global `--efi-file`, BIOS
+/// clients `undionly.kpxe` whatever the node says, and iPXE's own DHCP its per-MAC script.
+/// Expected values are written out, not derived: dropping the node lookup in `boot_info`
+/// (every UEFI client getting the global file) fails the r630 rows.
+#[test]
+fn per_node_efi_boot_file_table() {
+    let with = |f: Option<EfiBootFile>| NodeView {
+        efi_boot_file: f,
+        ..node()
+    };
+    let r630 = with(Some(EfiBootFile::SnpOnly));
+    let optiplex = with(Some(EfiBootFile::Ipxe));
+    let plain = with(None);
+    let script = "http://10.77.1.1:8080/boot/52:54:00:00:00:01.ipxe";
+    // (node, global --efi-file, arch, iPXE user class, expected file)
+    let table: &[(Option<&NodeView>, &str, u16, bool, &str)] = &[
+        (Some(&r630), "ipxe.efi", 7, false, "snponly.efi"),
+        (Some(&r630), "ipxe.efi", 9, false, "snponly.efi"),
+        (
+            Some(&r630),
+            "ipxe.efi",
+            16,
+            false,
+            "http://10.77.1.1:8080/snponly.efi",
+        ),
+        (Some(&optiplex), "snponly.efi", 7, false, "ipxe.efi"),
+        (Some(&optiplex), "ipxe.efi", 7, false, "ipxe.efi"),
+        (Some(&plain), "snponly.efi", 7, false, "snponly.efi"),
+        (Some(&plain), "ipxe.efi", 7, false, "ipxe.efi"),
+        (None, "ipxe.efi", 7, false, "ipxe.efi"),
+        (None, "snponly.efi", 7, false, "snponly.efi"),
+        (
+            None,
+            "snponly.efi",
+            16,
+            false,
+            "http://10.77.1.1:8080/snponly.efi",
+        ),
+        (Some(&r630), "ipxe.efi", 0, false, "undionly.kpxe"),
+        (Some(&optiplex), "ipxe.efi", 0, false, "undionly.kpxe"),
+        (Some(&r630), "ipxe.efi", 7, true, script),
+        (Some(&optiplex), "snponly.efi", 7, true, script),
+    ];
+    for mode in [DhcpMode::Proxy, DhcpMode::Full] {
+        for &(node, global, arch, ipxe, want) in table {
+            let mut c = cfg(mode, false);
+            c.efi_file = global.into();
+            for ex in [Exchange::Discover, Exchange::PxePort] {
+                let req = request(KNOWN, Some(arch), ipxe, ex, KNOWN_IP);
+                // Full mode answers an unknown MAC only from its pool; give it one.
+                let leases: &dyn LeaseView = if node.is_none() { &OnePool } else { &NoLeases };
+                let ctx = format!(
+                    "{mode:?} {ex:?} node={node:?} global={global} arch={arch} ipxe={ipxe}"
+                );
+                let r = decide(&req, node, &c, leases).unwrap_or_else(|| panic!("{ctx}: no reply"));
+                assert_eq!(r.boot.expect(&ctx).file, want, "{ctx}");
+            }
+        }
     }
 }
 

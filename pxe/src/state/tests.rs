@@ -384,3 +384,39 @@ fn power_entries_never_evict_lifecycle_entries() {
             .contains("(by builder provision)")
     );
 }
+
+/// Installer notes (firmware load failures) are timeline notes: only while the node is being
+/// installed, printable and bounded, and never pushing out lifecycle entries.
+#[test]
+fn install_notes_only_while_installing_and_bounded() {
+    let inote = |d: &str| {
+        Event::Install(InstallEvent::Note {
+            kind: "firmware".into(),
+            detail: d.into(),
+        })
+    };
+    let done = run(&[served(), installing(), installed("ab")]).unwrap();
+    assert!(
+        apply(&done, &inote("x"), 9).is_err(),
+        "not after the install"
+    );
+    let off = apply(&armed(), &Event::Disarm, 1).unwrap();
+    assert!(
+        apply(&off, &inote("x"), 9).is_err(),
+        "not from a disarmed node"
+    );
+    let mut r = run(&[served(), installing()]).unwrap();
+    let lifecycle = r.timeline.len();
+    for i in 0..200 {
+        r = apply(&r, &inote(&format!("\x1b[31m{i}{}", "a".repeat(1000))), 2).unwrap();
+    }
+    assert_eq!(r.state, NodeState::Installing);
+    let notes: Vec<_> = r.timeline.iter().filter(|e| e.event == "note").collect();
+    assert_eq!(notes.len(), 50, "NOTES_CAP");
+    assert!(
+        notes
+            .iter()
+            .all(|e| e.detail.len() <= NOTE_MAX && !e.detail.contains('\x1b'))
+    );
+    assert_eq!(r.timeline.len() - notes.len(), lifecycle);
+}

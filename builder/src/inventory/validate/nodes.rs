@@ -8,11 +8,13 @@ use super::{Ctx, DEFAULT_USER_DATA_TEMPLATE, KUBELET_SYSCTLS, TemplateCatalog};
 use crate::inventory::model::*;
 use crate::inventory::power::{check_power, wol_reaches};
 use crate::inventory::profiles::{
-    ProfileSet, check_labels, check_selector, check_sysctls, check_taints, is_package_name,
+    ProfileSet, check_efi_boot_file, check_kernel_args, check_labels, check_selector,
+    check_sysctls, check_taints, is_package_name,
 };
 use crate::inventory::raw::*;
 use crate::inventory::types::NicMac;
 use crate::k3s_flags;
+use images::bundle::KERNEL_ARGS_MAX;
 
 /// The typed values of one `nodes:` entry that the rules across entries compare
 /// ([`super::cross`]). Kept for every entry, also one that fails other rules, so that its
@@ -204,6 +206,11 @@ pub(super) fn nodes(
             .as_ref()
             .map(|pr| pr.kernel_args.clone())
             .unwrap_or_default();
+        let mut efi_boot_file = profile.as_ref().and_then(|pr| pr.efi_boot_file);
+        let mut installer_kernel_args = profile
+            .as_ref()
+            .map(|pr| pr.installer_kernel_args.clone())
+            .unwrap_or_default();
         let mut sysctls: BTreeMap<String, String> = KUBELET_SYSCTLS
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -225,7 +232,36 @@ pub(super) fn nodes(
                     packages.push(pk.value.clone());
                 }
             }
-            kernel_args.extend(o.kernel_args.iter().map(|k| k.value.clone()));
+            let path = format!("nodes[{i}].overrides.kernel_args");
+            kernel_args.extend(check_kernel_args(c.file, &path, &o.kernel_args, c.d));
+            if kernel_args.len() > KERNEL_ARGS_MAX
+                && let Some(k) = o.kernel_args.last()
+            {
+                c.err(k, path, format!("profile and node together have {} kernel arguments (at most {KERNEL_ARGS_MAX})", kernel_args.len()));
+            }
+            let path = format!("nodes[{i}].overrides.installer_kernel_args");
+            installer_kernel_args.extend(check_kernel_args(
+                c.file,
+                &path,
+                &o.installer_kernel_args,
+                c.d,
+            ));
+            if installer_kernel_args.len() > KERNEL_ARGS_MAX
+                && let Some(k) = o.installer_kernel_args.last()
+            {
+                c.err(k, path, format!("profile and node together have {} installer kernel arguments (at most {KERNEL_ARGS_MAX})", installer_kernel_args.len()));
+            }
+            if let Some(f) = &o.efi_boot_file {
+                let fw = profile.as_ref().map_or(Firmware::Uefi, |pr| pr.firmware);
+                efi_boot_file = check_efi_boot_file(
+                    c.file,
+                    &format!("nodes[{i}].overrides.efi_boot_file"),
+                    f,
+                    fw,
+                    c.d,
+                )
+                .or(efi_boot_file);
+            }
             sysctls.extend(check_sysctls(
                 c.file,
                 &format!("nodes[{i}].overrides.sysctls"),
@@ -340,6 +376,8 @@ pub(super) fn nodes(
             template,
             packages,
             kernel_args,
+            efi_boot_file,
+            installer_kernel_args,
             sysctls,
             k3s_extra,
             power,
