@@ -20,6 +20,8 @@
 //!   reinstalled machine recovers at once instead of after its lease.
 //! - UEFI IA32 (arch 6) has no iPXE binary in the bundle: such clients get no
 //!   boot information (no proxy reply; an address only in full mode).
+//! - **A Secure Boot node gets shim, not iPXE** ([`efi_boot_file`]): its firmware refuses
+//!   the unsigned iPXE. Unknown MACs keep iPXE (nothing is known about their firmware).
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -74,6 +76,9 @@ pub struct NodeView {
     pub state: NodeState,
     #[serde(default)]
     pub firmware: Firmware,
+    /// The node keeps UEFI Secure Boot on (plan `secure_boot`): it boots signed shim.
+    #[serde(default)]
+    pub secure_boot: bool,
 }
 
 /// An inclusive address range handed to unknown MACs in full mode.
@@ -102,6 +107,9 @@ pub struct DhcpPolicyConfig {
     pub bios_file: String,
     /// UEFI x64 boot file (arch 7 and 9): `ipxe.efi` or `snponly.efi`.
     pub efi_file: String,
+    /// UEFI x64 boot file of Secure Boot nodes: Debian's signed shim, which then fetches
+    /// `grubx64.efi` from the same folder of the same server (see `crate::secure_boot`).
+    pub secure_boot_file: String,
     pub subnet: Ipv4Net,
     pub gateway: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
@@ -135,6 +143,7 @@ impl DhcpPolicyConfig {
             http_base: http_base.into(),
             bios_file: "undionly.kpxe".into(),
             efi_file: "ipxe.efi".into(),
+            secure_boot_file: crate::secure_boot::SHIM.into(),
             subnet,
             gateway: None,
             dns: Vec::new(),
@@ -311,14 +320,28 @@ pub fn decide_explained(
         _ if !req.giaddr.is_unspecified() && !cfg.subnet.contains(&req.giaddr) => {
             (None, Reason::Relayed)
         }
-        _ if req.port == RecvPort::PxeBoot => pxe_port(req, cfg),
-        DhcpMode::Proxy => proxy(req, cfg),
+        _ if req.port == RecvPort::PxeBoot => pxe_port(req, node, cfg),
+        DhcpMode::Proxy => proxy(req, node, cfg),
         DhcpMode::Full => full(req, node, cfg, leases),
     }
 }
 
+/// The UEFI boot file (arch 7, 9 and 16) for this machine: where its boot chain starts.
+/// One row per kind of machine; the server loop and the tests read the same table.
+pub fn efi_boot_file<'a>(node: Option<&NodeView>, cfg: &'a DhcpPolicyConfig) -> &'a str {
+    match node {
+        // Secure Boot on: only a Microsoft-signed binary starts; shim is, iPXE is not.
+        Some(n) if n.secure_boot => &cfg.secure_boot_file,
+        _ => &cfg.efi_file,
+    }
+}
+
 /// Boot information for this client, or why there is none.
-pub fn boot_info(req: &BootRequest, cfg: &DhcpPolicyConfig) -> Result<BootInfo, Reason> {
+pub fn boot_info(
+    req: &BootRequest,
+    node: Option<&NodeView>,
+    cfg: &DhcpPolicyConfig,
+) -> Result<BootInfo, Reason> {
     if !req.is_boot_client() {
         return Err(Reason::NotBootClient);
     }
@@ -341,12 +364,12 @@ pub fn boot_info(req: &BootRequest, cfg: &DhcpPolicyConfig) -> Result<BootInfo, 
     } else {
         match arch {
             arch::BIOS => tftp(&cfg.bios_file),
-            arch::EFI_X64 | arch::EFI_BC => tftp(&cfg.efi_file),
+            arch::EFI_X64 | arch::EFI_BC => tftp(efi_boot_file(node, cfg)),
             // UEFI HTTP boot fetches the NBP itself; it needs HTTPClient in
             // option 60 or EDK2 drops the offer (and waits 60 s).
             arch::EFI_X64_HTTP => (
                 cfg.server_ip,
-                format!("{}/{}", cfg.http_base, cfg.efi_file),
+                format!("{}/{}", cfg.http_base, efi_boot_file(node, cfg)),
                 "HTTPClient",
             ),
             _ => return Err(Reason::UnsupportedArch),
@@ -377,11 +400,15 @@ fn base_reply(kind: ReplyKind, cfg: &DhcpPolicyConfig) -> Reply {
 
 /// Port 4011 (PXE 2.1 §2.2.2): the client already has an address and asks
 /// the boot server directly; answer with an ACK carrying the boot file.
-fn pxe_port(req: &BootRequest, cfg: &DhcpPolicyConfig) -> (Option<Reply>, Reason) {
+fn pxe_port(
+    req: &BootRequest,
+    node: Option<&NodeView>,
+    cfg: &DhcpPolicyConfig,
+) -> (Option<Reply>, Reason) {
     if !matches!(req.msg_type, MessageType::Request | MessageType::Inform) {
         return (None, Reason::NotForThisPort);
     }
-    match boot_info(req, cfg) {
+    match boot_info(req, node, cfg) {
         Ok(boot) => {
             let mut r = base_reply(ReplyKind::Ack, cfg);
             r.boot = Some(boot);
@@ -391,7 +418,11 @@ fn pxe_port(req: &BootRequest, cfg: &DhcpPolicyConfig) -> (Option<Reply>, Reason
     }
 }
 
-fn proxy(req: &BootRequest, cfg: &DhcpPolicyConfig) -> (Option<Reply>, Reason) {
+fn proxy(
+    req: &BootRequest,
+    node: Option<&NodeView>,
+    cfg: &DhcpPolicyConfig,
+) -> (Option<Reply>, Reason) {
     let kind = match req.msg_type {
         MessageType::Discover => ReplyKind::Offer,
         // An INFORM from a configured client: boot info only.
@@ -399,7 +430,7 @@ fn proxy(req: &BootRequest, cfg: &DhcpPolicyConfig) -> (Option<Reply>, Reason) {
         MessageType::Request => return (None, Reason::ProxyIgnoresRequest),
         _ => return (None, Reason::NotForThisPort),
     };
-    match boot_info(req, cfg) {
+    match boot_info(req, node, cfg) {
         Ok(boot) => {
             let mut r = base_reply(kind, cfg);
             r.boot = Some(boot);
@@ -472,7 +503,7 @@ fn full(
         dns: cfg.dns.clone(),
     });
     // Boot info rides along for boot clients; an unsupported arch still gets its address.
-    r.boot = boot_info(req, cfg).ok();
+    r.boot = boot_info(req, node, cfg).ok();
     (Some(r), why)
 }
 

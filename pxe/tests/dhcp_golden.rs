@@ -202,6 +202,7 @@ fn server(lab: Lab) -> DhcpContext {
                     inventory_ip: Some(Ipv4Addr::new(10, 77, c, 10)),
                     state: NodeState::default(),
                     firmware,
+                    secure_boot: false,
                 },
             )
         })

@@ -333,6 +333,7 @@ mod tests {
                 inventory_ip: Some(Ipv4Addr::new(10, 77, 1, 10)),
                 state: NodeState::Armed,
                 firmware: Default::default(),
+                secure_boot: false,
             },
         );
         let leases = LeaseStore::new(policy.pool, [Ipv4Addr::new(10, 77, 1, 10)]);
