@@ -29,6 +29,10 @@ pub trait Machine {
     fn disks(&self) -> io::Result<Vec<Disk>>;
     /// Open the chosen disk for writing (exclusively, for a block device).
     fn open(&self, disk: &Disk) -> io::Result<File>;
+    /// UEFI Secure Boot state, reported with `installing`; `None`: BIOS or unknown.
+    fn secure_boot(&self) -> Option<bool> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -385,6 +389,7 @@ fn install_from(
         InstallEvent::Installing {
             disk: target.path.clone(),
             total,
+            secure_boot: machine.secure_boot(),
         },
         log,
     );

@@ -143,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
                     inventory_ip: n.ip,
                     state: n.state,
                     firmware: n.firmware,
+                    secure_boot: false,
                 },
             )
         })

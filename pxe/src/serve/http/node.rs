@@ -355,9 +355,36 @@ pub(super) async fn install_event(
             );
         }
     }
+    let reported_sb = match &ev {
+        InstallEvent::Installing { secure_boot, .. } => Some(*secure_boot),
+        _ => None,
+    };
     let ev = Event::Install(ev);
     let r = apply(&app, &host, ev.clone()).await;
-    answer(&host, peer.ip(), &ev, r)
+    let ok = r.is_ok();
+    let resp = answer(&host, peer.ip(), &ev, r);
+    if ok && let Some(reported) = reported_sb {
+        warn_secure_boot(&app, &bundle, &host, peer.ip(), reported).await;
+    }
+    resp
+}
+
+/// A node whose plan says `secure_boot` reports it off: a warning in the log and a note in
+/// its timeline (the node goes on; the operator decides).
+async fn warn_secure_boot(
+    app: &Arc<HttpApp>,
+    bundle: &crate::bundle::Bundle,
+    host: &str,
+    peer: IpAddr,
+    reported: Option<bool>,
+) {
+    let planned = bundle.node(host).is_some_and(|n| n.secure_boot);
+    if let Some(note) = crate::state::secure_boot_mismatch(planned, reported) {
+        tracing::warn!(node = host, client = %peer, "secure_boot: true in the plan, but the node reports Secure Boot off");
+        if let Err(e) = apply(app, host, note).await {
+            tracing::warn!(node = host, "recording the secure-boot-off note: {e}");
+        }
+    }
 }
 
 /// `POST /inspect/<mac>/<secret>/facts`: what an inspection boot found, with the MAC's live
@@ -469,12 +496,23 @@ pub(super) async fn report_event(
     if let Err(r) = reporting_node(&app, &host, &token, peer.ip()) {
         return r.into_response();
     }
-    let ev = match parse_event(&body) {
-        Ok(e) => Event::Report(e),
+    let ev: ReportEvent = match parse_event(&body) {
+        Ok(e) => e,
         Err(r) => return r.into_response(),
     };
+    let reported_sb = match &ev {
+        ReportEvent::SecureBoot { secure_boot } => Some(*secure_boot),
+        _ => None,
+    };
+    let ev = Event::Report(ev);
     let r = apply(&app, &host, ev.clone()).await;
-    answer(&host, peer.ip(), &ev, r)
+    let ok = r.is_ok();
+    let resp = answer(&host, peer.ip(), &ev, r);
+    if ok && let Some(reported) = reported_sb {
+        let bundle = app.bundle.get();
+        warn_secure_boot(&app, &bundle, &host, peer.ip(), reported).await;
+    }
+    resp
 }
 
 /// cloud-init's phone_home (form-encoded POST) at the end of the node's first boot. What the
