@@ -54,7 +54,9 @@ impl NbpWatch {
         {
             p.remove(&oldest);
         }
-        p.insert(client, (file, now_ms));
+        // The first unanswered fetch counts: firmware that retries its boot entries keeps
+        // fetching, and must not push its own report out forever.
+        p.entry(client).or_insert((file, now_ms));
     }
 
     /// `client` asked for its boot script: its fetch was not refused.
@@ -114,6 +116,7 @@ mod tests {
         w.fetched(ip(4), "shimx64.efi", 1000); // signed: not watched
         w.fetched(ip(4), "undionly.kpxe", 1000); // BIOS: no Secure Boot
         w.script(ip(2), 5000);
+        w.fetched(ip(1), "ipxe.efi", 1000 + WINDOW_MS / 2); // a retry keeps the first time
         assert!(
             w.sweep(1000 + WINDOW_MS - 1).is_empty(),
             "inside the window"

@@ -30,6 +30,10 @@ pub const KEEP_HINT: &str =
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF with Microsoft's keys enrolled and Secure Boot enforced (needs SMM), and its NVRAM
+/// template: what a machine shipped with Secure Boot on looks like.
+pub const OVMF_CODE_MS: &str = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 pub const IPXE_DIR: &str = "/usr/lib/ipxe";
 
 /// Root, `ip netns`, qemu, the firmware files and dnsmasq. Missing → loud skip, or a failure
@@ -485,6 +489,8 @@ pub struct VmOpts {
     pub no_reboot: bool,
     /// More disks, after the install disk (vm_discover: a machine with several).
     pub extra_disks: Vec<ExtraDisk>,
+    /// UEFI only: OVMF with Secure Boot enforced ([`OVMF_CODE_MS`]).
+    pub secure_boot: bool,
 }
 
 /// A further disk: an existing raw `file` (the test makes it, with known content), attached
@@ -511,6 +517,7 @@ impl VmOpts {
             smp: 1,
             no_reboot: true,
             extra_disks: Vec::new(),
+            secure_boot: false,
         }
     }
 }
@@ -537,6 +544,30 @@ impl Vm {
         let mut nic = format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1");
         match fw {
             Firmware::Bios => machine_args(&mut cmd, fw, Path::new("")),
+            Firmware::Uefi if o.secure_boot => {
+                // A copy of the enrolled NVRAM: kept across restarts of the same machine, as
+                // a real one keeps its settings.
+                let vars = dir.join(format!("{}.vars.fd", o.mac.replace(':', "")));
+                if !vars.exists() {
+                    std::fs::copy(OVMF_VARS_MS, &vars).unwrap();
+                }
+                // Secure Boot variables are writable only from SMM: without it OVMF's .ms
+                // build does not start.
+                cmd.args(["-machine", "q35,accel=tcg,smm=on"])
+                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_MS}"
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ));
+                cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
+                    .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"]);
+                nic.push_str(",romfile=");
+            }
             Firmware::Uefi => {
                 let vars = dir.join(format!("{name}.vars.fd"));
                 std::fs::copy(OVMF_VARS, &vars).unwrap();
