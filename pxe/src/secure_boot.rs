@@ -325,6 +325,80 @@ mod tests {
         }
     }
 
+    struct Fake(std::sync::Mutex<Vec<String>>);
+
+    impl NodeConfigs for Fake {
+        fn grub_config<'a>(
+            &'a self,
+            _client: SocketAddr,
+            mac: images::bundle::Mac,
+        ) -> BoxFuture<'a, Result<String, ProviderError>> {
+            Box::pin(async move { Ok(format!("cfg of {mac}")) })
+        }
+        fn boot_file_fetched(&self, _client: SocketAddr, name: &str) {
+            self.0.lock().unwrap().push(name.to_string());
+        }
+    }
+
+    async fn read(t: &TftpTree, path: &str) -> Result<Vec<u8>, ProviderError> {
+        let c = t.open("10.0.0.9:1000".parse().unwrap(), path).await?;
+        match c.body {
+            crate::content::Body::Bytes(b) => Ok(b.to_vec()),
+            crate::content::Body::File(f) => {
+                use std::io::Read;
+                let mut v = Vec::new();
+                f.take(c.size).read_to_end(&mut v).unwrap();
+                Ok(v)
+            }
+            crate::content::Body::Reader(_) => unreachable!(),
+        }
+    }
+
+    /// The TFTP tree serves the chain's names and nothing beside the installer folder's two
+    /// files; boot file fetches reach the diagnostics.
+    #[tokio::test]
+    async fn the_tftp_tree_serves_exactly_the_chain() {
+        let ipxe = tempfile::tempdir().unwrap();
+        std::fs::write(ipxe.path().join("snponly.efi"), b"IPXE").unwrap();
+        let art = tempfile::tempdir().unwrap();
+        let inst = art.path().join("installer");
+        std::fs::create_dir(&inst).unwrap();
+        std::fs::write(inst.join("vmlinuz"), b"KERNEL").unwrap();
+        std::fs::write(inst.join("secret.txt"), b"no").unwrap();
+        std::fs::write(art.path().join("other"), b"no").unwrap();
+        let mut files = crate::boot_files::BootFiles::load(ipxe.path()).unwrap();
+        let shim = art.path().join("shimx64.efi.signed");
+        std::fs::write(&shim, b"SHIM").unwrap();
+        files.add(SHIM, &shim).unwrap();
+        let fake = Arc::new(Fake(Default::default()));
+        let t = TftpTree {
+            boot_files: Arc::new(files),
+            configs: fake.clone(),
+            installer_dir: Some(inst.clone()),
+        };
+        assert_eq!(
+            read(&t, "/grub/grub.cfg").await.unwrap(),
+            GRUB_CFG.as_bytes()
+        );
+        assert_eq!(
+            read(&t, "/grub/node/52:54:00:ab:cd:ef.cfg").await.unwrap(),
+            b"cfg of 52:54:00:ab:cd:ef"
+        );
+        assert_eq!(read(&t, "/installer/vmlinuz").await.unwrap(), b"KERNEL");
+        assert_eq!(read(&t, "shimx64.efi").await.unwrap(), b"SHIM");
+        assert_eq!(read(&t, "snponly.efi").await.unwrap(), b"IPXE");
+        for refused in [
+            "installer/initrd.img", // listed but absent
+            "installer/secret.txt",
+            "installer/../other",
+            "other",
+            "grub/x86_64-efi/grub.cfg",
+        ] {
+            assert!(read(&t, refused).await.is_err(), "{refused}");
+        }
+        assert_eq!(*fake.0.lock().unwrap(), ["shimx64.efi", "snponly.efi"]);
+    }
+
     /// The static config hands over to exactly the per-MAC path [`classify`] answers.
     #[test]
     fn grub_cfg_sources_the_per_mac_path() {
