@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a bundle: DHCP, TFTP and HTTP, until SIGINT/SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show every node's install state (and live progress bars with --watch), then the
     /// discovered machines: those not in the inventory that asked this pxe for DHCP or a boot.
     Status(StatusArgs),

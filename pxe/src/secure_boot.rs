@@ -304,7 +304,7 @@ mod tests {
         let mac: images::bundle::Mac = "52:54:00:ab:cd:ef".parse().unwrap();
         assert_eq!(
             classify("/grub/node/52:54:00:ab:cd:ef.cfg"),
-            TftpPath::NodeCfg(mac.clone())
+            TftpPath::NodeCfg(mac)
         );
         assert_eq!(
             classify("grub/node/52-54-00-AB-CD-EF.cfg"),
