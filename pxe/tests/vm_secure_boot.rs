@@ -71,11 +71,17 @@ fn secure_boot_netboot_installs_through_shim_grub_and_the_signed_kernel() {
     let text = std::fs::read_to_string(&yaml).unwrap();
     let anchor = format!("    mac: {NODE_MAC}\n");
     assert!(text.contains(&anchor), "{NODE} in vmlab.yaml");
-    std::fs::write(
-        &yaml,
-        text.replace(&anchor, &format!("{anchor}    secure_boot: true\n")),
-    )
-    .unwrap();
+    // pxe is the DHCP server of these two machines (`--dhcp full`, a pool for the unknown
+    // one): Debian's signed GRUB 2.06 takes its TFTP server from the firmware's DHCP ACK only,
+    // never from a ProxyDHCP offer (docs/secure-boot.md).
+    let text = text
+        .replace(&anchor, &format!("{anchor}    secure_boot: true\n"))
+        .replace(
+            "  gateway: 10.88.0.254\n",
+            "  gateway: 10.88.0.254\n  dhcp_pool: {start: 10.88.0.200, end: 10.88.0.220}\n",
+        );
+    assert!(text.contains("dhcp_pool"), "vmlab.yaml gateway line moved");
+    std::fs::write(&yaml, text).unwrap();
     let bundle = dir.join("bundle");
     let st = Command::new(support::builder_bin())
         .args(["render", "-i"])
@@ -107,10 +113,20 @@ fn secure_boot_netboot_installs_through_shim_grub_and_the_signed_kernel() {
     eprintln!("timing: artifacts {:>6.1} s", t0.elapsed().as_secs_f64());
     let lab = Lab::new(2);
     let ns = lab.pxe.0.clone();
-    let _router = start_router(&lab, &dir);
+    let ignore: Vec<String> = [NODE_MAC, UNKNOWN_MAC]
+        .iter()
+        .map(|m| format!("--dhcp-host={m},ignore"))
+        .collect();
+    let ignore: Vec<&str> = ignore.iter().map(String::as_str).collect();
+    let _router = start_router_with(&lab, &dir, &ignore);
     let art = artifacts.display().to_string();
-    let (mut pxe, pxe_log) =
-        start_pxe_with(&lab, &bundle, &dir, "snponly.efi", &["--artifacts", &art]);
+    let (mut pxe, pxe_log) = start_pxe_with(
+        &lab,
+        &bundle,
+        &dir,
+        "snponly.efi",
+        &["--artifacts", &art, "--dhcp", "full"],
+    );
     assert_eq!(states(&ns)[NODE], "armed");
 
     // Phase 1, in parallel: the Secure Boot install, and the refused iPXE.

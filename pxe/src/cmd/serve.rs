@@ -190,6 +190,14 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
             }
         }
     }
+    if a.dhcp == DhcpMode::Proxy && !sb_nodes.is_empty() {
+        // Debian's signed GRUB 2.06 reads its TFTP server from the firmware's DHCP ACK only,
+        // never from a ProxyDHCP offer: beside a router it asks the router for its config.
+        tracing::warn!(
+            nodes = %sb_nodes.join(", "),
+            "secure_boot nodes with --dhcp proxy: GRUB will look for its config on the next-server of your router's DHCP reply; use --dhcp full, or set the router's next-server (TFTP server) to this server (docs/secure-boot.md)"
+        );
+    }
     let provider = Arc::new(boot_files);
     for want in ["undionly.kpxe", a.efi_file.as_str()] {
         if provider.get(want).is_none() {

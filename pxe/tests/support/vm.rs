@@ -218,6 +218,12 @@ pub fn clean(raw: &[u8]) -> String {
 /// comes from `pxe serve`), `--no-ping` (its default ping check costs 3 s per client) and
 /// router advertisements for fd88::/64.
 pub fn start_router(lab: &Lab, dir: &Path) -> Proc {
+    start_router_with(lab, dir, &[])
+}
+
+/// [`start_router`] with more dnsmasq arguments (e.g. `--dhcp-host=MAC,ignore`: machines that
+/// `pxe serve --dhcp full` addresses instead).
+pub fn start_router_with(lab: &Lab, dir: &Path, extra: &[&str]) -> Proc {
     let log = dir.join("dnsmasq.log");
     let child = Command::new("ip")
         .args(["netns", "exec", &lab.router.0, "dnsmasq", "--no-daemon"])
@@ -241,6 +247,7 @@ pub fn start_router(lab: &Lab, dir: &Path) -> Proc {
             dir.join("dnsmasq.leases").display()
         ))
         .arg(format!("--log-facility={}", log.display()))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("dnsmasq.out")).unwrap())
         .stderr(std::fs::File::create(dir.join("dnsmasq.err")).unwrap())
@@ -310,7 +317,13 @@ pub fn start_pxe_with(
         ])
         .arg("--bundle")
         .arg(bundle)
-        .args(["--interface", "vmtbr0", "--dhcp", "proxy"])
+        .args(["--interface", "vmtbr0"])
+        // Proxy beside the lab's router, unless the test chose (`extra`).
+        .args(if extra.contains(&"--dhcp") {
+            &[][..]
+        } else {
+            &["--dhcp", "proxy"][..]
+        })
         .args(["--http-port", &HTTP_PORT.to_string(), "--tftp-port", "69"])
         .arg("--state")
         .arg(dir.join("state"))
