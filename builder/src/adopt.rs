@@ -521,6 +521,7 @@ mod tests {
             labels: Default::default(),
             taints: vec![],
             power: None,
+            secure_boot: false,
         }
     }
 

@@ -543,6 +543,7 @@ fn render_node(
         seed_dir: dir,
         report_token: token,
         install_script: ipxe_path,
+        secure_boot: node.secure_boot,
     })
 }
 

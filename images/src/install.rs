@@ -33,6 +33,11 @@ pub trait Machine {
     fn kernel_log(&self) -> String {
         String::new()
     }
+
+    /// UEFI Secure Boot state, reported with `installing`; `None`: BIOS or unknown.
+    fn secure_boot(&self) -> Option<bool> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -389,6 +394,7 @@ fn install_from(
         InstallEvent::Installing {
             disk: target.path.clone(),
             total,
+            secure_boot: machine.secure_boot(),
         },
         log,
     );

@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn a_bundle_plan_makes_the_install_plan_of_its_node() {
         let plan = crate::bundle::Plan::from_json(
-            br#"{"version":2,"cluster":"c","domain":"lab","api_vip":"10.0.20.10",
+            br#"{"version":3,"cluster":"c","domain":"lab","api_vip":"10.0.20.10",
                 "appliance":{"ip":"10.0.20.5","http_port":8080,"url":"http://10.0.20.5:8080"},
                 "os_image":"debian-12","local_boot_script":"ipxe/local.ipxe","unknown_script":"ipxe/unknown.ipxe",
                 "network":{"gateway":"10.0.20.1","dns":["10.0.20.1"],"subnet":"10.0.20.0/24","dhcp_pool":null},

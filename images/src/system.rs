@@ -32,6 +32,15 @@ pub fn disk_links() -> Vec<(String, String)> {
 }
 
 impl Machine for System {
+    fn secure_boot(&self) -> Option<bool> {
+        let sys = std::path::Path::new("/sys");
+        if !sys.join("firmware/efi").exists() {
+            return None;
+        }
+        crate::inspect::secure_boot(sys)
+            .or_else(|| crate::inspect::secure_boot_from_log(&crate::inspect::read_kmsg()))
+    }
+
     fn disks(&self) -> io::Result<Vec<Disk>> {
         let out = match Command::new("lsblk")
             .args([

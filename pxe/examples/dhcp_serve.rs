@@ -144,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
                     state: n.state,
                     firmware: n.firmware,
                     efi_boot_file: None,
+                    secure_boot: false,
                 },
             )
         })

@@ -39,6 +39,20 @@ impl BootFiles {
         Ok(BootFiles { files })
     }
 
+    /// Serve the file at `path` (operator configuration, symlinks followed) as `name`: the
+    /// signed shim and GRUB of the Secure Boot chain, under the names the chain asks for.
+    pub fn add(&mut self, name: &str, path: &Path) -> std::io::Result<()> {
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_file() || meta.len() > MAX_FILE {
+            return Err(std::io::Error::other(
+                "not a boot file (a regular file up to 16 MiB)",
+            ));
+        }
+        self.files
+            .insert(name.to_string(), std::fs::read(path)?.into());
+        Ok(())
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
     }

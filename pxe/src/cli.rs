@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a bundle: DHCP, TFTP and HTTP, until SIGINT/SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show every node's install state (and live progress bars with --watch), then the
     /// discovered machines: those not in the inventory that asked this pxe for DHCP or a boot.
     Status(StatusArgs),
@@ -85,6 +85,14 @@ pub struct ServeArgs {
     /// hardware profile names no `efi_boot_file`, and of machines not in the inventory.
     #[arg(long, value_name = "FILE", default_value = "ipxe.efi")]
     pub efi_file: String,
+    /// Debian's Microsoft-signed shim (package shim-signed), served as shimx64.efi to
+    /// `secure_boot` nodes (docs/secure-boot.md).
+    #[arg(long, value_name = "FILE", default_value = pxe::secure_boot::SHIM_PATH)]
+    pub shim: PathBuf,
+    /// Debian's signed network GRUB (package grub-efi-amd64-signed), served as grubx64.efi
+    /// next to shim.
+    #[arg(long, value_name = "FILE", default_value = pxe::secure_boot::GRUB_PATH)]
+    pub grub: PathBuf,
     /// Folder served at /artifacts/ (installer kernel and initrd, OS images from `builder images`);
     /// must be readable by --user. Default: the one `builder images` fills,
     /// /var/lib/ironseed/artifacts as root, else $XDG_DATA_HOME/ironseed/artifacts

@@ -20,6 +20,8 @@
 //!   reinstalled machine recovers at once instead of after its lease.
 //! - UEFI IA32 (arch 6) has no iPXE binary in the bundle: such clients get no
 //!   boot information (no proxy reply; an address only in full mode).
+//! - **A Secure Boot node gets shim, not iPXE** ([`efi_boot_file`]): its firmware refuses
+//!   the unsigned iPXE. Unknown MACs keep iPXE (nothing is known about their firmware).
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -79,6 +81,9 @@ pub struct NodeView {
     /// global `--efi-file`.
     #[serde(default)]
     pub efi_boot_file: Option<EfiBootFile>,
+    /// The node keeps UEFI Secure Boot on (plan `secure_boot`): it boots signed shim.
+    #[serde(default)]
+    pub secure_boot: bool,
 }
 
 /// An inclusive address range handed to unknown MACs in full mode.
@@ -107,6 +112,9 @@ pub struct DhcpPolicyConfig {
     pub bios_file: String,
     /// UEFI x64 boot file (arch 7 and 9): `ipxe.efi` or `snponly.efi`.
     pub efi_file: String,
+    /// UEFI x64 boot file of Secure Boot nodes: Debian's signed shim, which then fetches
+    /// `grubx64.efi` from the same folder of the same server (see `crate::secure_boot`).
+    pub secure_boot_file: String,
     pub subnet: Ipv4Net,
     pub gateway: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
@@ -140,6 +148,7 @@ impl DhcpPolicyConfig {
             http_base: http_base.into(),
             bios_file: "undionly.kpxe".into(),
             efi_file: "ipxe.efi".into(),
+            secure_boot_file: crate::secure_boot::SHIM.into(),
             subnet,
             gateway: None,
             dns: Vec::new(),
@@ -322,12 +331,18 @@ pub fn decide_explained(
     }
 }
 
-/// The UEFI boot file for this client: a known node's own (per-profile firmware quirks, e.g.
-/// `snponly.efi` on 13th-gen PowerEdge), else the global `--efi-file`.
-pub fn efi_file<'a>(node: Option<&NodeView>, cfg: &'a DhcpPolicyConfig) -> &'a str {
-    match node.and_then(|n| n.efi_boot_file) {
-        Some(f) => f.file_name(),
-        None => &cfg.efi_file,
+/// The UEFI boot file (arch 7, 9 and 16) for this machine: where its boot chain starts.
+/// One row per kind of machine; the server loop and the tests read the same table.
+pub fn efi_boot_file<'a>(node: Option<&NodeView>, cfg: &'a DhcpPolicyConfig) -> &'a str {
+    match node {
+        // Secure Boot on: only a Microsoft-signed binary starts; shim is, iPXE is not.
+        Some(n) if n.secure_boot => &cfg.secure_boot_file,
+        // Per-profile firmware quirks, e.g. `snponly.efi` on 13th-gen PowerEdge.
+        Some(NodeView {
+            efi_boot_file: Some(f),
+            ..
+        }) => f.file_name(),
+        _ => &cfg.efi_file,
     }
 }
 
@@ -359,12 +374,12 @@ pub fn boot_info(
     } else {
         match arch {
             arch::BIOS => tftp(&cfg.bios_file),
-            arch::EFI_X64 | arch::EFI_BC => tftp(efi_file(node, cfg)),
+            arch::EFI_X64 | arch::EFI_BC => tftp(efi_boot_file(node, cfg)),
             // UEFI HTTP boot fetches the NBP itself; it needs HTTPClient in
             // option 60 or EDK2 drops the offer (and waits 60 s).
             arch::EFI_X64_HTTP => (
                 cfg.server_ip,
-                format!("{}/{}", cfg.http_base, efi_file(node, cfg)),
+                format!("{}/{}", cfg.http_base, efi_boot_file(node, cfg)),
                 "HTTPClient",
             ),
             _ => return Err(Reason::UnsupportedArch),

@@ -9,10 +9,12 @@ pub mod dhcp_policy;
 pub mod discovered;
 pub mod leases;
 pub mod metrics;
+pub mod nbp_watch;
 pub mod net;
 pub mod privileges;
 pub mod proto;
 pub mod ratelimit;
+pub mod secure_boot;
 pub mod serve;
 pub mod state;
 

@@ -225,6 +225,7 @@ pub fn name(ev: &Event) -> &'static str {
         Event::Install(InstallEvent::Note { .. }) => "note",
         Event::Report(ReportEvent::Booted) => "booted",
         Event::Report(ReportEvent::Note { .. }) => "note",
+        Event::Report(ReportEvent::SecureBoot { .. }) => "secure-boot",
         Event::Expire => "install-window-expired",
         Event::Power { .. } => "power",
     }
@@ -254,6 +255,28 @@ fn trim_timeline(t: &mut Vec<TimelineEntry>) {
 
 /// The state machine: armed → booting → installing → installed → booted, plus failed.
 /// Pure; `Err` leaves the record as it was.
+/// How the timeline shows a reported Secure Boot state.
+pub fn secure_boot_word(s: Option<bool>) -> &'static str {
+    match s {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "unknown",
+    }
+}
+
+/// The warning note for a node whose plan says `secure_boot` but that reports it off (the
+/// firmware setting was lost: a CMOS reset, a board swap). `None` when nothing is wrong.
+pub fn secure_boot_mismatch(planned: bool, reported: Option<bool>) -> Option<Event> {
+    (planned && reported == Some(false)).then(|| {
+        Event::Report(ReportEvent::Note {
+            kind: "secure-boot-off".into(),
+            detail: "the profile says secure_boot: true but the node reports Secure Boot off; \
+                     turn it back on in the firmware setup"
+                .into(),
+        })
+    })
+}
+
 pub fn apply(rec: &NodeRecord, ev: &Event, now_ms: u64) -> Result<NodeRecord, TransitionError> {
     use NodeState::*;
     let mut r = rec.clone();
@@ -291,7 +314,11 @@ pub fn apply(rec: &NodeRecord, ev: &Event, now_ms: u64) -> Result<NodeRecord, Tr
             detail = mac.clone();
             r.state = Booting;
         }
-        Event::Install(InstallEvent::Installing { disk, total }) => {
+        Event::Install(InstallEvent::Installing {
+            disk,
+            total,
+            secure_boot,
+        }) => {
             if !matches!(rec.state, Booting | Installing) {
                 return Err(invalid());
             }
@@ -299,6 +326,9 @@ pub fn apply(rec: &NodeRecord, ev: &Event, now_ms: u64) -> Result<NodeRecord, Tr
             r.bytes_written = 0;
             r.bytes_total = *total;
             detail = printable(disk, NOTE_MAX);
+            if let Some(sb) = secure_boot {
+                detail.push_str(&format!(" (secure boot {})", secure_boot_word(Some(*sb))));
+            }
         }
         Event::Install(InstallEvent::Progress { written, total }) => {
             if rec.state != Installing {
@@ -349,6 +379,9 @@ pub fn apply(rec: &NodeRecord, ev: &Event, now_ms: u64) -> Result<NodeRecord, Tr
                 return Err(invalid());
             }
             r.state = Booted;
+        }
+        Event::Report(ReportEvent::SecureBoot { secure_boot }) => {
+            detail = secure_boot_word(*secure_boot).to_string();
         }
         Event::Report(ReportEvent::Note { kind, detail: d }) => {
             let kind = printable(kind, 64);

@@ -203,6 +203,7 @@ fn server(lab: Lab) -> DhcpContext {
                     state: NodeState::default(),
                     firmware,
                     efi_boot_file: None,
+                    secure_boot: false,
                 },
             )
         })

@@ -161,3 +161,58 @@ fn a_note_flood_is_limited_and_does_not_slow_the_boot_path() {
         );
     }
 }
+
+/// The Secure Boot state reported by the installer (`installing`) and by first boot
+/// (`secure-boot`) lands in the timeline; for a node whose plan says `secure_boot` (k3s2, an
+/// `optiplex`) a report of "off" adds the `secure-boot-off` warning note, for a node without
+/// it (k3s-master1, a `vm`) it does not. Protects the diagnostic of a machine whose Secure Boot
+/// was switched off behind the operator's back.
+#[test]
+fn secure_boot_off_on_a_secure_boot_node_gets_a_warning_note() {
+    let lab = lab();
+    let s = Server::start(&lab, &[]);
+    let notes = |host: &str| -> Vec<String> {
+        s.node(host)["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["event"].as_str().unwrap(),
+                    e["detail"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    for host in ["k3s2", "k3s-master1"] {
+        let secret = s.secret_from_boot(&lab.mac(host));
+        let ev = r#"{"event":"installing","disk":"/dev/vda","total":10,"secure_boot":false}"#;
+        assert_eq!(s.install_event(host, &secret, ev), 200);
+        let ev = format!(r#"{{"event":"installed","sha256":"{IMAGE_SHA256}"}}"#);
+        assert_eq!(s.install_event(host, &secret, &ev), 200);
+        let ev = r#"{"event":"secure-boot","secure_boot":false}"#;
+        assert_eq!(s.report(&lab, host, "events", ev), 200);
+    }
+    let sb = notes("k3s2");
+    assert!(
+        sb.iter()
+            .any(|n| n == "installing /dev/vda (secure boot off)"),
+        "{sb:?}"
+    );
+    assert!(sb.iter().any(|n| n == "secure-boot off"), "{sb:?}");
+    assert_eq!(
+        sb.iter()
+            .filter(|n| n.starts_with("note secure-boot-off:"))
+            .count(),
+        2,
+        "one warning per report: {sb:?}"
+    );
+    let plain = notes("k3s-master1");
+    assert!(plain.iter().any(|n| n == "secure-boot off"), "{plain:?}");
+    assert!(
+        !plain.iter().any(|n| n.contains("secure-boot-off")),
+        "no warning without secure_boot in the plan: {plain:?}"
+    );
+    assert_eq!(s.state("k3s2"), "installed", "reports change no state");
+}

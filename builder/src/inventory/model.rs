@@ -151,6 +151,8 @@ pub struct Node {
     pub installer_kernel_args: Vec<String>,
     pub sysctls: BTreeMap<String, String>,
     pub k3s_extra: BTreeMap<String, serde_json::Value>,
+    /// The profile's `secure_boot`, or the node's own.
+    pub secure_boot: bool,
     /// Builder's own business: never rendered into the bundle or the plan.
     #[serde(skip)]
     pub power: Option<Power>,
@@ -223,6 +225,8 @@ pub struct Profile {
     pub taints: Vec<String>,
     #[serde(skip)]
     pub power: Option<Power>,
+    /// UEFI Secure Boot stays on: the netboot goes through signed shim + GRUB (default off).
+    pub secure_boot: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

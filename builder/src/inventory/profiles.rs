@@ -368,6 +368,16 @@ fn validate_profile(file: &str, raw: &RawProfile, diags: &mut Diagnostics) -> Op
             ),
         );
     }
+    if let Some(sb) = &raw.secure_boot
+        && sb.value
+        && firmware == Firmware::Bios
+    {
+        diags.error(
+            span(file, sb),
+            "secure_boot",
+            "Secure Boot is a UEFI feature: a `bios` profile cannot have `secure_boot: true`",
+        );
+    }
     let install = check_selector(file, "install_disk", &raw.install_disk, diags);
     let mut data_disks: Vec<DataDisk> = Vec::new();
     for (i, d) in raw.data_disks.iter().enumerate() {
@@ -521,6 +531,7 @@ fn validate_profile(file: &str, raw: &RawProfile, diags: &mut Diagnostics) -> Op
             .power
             .as_ref()
             .and_then(|p| super::power::check_power(file, "power", p, diags)),
+        secure_boot: raw.secure_boot.as_ref().is_some_and(|s| s.value),
     };
     for (i, p) in raw.packages.iter().enumerate() {
         if !is_package_name(&p.value) {
@@ -540,4 +551,35 @@ pub(crate) fn is_package_name(s: &str) -> bool {
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
+}
+
+#[cfg(test)]
+mod secure_boot_tests {
+    use super::*;
+
+    /// Secure Boot is on by default only where it ships on (OptiPlex), and a BIOS profile
+    /// claiming it is refused: pxe would hand a BIOS machine shim.
+    #[test]
+    fn secure_boot_defaults_and_bios_is_refused() {
+        let mut d = Diagnostics::default();
+        let set = ProfileSet::load(&[], &mut d);
+        assert_eq!(d.errors().count(), 0);
+        let sb = |n: &str| set.profiles[n].profile.secure_boot;
+        assert!(sb("optiplex"));
+        for n in ["r630", "r730", "vm"] {
+            assert!(!sb(n), "{n}");
+        }
+        let mut set = ProfileSet::default();
+        let bios = BUILTIN
+            .iter()
+            .find(|(_, t)| t.contains("firmware: bios"))
+            .map(|(_, t)| format!("{t}\nsecure_boot: true\n"))
+            .expect("a built-in BIOS profile");
+        let mut d = Diagnostics::default();
+        set.add("bios.yaml", &bios, &mut d);
+        assert!(
+            d.errors().any(|e| e.path == "secure_boot"),
+            "a bios profile with secure_boot: true must be refused"
+        );
+    }
 }

@@ -210,6 +210,9 @@ pub struct RawNode {
     /// How builder powers this machine on and off; replaces its profile's `power:` default.
     #[serde(default)]
     pub power: Option<S<RawPower>>,
+    /// Replaces its profile's `secure_boot` (e.g. one machine whose Secure Boot is off).
+    #[serde(default)]
+    pub secure_boot: Option<S<bool>>,
 }
 
 /// Exactly one of the drivers; credentials never live here (they are in the secrets file).
@@ -356,6 +359,9 @@ pub struct RawProfile {
     /// The default `power:` block of every node of this profile.
     #[serde(default)]
     pub power: Option<S<RawPower>>,
+    /// UEFI Secure Boot stays on in the firmware: netboot through Debian's signed shim + GRUB.
+    #[serde(default)]
+    pub secure_boot: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,8 +24,9 @@ pub use plan::{
 };
 
 /// The version of `plan.json` this release writes and reads. 2: install secrets (no seed token
-/// in the bundle), per-node report tokens.
-pub const PLAN_VERSION: u32 = 2;
+/// in the bundle), per-node report tokens. 3: per-node `efi_boot_file` and `secure_boot` (an
+/// older pxe would refuse the new fields with a less clear "unknown field").
+pub const PLAN_VERSION: u32 = 3;
 
 /// What the bundle's install scripts carry where the install secret goes: `pxe` puts the live
 /// secret there when it serves the script, so no secret sits in a world-readable bundle file.
@@ -43,6 +44,10 @@ pub enum InstallEvent {
         disk: String,
         #[serde(default)]
         total: u64,
+        /// UEFI Secure Boot as the installer found it (efivars, else the kernel log); `None`
+        /// under BIOS or when unreadable.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secure_boot: Option<bool>,
     },
     Progress {
         written: u64,
@@ -102,6 +107,13 @@ pub enum ReportEvent {
         kind: String,
         #[serde(default)]
         detail: String,
+    },
+    /// The installed OS's UEFI Secure Boot state at first boot (efivars): `None` under BIOS
+    /// or when unreadable. State unchanged; pxe warns when the plan says `secure_boot` and
+    /// the node reports it off.
+    SecureBoot {
+        #[serde(default)]
+        secure_boot: Option<bool>,
     },
 }
 
@@ -193,6 +205,38 @@ mod tests {
         let n: ReportEvent =
             serde_json::from_str(r#"{"event":"note","kind":"k3s-config","detail":"x"}"#).unwrap();
         assert!(matches!(n, ReportEvent::Note { .. }));
+        // What firstboot.sh posts (null under BIOS), and the installer's `installing`.
+        for (json, want) in [
+            (r#"{"event":"secure-boot","secure_boot":true}"#, Some(true)),
+            (
+                r#"{"event":"secure-boot","secure_boot":false}"#,
+                Some(false),
+            ),
+            (r#"{"event":"secure-boot","secure_boot":null}"#, None),
+        ] {
+            let e: ReportEvent = serde_json::from_str(json).unwrap();
+            assert_eq!(e, ReportEvent::SecureBoot { secure_boot: want }, "{json}");
+        }
+        let i: InstallEvent = serde_json::from_str(
+            r#"{"event":"installing","disk":"/dev/vda","total":1,"secure_boot":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            i,
+            InstallEvent::Installing {
+                secure_boot: Some(true),
+                ..
+            }
+        ));
+        let old: InstallEvent =
+            serde_json::from_str(r#"{"event":"installing","disk":"/dev/vda"}"#).unwrap();
+        assert!(matches!(
+            old,
+            InstallEvent::Installing {
+                secure_boot: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -301,6 +301,10 @@ pub struct PlanNode {
     /// The node's install script in the bundle (`ipxe/<hostname>.ipxe`), with the install
     /// secret placeholder.
     pub install_script: String,
+    /// UEFI Secure Boot stays on: pxe hands this node Debian's signed shim + GRUB instead of
+    /// iPXE (docs/secure-boot.md). Absent in plans rendered before it existed: off.
+    #[serde(default)]
+    pub secure_boot: bool,
 }
 
 impl PlanNode {

@@ -43,6 +43,7 @@ impl NodeLookup for PlanLookup {
                 images::bundle::Firmware::Uefi => Firmware::Uefi,
             },
             efi_boot_file: n.efi_boot_file,
+            secure_boot: n.secure_boot,
         })
     }
 }
@@ -156,12 +157,49 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
     let tftp = net::udp_socket(iface, SocketAddrV4::new(bind_ip, a.tftp_port))
         .with_context(|| format!("binding TFTP {bind_ip}:{}", a.tftp_port))?;
     let tftp_port = tftp.local_addr()?.port();
-    let provider = Arc::new(BootFiles::load(&a.ipxe_dir).with_context(|| {
+    let mut boot_files = BootFiles::load(&a.ipxe_dir).with_context(|| {
         format!(
             "iPXE folder {} (apt-get install ipxe)",
             a.ipxe_dir.display()
         )
-    })?);
+    })?;
+    // The Secure Boot chain, read while still root. Missing files only matter when a node
+    // has `secure_boot`: then it is an error at start, not a silent boot failure later.
+    let sb_nodes: Vec<&str> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.secure_boot)
+        .map(|n| n.hostname.as_str())
+        .collect();
+    for (name, path, package) in [
+        (pxe::secure_boot::SHIM, &a.shim, "shim-signed"),
+        (pxe::secure_boot::GRUB, &a.grub, "grub-efi-amd64-signed"),
+    ] {
+        match boot_files.add(name, path) {
+            Ok(()) => {}
+            Err(e) if sb_nodes.is_empty() => {
+                tracing::debug!(file = %path.display(), "no Secure Boot chain: {e}")
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "reading {} for the secure_boot nodes {} (apt-get install {package})",
+                        path.display(),
+                        sb_nodes.join(", ")
+                    )
+                });
+            }
+        }
+    }
+    if a.dhcp == DhcpMode::Proxy && !sb_nodes.is_empty() {
+        // Debian's signed GRUB 2.06 reads its TFTP server from the firmware's DHCP ACK only,
+        // never from a ProxyDHCP offer: beside a router it asks the router for its config.
+        tracing::warn!(
+            nodes = %sb_nodes.join(", "),
+            "secure_boot nodes with --dhcp proxy: GRUB will look for its config on the next-server of your router's DHCP reply; use --dhcp full, or set the router's next-server (TFTP server) to this server (docs/secure-boot.md)"
+        );
+    }
+    let provider = Arc::new(boot_files);
     // The nodes' own UEFI boot files (profile `efi_boot_file`) come from the same folder.
     let mut wanted: Vec<&str> = vec!["undionly.kpxe", a.efi_file.as_str()];
     wanted.extend(
@@ -283,7 +321,7 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         counters: Arc::new(HttpCounters::default()),
         tftp_stats: tftp_stats.clone(),
         dhcp: dhcp_ctx.clone(),
-        artifacts: Some(artifacts),
+        artifacts: Some(artifacts.clone()),
         boot_files: provider.clone(),
         api_token,
         node_posts: pxe::ratelimit::node_posts(),
@@ -292,7 +330,14 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         inspect: a.inspect,
         after_inspect: a.after_inspect,
         streams: Arc::default(),
+        nbp_watch: Arc::new(pxe::nbp_watch::NbpWatch::default()),
     });
+    let tftp_tree = Arc::new(pxe::secure_boot::TftpTree {
+        boot_files: provider.clone(),
+        configs: Arc::new(pxe::serve::http::TftpConfigs(app.clone())),
+        installer_dir: Some(artifacts.join("installer")),
+    });
+    let nbp_watch = app.nbp_watch.clone();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -301,9 +346,13 @@ pub async fn serve(a: &ServeArgs) -> Result<()> {
         app,
         pxe::serve::stopped(stop_rx.clone()),
     ));
+    tasks.spawn(watch_silent_nbp(
+        nbp_watch,
+        pxe::serve::stopped(stop_rx.clone()),
+    ));
     tasks.spawn(pxe::serve::tftp::run(
         tftp,
-        provider.clone(),
+        tftp_tree,
         tftp_cfg,
         pxe::serve::stopped(stop_rx.clone()),
     ));
@@ -424,6 +473,30 @@ async fn sweep_install_windows(
                     && !expired.is_empty()
                 {
                     tracing::warn!(nodes = ?expired, "install window expired: re-arm to install");
+                }
+            }
+        }
+    }
+}
+
+/// Report machines that fetched iPXE and never asked for their script (`pxe::nbp_watch`).
+async fn watch_silent_nbp(
+    watch: Arc<pxe::nbp_watch::NbpWatch>,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tick.tick() => {
+                for s in watch.sweep(pxe::state::now_ms()) {
+                    tracing::warn!(
+                        client = %s.client,
+                        file = s.file,
+                        "fetched {} and never asked for its boot script: if this machine has UEFI Secure Boot on, its firmware refused the unsigned iPXE (set `secure_boot: true` for it, or turn Secure Boot off; docs/secure-boot.md)",
+                        s.file
+                    );
                 }
             }
         }

@@ -38,6 +38,7 @@ fn node() -> NodeView {
         state: NodeState::Armed,
         firmware: Firmware::Uefi,
         efi_boot_file: None,
+        secure_boot: false,
     }
 }
 
@@ -560,5 +561,69 @@ fn reason_table_is_consistent() {
     for (i, r) in Reason::ALL.iter().enumerate() {
         assert_eq!(r.index(), i, "{r:?}");
         assert!(labels.insert(r.label()), "duplicate label {}", r.label());
+    }
+}
+
+/// The Secure Boot row of the boot-file table: a `secure_boot` node's UEFI firmware gets
+/// Debian's signed shim (TFTP for arch 7/9, a URL for HTTP boot 16); its BIOS request,
+/// iPXE already running, other nodes and unknown MACs keep what they had. Without this row
+/// the firmware of such a node refuses the unsigned iPXE and boots nothing.
+#[test]
+fn secure_boot_nodes_get_shim_on_uefi_only() {
+    let sb = NodeView {
+        secure_boot: true,
+        ..node()
+    };
+    let plain = node();
+    for mode in [DhcpMode::Proxy, DhcpMode::Full] {
+        let c = cfg(mode, true);
+        // (arch, iPXE user class, node) → boot file
+        let table: [(u16, bool, Option<&NodeView>, &str); 9] = [
+            (arch::EFI_X64, false, Some(&sb), "shimx64.efi"),
+            (arch::EFI_BC, false, Some(&sb), "shimx64.efi"),
+            (
+                arch::EFI_X64_HTTP,
+                false,
+                Some(&sb),
+                "http://10.77.1.1:8080/shimx64.efi",
+            ),
+            (arch::EFI_X64, false, Some(&plain), "ipxe.efi"),
+            (
+                arch::EFI_X64_HTTP,
+                false,
+                Some(&plain),
+                "http://10.77.1.1:8080/ipxe.efi",
+            ),
+            (arch::EFI_X64, false, None, "ipxe.efi"),
+            (arch::BIOS, false, Some(&sb), "undionly.kpxe"),
+            (
+                arch::EFI_X64,
+                true,
+                Some(&sb),
+                "http://10.77.1.1:8080/boot/52:54:00:00:00:01.ipxe",
+            ),
+            (
+                arch::EFI_X64,
+                true,
+                Some(&plain),
+                "http://10.77.1.1:8080/boot/52:54:00:00:00:01.ipxe",
+            ),
+        ];
+        for (a, ipxe, n, want) in table {
+            let want_ip = if mode == DhcpMode::Full {
+                KNOWN_IP
+            } else {
+                POOL_IP
+            };
+            let req = request(KNOWN, Some(a), ipxe, Exchange::Discover, want_ip);
+            let (reply, why) = decide_explained(&req, n, &c, &OnePool);
+            let file = reply.and_then(|r| r.boot).map(|b| b.file);
+            assert_eq!(
+                file.as_deref(),
+                Some(want),
+                "{mode:?} arch {a} ipxe {ipxe} secure_boot {:?} ({why})",
+                n.map(|n| n.secure_boot)
+            );
+        }
     }
 }

@@ -334,6 +334,7 @@ mod tests {
                 state: NodeState::Armed,
                 firmware: Default::default(),
                 efi_boot_file: None,
+                secure_boot: false,
             },
         );
         let leases = LeaseStore::new(policy.pool, [Ipv4Addr::new(10, 77, 1, 10)]);

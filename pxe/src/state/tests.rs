@@ -31,6 +31,7 @@ fn installing() -> Event {
     Event::Install(InstallEvent::Installing {
         disk: "/dev/vda".into(),
         total: 100,
+        secure_boot: None,
     })
 }
 fn installed(sha: &str) -> Event {
@@ -419,4 +420,46 @@ fn install_notes_only_while_installing_and_bounded() {
             .all(|e| e.detail.len() <= NOTE_MAX && !e.detail.contains('\x1b'))
     );
     assert_eq!(r.timeline.len() - notes.len(), lifecycle);
+}
+
+/// The Secure Boot state a node reports shows in its timeline and never moves the state; the
+/// warning note exists exactly when the plan says on and the node says off.
+#[test]
+fn secure_boot_reports_show_in_the_timeline_and_mismatches_warn() {
+    let r = run(&[
+        served(),
+        Event::Install(InstallEvent::Installing {
+            disk: "/dev/vda".into(),
+            total: 100,
+            secure_boot: Some(true),
+        }),
+        installed("ab"),
+        Event::Report(ReportEvent::SecureBoot {
+            secure_boot: Some(false),
+        }),
+    ])
+    .unwrap();
+    assert_eq!(r.state, Installed, "a Secure Boot report changes no state");
+    let details: Vec<(&str, &str)> = r
+        .timeline
+        .iter()
+        .map(|e| (e.event.as_str(), e.detail.as_str()))
+        .collect();
+    assert!(
+        details.contains(&("installing", "/dev/vda (secure boot on)")),
+        "{details:?}"
+    );
+    assert!(details.contains(&("secure-boot", "off")), "{details:?}");
+    assert!(crate::state::secure_boot_mismatch(true, Some(false)).is_some());
+    for (planned, reported) in [
+        (true, Some(true)),
+        (true, None),
+        (false, Some(false)),
+        (false, Some(true)),
+    ] {
+        assert!(
+            crate::state::secure_boot_mismatch(planned, reported).is_none(),
+            "{planned} {reported:?}"
+        );
+    }
 }

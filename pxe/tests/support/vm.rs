@@ -30,6 +30,10 @@ pub const KEEP_HINT: &str =
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// OVMF with Microsoft's keys enrolled and Secure Boot enforced (needs SMM), and its NVRAM
+/// template: what a machine shipped with Secure Boot on looks like.
+pub const OVMF_CODE_MS: &str = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 pub const IPXE_DIR: &str = "/usr/lib/ipxe";
 
 /// Root, `ip netns`, qemu, the firmware files and dnsmasq. Missing → loud skip, or a failure
@@ -214,6 +218,12 @@ pub fn clean(raw: &[u8]) -> String {
 /// comes from `pxe serve`), `--no-ping` (its default ping check costs 3 s per client) and
 /// router advertisements for fd88::/64.
 pub fn start_router(lab: &Lab, dir: &Path) -> Proc {
+    start_router_with(lab, dir, &[])
+}
+
+/// [`start_router`] with more dnsmasq arguments (e.g. `--dhcp-host=MAC,ignore`: machines that
+/// `pxe serve --dhcp full` addresses instead).
+pub fn start_router_with(lab: &Lab, dir: &Path, extra: &[&str]) -> Proc {
     let log = dir.join("dnsmasq.log");
     let child = Command::new("ip")
         .args(["netns", "exec", &lab.router.0, "dnsmasq", "--no-daemon"])
@@ -237,6 +247,7 @@ pub fn start_router(lab: &Lab, dir: &Path) -> Proc {
             dir.join("dnsmasq.leases").display()
         ))
         .arg(format!("--log-facility={}", log.display()))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("dnsmasq.out")).unwrap())
         .stderr(std::fs::File::create(dir.join("dnsmasq.err")).unwrap())
@@ -306,7 +317,13 @@ pub fn start_pxe_with(
         ])
         .arg("--bundle")
         .arg(bundle)
-        .args(["--interface", "vmtbr0", "--dhcp", "proxy"])
+        .args(["--interface", "vmtbr0"])
+        // Proxy beside the lab's router, unless the test chose (`extra`).
+        .args(if extra.contains(&"--dhcp") {
+            &[][..]
+        } else {
+            &["--dhcp", "proxy"][..]
+        })
         .args(["--http-port", &HTTP_PORT.to_string(), "--tftp-port", "69"])
         .arg("--state")
         .arg(dir.join("state"))
@@ -485,6 +502,8 @@ pub struct VmOpts {
     pub no_reboot: bool,
     /// More disks, after the install disk (vm_discover: a machine with several).
     pub extra_disks: Vec<ExtraDisk>,
+    /// UEFI only: OVMF with Secure Boot enforced ([`OVMF_CODE_MS`]).
+    pub secure_boot: bool,
 }
 
 /// A further disk: an existing raw `file` (the test makes it, with known content), attached
@@ -511,6 +530,7 @@ impl VmOpts {
             smp: 1,
             no_reboot: true,
             extra_disks: Vec::new(),
+            secure_boot: false,
         }
     }
 }
@@ -537,6 +557,30 @@ impl Vm {
         let mut nic = format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1");
         match fw {
             Firmware::Bios => machine_args(&mut cmd, fw, Path::new("")),
+            Firmware::Uefi if o.secure_boot => {
+                // A copy of the enrolled NVRAM: kept across restarts of the same machine, as
+                // a real one keeps its settings.
+                let vars = dir.join(format!("{}.vars.fd", o.mac.replace(':', "")));
+                if !vars.exists() {
+                    std::fs::copy(OVMF_VARS_MS, &vars).unwrap();
+                }
+                // Secure Boot variables are writable only from SMM: without it OVMF's .ms
+                // build does not start.
+                cmd.args(["-machine", "q35,accel=tcg,smm=on"])
+                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_MS}"
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ));
+                cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
+                    .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"]);
+                nic.push_str(",romfile=");
+            }
             Firmware::Uefi => {
                 let vars = dir.join(format!("{name}.vars.fd"));
                 std::fs::copy(OVMF_VARS, &vars).unwrap();

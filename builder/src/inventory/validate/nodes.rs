@@ -359,6 +359,20 @@ pub(super) fn nodes(
             continue;
         };
         let domain = cluster.map(|cl| cl.domain.clone()).unwrap_or_default();
+        let secure_boot = n
+            .secure_boot
+            .as_ref()
+            .map_or(profile.secure_boot, |s| s.value);
+        if let Some(sb) = &n.secure_boot
+            && sb.value
+            && profile.firmware == images::bundle::Firmware::Bios
+        {
+            c.err(
+                sb,
+                format!("nodes[{i}].secure_boot"),
+                "Secure Boot is a UEFI feature: this node's profile boots `bios`",
+            );
+        }
         out.push(Node {
             fqdn: format!("{hostname}.{domain}"),
             hostname,
@@ -381,6 +395,7 @@ pub(super) fn nodes(
             sysctls,
             k3s_extra,
             power,
+            secure_boot,
         });
     }
     (out, keys)

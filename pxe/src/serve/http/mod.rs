@@ -64,6 +64,27 @@ pub struct HttpApp {
     pub after_inspect: crate::discovered::AfterInspect,
     /// The dashboard's event streams (`/api/v1/events/stream`): cap, queues, shutdown.
     pub streams: Arc<events::Streams>,
+    /// iPXE downloads not followed by a script request (Secure Boot diagnostics).
+    pub nbp_watch: Arc<crate::nbp_watch::NbpWatch>,
+}
+
+/// The HTTP side's answers to the TFTP server (GRUB configs of Secure Boot nodes).
+pub struct TftpConfigs(pub Arc<HttpApp>);
+
+impl crate::secure_boot::NodeConfigs for TftpConfigs {
+    fn grub_config<'a>(
+        &'a self,
+        client: std::net::SocketAddr,
+        mac: images::bundle::Mac,
+    ) -> crate::content::BoxFuture<'a, Result<String, crate::content::ProviderError>> {
+        Box::pin(async move { Ok(node::grub_config(&self.0, client.ip(), mac).await) })
+    }
+
+    fn boot_file_fetched(&self, client: std::net::SocketAddr, name: &str) {
+        self.0
+            .nbp_watch
+            .fetched(client.ip(), name, crate::state::now_ms());
+    }
 }
 
 impl HttpApp {
@@ -243,9 +264,17 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Response {
 }
 
 /// UEFI HTTP boot fetches the EFI binary itself over HTTP.
-async fn boot_file(State(app): App, UrlPath(file): UrlPath<String>) -> Response {
+async fn boot_file(
+    State(app): App,
+    axum::extract::ConnectInfo(files::Peer(peer)): axum::extract::ConnectInfo<files::Peer>,
+    UrlPath(file): UrlPath<String>,
+) -> Response {
     match app.boot_files.get(&file) {
-        Some(b) => ([(header::CONTENT_TYPE, "application/efi")], b.to_vec()).into_response(),
+        Some(b) => {
+            app.nbp_watch
+                .fetched(peer.ip(), &file, crate::state::now_ms());
+            ([(header::CONTENT_TYPE, "application/efi")], b.to_vec()).into_response()
+        }
         None => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -329,6 +358,7 @@ async fn metrics_handler(State(app): App) -> Response {
         &app.store.all(),
     );
     app.connections.render_metrics(&mut body);
+    app.nbp_watch.render_metrics(&mut body);
     body.push_str(&format!(
         "# HELP ironseed_discovered_machines Machines not in the inventory that are kept (at most 1024).\n\
          # TYPE ironseed_discovered_machines gauge\nironseed_discovered_machines {}\n\

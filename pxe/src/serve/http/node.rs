@@ -60,15 +60,17 @@ pub(super) async fn boot_entry() -> Response {
     ipxe(b"#!ipxe\nchain boot/${net0/mac}.ipxe\n".to_vec())
 }
 
-pub(super) async fn boot(
-    State(app): App,
-    ConnectInfo(files::Peer(peer)): ConnectInfo<files::Peer>,
-    UrlPath(file): UrlPath<String>,
-) -> Response {
-    let Some(mac) = boot_policy::parse_boot_file(&file) else {
-        return text(StatusCode::NOT_FOUND, "expected /boot/<mac>.ipxe\n");
-    };
-    let bundle = app.bundle.get();
+/// The install-once decision for `mac` with, for an install, the node's live secret. The first
+/// answer to an armed node moves it to booting. Shared by the iPXE script and the GRUB config.
+async fn decide(
+    app: &Arc<HttpApp>,
+    bundle: &crate::bundle::Bundle,
+    mac: images::bundle::Mac,
+) -> (
+    Script,
+    Option<crate::state::NodeState>,
+    Option<crate::state::Secret>,
+) {
     let node = bundle.node_by_mac(&mac);
     let state = node.and_then(|n| app.store.state(&n.hostname));
     let mut decision = boot_policy::choose(state);
@@ -87,13 +89,57 @@ pub(super) async fn boot(
             let served = Event::ScriptServed {
                 mac: mac.to_string(),
             };
-            if let Err(e) = apply(&app, host, served).await {
+            if let Err(e) = apply(app, host, served).await {
                 // The state moved under us (e.g. disarmed or installed concurrently): be safe.
                 tracing::warn!(%mac, node = %host, "not serving the installer: {e}");
                 decision = Script::Local;
             }
         }
     }
+    (decision, state, secret)
+}
+
+/// `/grub/node/<mac>.cfg` over TFTP: the GRUB config of a Secure Boot node (the same decision
+/// and secret as its iPXE script would carry).
+pub(super) async fn grub_config(
+    app: &Arc<HttpApp>,
+    peer: IpAddr,
+    mac: images::bundle::Mac,
+) -> String {
+    use crate::secure_boot::{InstallBoot, grub_config};
+    app.nbp_watch.script(peer, now_ms());
+    let bundle = app.bundle.get();
+    let (decision, state, secret) = decide(app, &bundle, mac).await;
+    let node = bundle.node_by_mac(&mac);
+    let hostname = node.map(|n| n.hostname.as_str()).unwrap_or("-");
+    tracing::info!(%mac, node = hostname, client = %peer, ?state, decision = decision.label(), "grub config");
+    let install = match (node, &secret) {
+        (Some(n), Some(s)) if decision == Script::Install => Some((n, s)),
+        _ => None,
+    };
+    grub_config(
+        decision,
+        install.map(|(n, s)| InstallBoot {
+            appliance_url: &bundle.plan.appliance.url,
+            hostname: n.hostname.as_str(),
+            kernel_args: &n.kernel_args,
+            secret: s.expose(),
+        }),
+    )
+}
+
+pub(super) async fn boot(
+    State(app): App,
+    ConnectInfo(files::Peer(peer)): ConnectInfo<files::Peer>,
+    UrlPath(file): UrlPath<String>,
+) -> Response {
+    let Some(mac) = boot_policy::parse_boot_file(&file) else {
+        return text(StatusCode::NOT_FOUND, "expected /boot/<mac>.ipxe\n");
+    };
+    app.nbp_watch.script(peer.ip(), now_ms());
+    let bundle = app.bundle.get();
+    let node = bundle.node_by_mac(&mac);
+    let (decision, state, secret) = decide(&app, &bundle, mac).await;
     if decision == Script::Unknown {
         // Never for an inventory MAC: those follow install-once above.
         let auto = app.inspect == crate::discovered::InspectMode::Unknown;
@@ -309,9 +355,36 @@ pub(super) async fn install_event(
             );
         }
     }
+    let reported_sb = match &ev {
+        InstallEvent::Installing { secure_boot, .. } => Some(*secure_boot),
+        _ => None,
+    };
     let ev = Event::Install(ev);
     let r = apply(&app, &host, ev.clone()).await;
-    answer(&host, peer.ip(), &ev, r)
+    let ok = r.is_ok();
+    let resp = answer(&host, peer.ip(), &ev, r);
+    if ok && let Some(reported) = reported_sb {
+        warn_secure_boot(&app, &bundle, &host, peer.ip(), reported).await;
+    }
+    resp
+}
+
+/// A node whose plan says `secure_boot` reports it off: a warning in the log and a note in
+/// its timeline (the node goes on; the operator decides).
+async fn warn_secure_boot(
+    app: &Arc<HttpApp>,
+    bundle: &crate::bundle::Bundle,
+    host: &str,
+    peer: IpAddr,
+    reported: Option<bool>,
+) {
+    let planned = bundle.node(host).is_some_and(|n| n.secure_boot);
+    if let Some(note) = crate::state::secure_boot_mismatch(planned, reported) {
+        tracing::warn!(node = host, client = %peer, "secure_boot: true in the plan, but the node reports Secure Boot off");
+        if let Err(e) = apply(app, host, note).await {
+            tracing::warn!(node = host, "recording the secure-boot-off note: {e}");
+        }
+    }
 }
 
 /// `POST /inspect/<mac>/<secret>/facts`: what an inspection boot found, with the MAC's live
@@ -423,12 +496,23 @@ pub(super) async fn report_event(
     if let Err(r) = reporting_node(&app, &host, &token, peer.ip()) {
         return r.into_response();
     }
-    let ev = match parse_event(&body) {
-        Ok(e) => Event::Report(e),
+    let ev: ReportEvent = match parse_event(&body) {
+        Ok(e) => e,
         Err(r) => return r.into_response(),
     };
+    let reported_sb = match &ev {
+        ReportEvent::SecureBoot { secure_boot } => Some(*secure_boot),
+        _ => None,
+    };
+    let ev = Event::Report(ev);
     let r = apply(&app, &host, ev.clone()).await;
-    answer(&host, peer.ip(), &ev, r)
+    let ok = r.is_ok();
+    let resp = answer(&host, peer.ip(), &ev, r);
+    if ok && let Some(reported) = reported_sb {
+        let bundle = app.bundle.get();
+        warn_secure_boot(&app, &bundle, &host, peer.ip(), reported).await;
+    }
+    resp
 }
 
 /// cloud-init's phone_home (form-encoded POST) at the end of the node's first boot. What the
