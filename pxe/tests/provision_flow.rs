@@ -209,8 +209,8 @@ fn builder_power_refuses_booted_nodes_and_unconfirmed_runs_and_records_what_it_d
     assert!(t.contains("on: ok (by builder power)"), "{t}");
 }
 
-/// A driver provision cannot use (here: Redfish, not implemented yet) is found before anything
-/// is powered, not halfway through the cluster.
+/// A driver provision cannot use (here: a Redfish node without a BMC account in the secrets
+/// file) is found before anything is powered, not halfway through the cluster.
 #[test]
 fn provision_checks_every_driver_before_powering_anything() {
     let lab: Lab = serve::lab();
@@ -229,7 +229,7 @@ fn provision_checks_every_driver_before_powering_anything() {
     );
     assert!(!o.status.success(), "{out}");
     assert!(
-        err.contains("k3s3: redfish power control is not implemented yet"),
+        err.contains("k3s3: no BMC account for k3s3 in the secrets file"),
         "{err}"
     );
     assert!(!out.contains("power it on now"), "{out}");
