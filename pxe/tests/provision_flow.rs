@@ -1,5 +1,5 @@
 //! `builder provision` and `builder power` against the real `pxe serve` on loopback, with the
-//! `manual` driver (the loopback inventory has no `power:` blocks): the test plays the operator
+//! `manual` driver (every node of the loopback inventory set to `manual`): the test plays the operator
 //! and the machines, driving each node's install through the same routes iPXE, the installer
 //! and cloud-init use, and checks the order provision asks for them, the skips and the summary.
 
@@ -14,9 +14,18 @@ use std::time::{Duration, Instant};
 use support::builder_bin;
 use support::serve::{self, Lab, Server};
 
+/// The loopback inventory with every node on `manual` (the optiplex profile's default is
+/// wake-on-LAN; here the test plays the operator for every machine).
+fn manual_inventory() -> String {
+    serve::loopback_inventory().replace(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    power:\n      manual: {}\n",
+    )
+}
+
 fn lab_dir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("lab.yaml"), serve::loopback_inventory()).unwrap();
+    std::fs::write(d.path().join("lab.yaml"), manual_inventory()).unwrap();
     d
 }
 
@@ -279,4 +288,23 @@ fn rebuild_power_boots_the_armed_node_through_its_driver() {
     let t = n["timeline"].to_string();
     assert!(t.contains("pxe-once: ok (by builder rebuild)"), "{t}");
     assert!(t.contains("on: ok (by builder rebuild)"), "{t}");
+}
+
+/// `builder power NODE status` for a driver that cannot read the state (k3s1: the optiplex
+/// profile's default wake-on-LAN) says so and shows what pxe knows instead.
+#[test]
+fn status_without_a_readable_driver_shows_pxes_view() {
+    let lab: Lab = serve::lab();
+    let s = Server::start(&lab, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lab.yaml"), serve::loopback_inventory()).unwrap();
+    let o = run(dir.path(), &s, &["power", "k3s1", "status"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("k3s1: wake-on-LAN cannot read the power state"),
+        "{out}"
+    );
+    assert!(out.contains("says: state "), "{out}");
+    assert!(out.contains("no power action recorded"), "{out}");
 }
