@@ -131,7 +131,11 @@ fn pxe_view(pxe: &Pxe, name: &str) -> String {
                 let last = &n["last_power"];
                 let power = match (last["action"].as_str(), last["result"].as_str()) {
                     (Some(a), Some(r)) => {
-                        format!("last power action {}: {}", printable(a, 32), printable(r, 200))
+                        format!(
+                            "last power action {}: {}",
+                            printable(a, 32),
+                            printable(r, 200)
+                        )
                     }
                     _ => "no power action recorded".into(),
                 };

@@ -47,12 +47,29 @@ fn server(dir: &Path, ports_from: u16) -> (Server, u16, String) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-subj", "/CN=idrac-RFTEST", "-days", "2", "-keyout", "key.pem", "-out",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=idrac-RFTEST",
+            "-days",
+            "2",
+            "-keyout",
+            "key.pem",
+            "-out",
             "cert.pem",
         ],
     );
-    openssl(dir, &["x509", "-in", "cert.pem", "-outform", "DER", "-out", "cert.der"]);
+    openssl(
+        dir,
+        &[
+            "x509", "-in", "cert.pem", "-outform", "DER", "-out", "cert.der",
+        ],
+    );
     let fp = sha256_hex(&std::fs::read(dir.join("cert.der")).unwrap());
     let port = free_port(ports_from);
     let out = dir.join("s_server.out");
@@ -91,7 +108,12 @@ fn a_wrong_fingerprint_is_refused_before_any_credential_is_sent() {
     let secret = [("Authorization", "Basic c2VjcmV0LWNyZWRlbnRpYWw=")];
 
     let wrong = "00".repeat(32);
-    let mut c = Client::new(&address, &Trust::Fingerprint(wrong), Duration::from_secs(10)).unwrap();
+    let mut c = Client::new(
+        &address,
+        &Trust::Fingerprint(wrong),
+        Duration::from_secs(10),
+    )
+    .unwrap();
     let e = c
         .send("GET", "/redfish/v1/Systems", &secret, None)
         .unwrap_err()
@@ -107,8 +129,14 @@ fn a_wrong_fingerprint_is_refused_before_any_credential_is_sent() {
     assert!(e.contains(&format!("seen {seen}")), "{e}");
     std::thread::sleep(Duration::from_millis(300));
     let log = std::fs::read_to_string(&s.out).unwrap();
-    assert!(!log.contains("GET /redfish"), "a request got through: {log}");
-    assert!(!log.contains("c2VjcmV0"), "the credential got through: {log}");
+    assert!(
+        !log.contains("GET /redfish"),
+        "a request got through: {log}"
+    );
+    assert!(
+        !log.contains("c2VjcmV0"),
+        "the credential got through: {log}"
+    );
 
     // The right pin: the handshake succeeds and the request (with its header) arrives; the
     // echo server never answers HTTP, so the client times out.
@@ -139,7 +167,10 @@ fn a_ca_that_does_not_vouch_for_the_address_is_refused() {
         Duration::from_secs(10),
     )
     .unwrap();
-    let e = c.send("GET", "/redfish/v1/", &[], None).unwrap_err().to_string();
+    let e = c
+        .send("GET", "/redfish/v1/", &[], None)
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("TLS: "), "{e}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(!std::fs::read_to_string(&s.out).unwrap().contains("GET /"));

@@ -300,7 +300,11 @@ fn status_without_a_readable_driver_shows_pxes_view() {
     std::fs::write(dir.path().join("lab.yaml"), serve::loopback_inventory()).unwrap();
     let o = run(dir.path(), &s, &["power", "k3s1", "status"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(
         out.contains("k3s1: wake-on-LAN cannot read the power state"),
         "{out}"

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -115,10 +115,7 @@ impl Client {
                 let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                     .build()
                     .map_err(|e| RedfishError::Tls(format!("{}: {e}", path.display())))?;
-                (
-                    builder.with_webpki_verifier(v).with_no_client_auth(),
-                    None,
-                )
+                (builder.with_webpki_verifier(v).with_no_client_auth(), None)
             }
             Trust::Insecure => (
                 builder
@@ -171,10 +168,9 @@ impl Client {
             ureq::Error::Io(io) if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
                 RedfishError::Tls(format!("{url}: {}", printable(&io.to_string(), 300)))
             }
-            other => RedfishError::Connect(format!(
-                "{url}: {}",
-                printable(&other.to_string(), 300)
-            )),
+            other => {
+                RedfishError::Connect(format!("{url}: {}", printable(&other.to_string(), 300)))
+            }
         }
     }
 }
@@ -231,7 +227,10 @@ impl Http for Client {
                 Err(e) => {
                     return Err(RedfishError::BadBody(format!(
                         "{url}: HTTP {status} with a body that is not JSON ({e}): {}",
-                        printable(&String::from_utf8_lossy(&bytes[..bytes.len().min(120)]), 120)
+                        printable(
+                            &String::from_utf8_lossy(&bytes[..bytes.len().min(120)]),
+                            120
+                        )
                     )));
                 }
             }

@@ -30,7 +30,9 @@ pub enum RedfishError {
     Tls(String),
     #[error("{0}")]
     Connect(String),
-    #[error("{url}: the BMC refused the account (HTTP 401): check power.{node} in the secrets file")]
+    #[error(
+        "{url}: the BMC refused the account (HTTP 401): check power.{node} in the secrets file"
+    )]
     Unauthorized { url: String, node: String },
     #[error("{url}: HTTP {status}{}", message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
     Http {
@@ -58,7 +60,10 @@ enum Auth {
     /// Not logged in yet.
     None,
     Basic(String),
-    Session { token: String, uri: Option<String> },
+    Session {
+        token: String,
+        uri: Option<String>,
+    },
 }
 
 /// How long to wait for a reset to show in `PowerState`, and how often to look.
@@ -188,7 +193,9 @@ impl<H: Http> Redfish<H> {
                 p
             }
         };
-        Ok(model::parse_system(&self.raw("GET", &path, None, true)?.body)?)
+        Ok(model::parse_system(
+            &self.raw("GET", &path, None, true)?.body,
+        )?)
     }
 
     fn reset(&mut self, want: Want, expect: Option<PowerState>) -> Result<(), RedfishError> {

@@ -125,7 +125,13 @@ pub fn pick_system(collection: &Value, wanted: Option<&str>) -> Result<String, M
         .filter_map(odata_id)
         .take(256)
         .collect();
-    let id_of = |m: &str| m.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string();
+    let id_of = |m: &str| {
+        m.trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
     let ids: Vec<String> = members.iter().map(|m| id_of(m)).collect();
     let chosen = match wanted {
         Some(w) => members.iter().find(|m| id_of(m) == w).ok_or_else(|| {
@@ -316,7 +322,12 @@ pub fn error_message(v: &Value) -> Option<String> {
     let e = &v["error"];
     let ext: Vec<String> = e["@Message.ExtendedInfo"]
         .as_array()
-        .map(|a| a.iter().filter_map(|m| s(&m["Message"], 200)).take(3).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| s(&m["Message"], 200))
+                .take(3)
+                .collect()
+        })
         .unwrap_or_default();
     if !ext.is_empty() {
         return Some(ext.join("; "));
@@ -531,7 +542,10 @@ mod tests {
         );
         // No mode property at all: nothing to set (the BIOS decides).
         let mut bare = j(IDRAC8_SYSTEM);
-        bare["Boot"].as_object_mut().unwrap().remove("BootSourceOverrideMode");
+        bare["Boot"]
+            .as_object_mut()
+            .unwrap()
+            .remove("BootSourceOverrideMode");
         let b = pxe_once_body(&parse_system(&bare).unwrap(), true).unwrap();
         assert!(b["Boot"].get("BootSourceOverrideMode").is_none());
     }
@@ -549,7 +563,10 @@ mod tests {
         let mut v = j(DMTF_SYSTEM);
         v["Boot"]["BootSourceOverrideMode@Redfish.AllowableValues"] = json!(["UEFI"]);
         let e = pxe_once_body(&parse_system(&v).unwrap(), false).unwrap_err();
-        assert!(e.to_string().contains("BootSourceOverrideMode = Legacy; it allows: UEFI"));
+        assert!(
+            e.to_string()
+                .contains("BootSourceOverrideMode = Legacy; it allows: UEFI")
+        );
         let mut v = j(DMTF_SYSTEM);
         v["Boot"]["BootSourceOverrideEnabled@Redfish.AllowableValues"] = json!(["Continuous"]);
         assert!(pxe_once_body(&parse_system(&v).unwrap(), true).is_err());

@@ -63,10 +63,9 @@ impl Http for FakeBmc {
             }
             _ if !authed => reply(401, Value::Null),
             ("DELETE", "/redfish/v1/Sessions/7") => reply(204, Value::Null),
-            ("GET", "/redfish/v1/Systems") => reply(
-                200,
-                json!({"Members": [{"@odata.id": sys_path}]}),
-            ),
+            ("GET", "/redfish/v1/Systems") => {
+                reply(200, json!({"Members": [{"@odata.id": sys_path}]}))
+            }
             ("GET", p) if p == sys_path => reply(200, self.system.clone()),
             ("PATCH", p) if p == sys_path => {
                 if self.obeys {
@@ -123,9 +122,15 @@ fn sushy_provision_sequence_uses_basic_auth_and_reads_everything_back() {
     d.on().unwrap();
     assert_eq!(d.requests, 9, "+ system, Reset, read-back");
     let log = log.borrow();
-    assert!(log[0].ends_with("[]"), "the ServiceRoot is read without credentials");
+    assert!(
+        log[0].ends_with("[]"),
+        "the ServiceRoot is read without credentials"
+    );
     assert!(log[1].contains("Authorization=Basic "), "{}", log[1]);
-    assert!(log.iter().any(|l| l.starts_with("PATCH /redfish/v1/Systems/")));
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("PATCH /redfish/v1/Systems/"))
+    );
 }
 
 #[test]
@@ -141,7 +146,10 @@ fn idrac_uses_a_session_and_deletes_it() {
         log.iter().all(|l| !l.contains("Authorization")),
         "no basic auth when sessions exist"
     );
-    assert_eq!(log.last().unwrap(), "DELETE /redfish/v1/Sessions/7 [X-Auth-Token=tok]");
+    assert_eq!(
+        log.last().unwrap(),
+        "DELETE /redfish/v1/Sessions/7 [X-Auth-Token=tok]"
+    );
 }
 
 /// Protects against "204 and nothing happened" being reported as success.
@@ -164,7 +172,10 @@ fn a_wrong_password_is_a_clear_401() {
     let e = d.status().unwrap_err().to_string();
     assert!(e.contains("HTTP 401"), "{e}");
     assert!(e.contains("power.k3s3"), "{e}");
-    assert!(!e.contains("wrong"), "the password is never in an error: {e}");
+    assert!(
+        !e.contains("wrong"),
+        "the password is never in an error: {e}"
+    );
     let (mut d, _) = bmc(SUSHY_ROOT, SUSHY_SYSTEM, true);
     d.password = "wrong".into();
     assert!(d.status().unwrap_err().to_string().contains("HTTP 401"));
@@ -174,7 +185,11 @@ fn a_wrong_password_is_a_clear_401() {
 fn cycle_of_an_off_machine_powers_it_on_and_of_an_on_one_restarts() {
     let (mut d, log) = bmc(SUSHY_ROOT, SUSHY_SYSTEM, true);
     d.cycle().unwrap();
-    assert!(log.borrow().iter().any(|l| l.contains("ComputerSystem.Reset")));
+    assert!(
+        log.borrow()
+            .iter()
+            .any(|l| l.contains("ComputerSystem.Reset"))
+    );
     assert_eq!(d.status().unwrap(), PowerState::On);
     let (mut d, _) = bmc(IDRAC8_ROOT, DMTF_SYSTEM, true);
     d.cycle().unwrap();
