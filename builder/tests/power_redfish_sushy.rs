@@ -41,6 +41,17 @@ impl Drop for Proc {
     }
 }
 
+/// Destroys rf-good (if running) when dropped.
+struct Domain(String);
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        let _ = Command::new("virsh")
+            .args(["-c", &self.0, "destroy", "rf-good"])
+            .output();
+    }
+}
+
 /// A network namespace, deleted when dropped.
 struct Netns(String);
 
@@ -210,6 +221,8 @@ fn sushy_emulator_power_boot_and_the_negative_paths() {
     for x in ["good.xml", "broken.xml"] {
         sh(d, "virsh", &["-c", &uri, "define", x]);
     }
+    // Dropped before libvirtd: a qemu outlives its libvirtd.
+    let _domain = Domain(uri.clone());
 
     // TLS material and the account.
     sh(
