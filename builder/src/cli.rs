@@ -57,7 +57,7 @@ pub enum Command {
     /// inspection boot reported (vendor/product, boot mode, disks, NICs).
     Discover(DiscoverArgs),
     /// Power one node on, off or through a cycle (or read its power state) with the driver of
-    /// its inventory `power:` block (wol, ipmi, manual; redfish is not implemented yet). Says
+    /// its inventory `power:` block (redfish, ipmi, wol, manual). Says
     /// what it will do and asks first; refuses to power off or cycle a node pxe reports
     /// `booted` unless --force.
     Power(PowerArgs),

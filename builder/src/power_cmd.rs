@@ -122,6 +122,31 @@ fn describe(inv: &Inventory, node: &Node) -> String {
     }
 }
 
+/// "pxe says: state booted; last power action on: ok (by …)" for a node, or why not.
+fn pxe_view(pxe: &Pxe, name: &str) -> String {
+    match pxe.nodes() {
+        Ok(m) => match m.get(name) {
+            Some(n) => {
+                let state = state_of(Some(n)).unwrap_or_else(|| "-".into());
+                let last = &n["last_power"];
+                let power = match (last["action"].as_str(), last["result"].as_str()) {
+                    (Some(a), Some(r)) => {
+                        format!(
+                            "last power action {}: {}",
+                            printable(a, 32),
+                            printable(r, 200)
+                        )
+                    }
+                    _ => "no power action recorded".into(),
+                };
+                format!("pxe at {} says: state {state}; {power}", pxe.url)
+            }
+            None => format!("pxe at {} does not know it", pxe.url),
+        },
+        Err(e) => format!("pxe at {} not reachable: {e:#}", pxe.url),
+    }
+}
+
 fn outcome(r: &Result<(), PowerError>) -> String {
     match r {
         Ok(()) => "ok".into(),
@@ -162,9 +187,16 @@ pub fn power(a: &PowerArgs) -> Result<()> {
     let mut driver = drivers::driver_for(inv, node, secrets.as_ref(), interactive)
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     if a.action == PowerAction::Status {
-        let s = driver
-            .status()
-            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let s = match driver.status() {
+            Ok(s) => s,
+            Err(e @ PowerError::Unsupported { .. }) => {
+                // WoL and manual cannot ask the machine; pxe's view is the next best thing.
+                println!("{name}: {e}");
+                println!("{name}: {}", pxe_view(&pxe, &name));
+                return Ok(());
+            }
+            Err(e) => bail!("{name}: {e}"),
+        };
         println!(
             "{name}: {}",
             match s {

@@ -597,8 +597,34 @@ fn wol_only_on_the_appliance_segment() {
 }
 
 /// The built-in optiplex profile renamed, plus a `power:` default.
+/// The optiplex profile renamed, without its own `power:` default (each test appends one).
 fn powered_profile() -> String {
-    include_str!("../../hardware/optiplex.yaml").replacen("name: optiplex", "name: shared", 1)
+    let p =
+        include_str!("../../hardware/optiplex.yaml").replacen("name: optiplex", "name: shared", 1);
+    assert!(
+        p.contains("power:\n  wol: {}\n"),
+        "optiplex's default changed"
+    );
+    p.replacen("power:\n  wol: {}\n", "", 1)
+}
+
+/// The built-in profiles' defaults (docs/power.md): optiplex wakes on LAN; the servers and
+/// VMs have none (a BMC address is per machine).
+#[test]
+fn builtin_profile_power_defaults() {
+    use builder::inventory::model::Power;
+    let mut d = Diagnostics::default();
+    let set = ProfileSet::load(&[], &mut d);
+    let (inv, more) = inventory::load("inv.yaml", DEFAULT_INVENTORY, &set, &Templates::embedded());
+    let inv = inv.unwrap_or_else(|| panic!("{}", more.render(&|_| None)));
+    for n in &inv.nodes {
+        let want = (n.profile.name == "optiplex").then_some(Power::Wol {
+            broadcast: None,
+            interface: None,
+        });
+        assert_eq!(n.power, want, "{}", n.hostname);
+    }
+    assert!(inv.nodes.iter().any(|n| n.profile.name == "optiplex"));
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `builder provision` and `builder power` against the real `pxe serve` on loopback, with the
-//! `manual` driver (the loopback inventory has no `power:` blocks): the test plays the operator
+//! `manual` driver (every node of the loopback inventory set to `manual`): the test plays the operator
 //! and the machines, driving each node's install through the same routes iPXE, the installer
 //! and cloud-init use, and checks the order provision asks for them, the skips and the summary.
 
@@ -14,9 +14,18 @@ use std::time::{Duration, Instant};
 use support::builder_bin;
 use support::serve::{self, Lab, Server};
 
+/// The loopback inventory with every node on `manual` (the optiplex profile's default is
+/// wake-on-LAN; here the test plays the operator for every machine).
+fn manual_inventory() -> String {
+    serve::loopback_inventory().replace(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    power:\n      manual: {}\n",
+    )
+}
+
 fn lab_dir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("lab.yaml"), serve::loopback_inventory()).unwrap();
+    std::fs::write(d.path().join("lab.yaml"), manual_inventory()).unwrap();
     d
 }
 
@@ -209,8 +218,8 @@ fn builder_power_refuses_booted_nodes_and_unconfirmed_runs_and_records_what_it_d
     assert!(t.contains("on: ok (by builder power)"), "{t}");
 }
 
-/// A driver provision cannot use (here: Redfish, not implemented yet) is found before anything
-/// is powered, not halfway through the cluster.
+/// A driver provision cannot use (here: a Redfish node without a BMC account in the secrets
+/// file) is found before anything is powered, not halfway through the cluster.
 #[test]
 fn provision_checks_every_driver_before_powering_anything() {
     let lab: Lab = serve::lab();
@@ -229,7 +238,7 @@ fn provision_checks_every_driver_before_powering_anything() {
     );
     assert!(!o.status.success(), "{out}");
     assert!(
-        err.contains("k3s3: redfish power control is not implemented yet"),
+        err.contains("k3s3: no BMC account for k3s3 in the secrets file"),
         "{err}"
     );
     assert!(!out.contains("power it on now"), "{out}");
@@ -279,4 +288,27 @@ fn rebuild_power_boots_the_armed_node_through_its_driver() {
     let t = n["timeline"].to_string();
     assert!(t.contains("pxe-once: ok (by builder rebuild)"), "{t}");
     assert!(t.contains("on: ok (by builder rebuild)"), "{t}");
+}
+
+/// `builder power NODE status` for a driver that cannot read the state (k3s1: the optiplex
+/// profile's default wake-on-LAN) says so and shows what pxe knows instead.
+#[test]
+fn status_without_a_readable_driver_shows_pxes_view() {
+    let lab: Lab = serve::lab();
+    let s = Server::start(&lab, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lab.yaml"), serve::loopback_inventory()).unwrap();
+    let o = run(dir.path(), &s, &["power", "k3s1", "status"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("k3s1: wake-on-LAN cannot read the power state"),
+        "{out}"
+    );
+    assert!(out.contains("says: state "), "{out}");
+    assert!(out.contains("no power action recorded"), "{out}");
 }

@@ -5,6 +5,7 @@
 pub mod ipmi;
 pub mod manual;
 pub mod order;
+pub mod redfish;
 pub mod wol;
 
 use std::net::Ipv4Addr;
@@ -32,8 +33,6 @@ pub enum PowerError {
         "no BMC account for {node} in the secrets file (add power.{node}.username and power.{node}.password)"
     )]
     NoCredentials { node: String },
-    #[error("{driver} power control is not implemented yet; use `manual` (or wol/ipmi) for now")]
-    NotImplemented { driver: &'static str },
 }
 
 /// What a driver did for "boot from the network once".
@@ -54,6 +53,9 @@ pub trait PowerDriver {
     fn cycle(&mut self) -> Result<(), PowerError>;
     fn pxe_once(&mut self) -> Result<PxeOnce, PowerError>;
 }
+
+/// One Redfish request, connect to last body byte. An iDRAC8 takes up to ~5 s for a PATCH.
+pub const REDFISH_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The broadcast address a WoL packet for a node of `inv` goes to by default.
 pub fn default_broadcast(inv: &Inventory) -> Ipv4Addr {
@@ -94,6 +96,29 @@ pub fn driver_for(
                 run: Box::new(ipmi::run_ipmitool),
             }))
         }
-        Power::Redfish(_) => Err(PowerError::NotImplemented { driver: "redfish" }),
+        Power::Redfish(rf) => {
+            let cred =
+                secrets
+                    .and_then(|s| s.power.get(&hostname))
+                    .ok_or(PowerError::NoCredentials {
+                        node: hostname.clone(),
+                    })?;
+            let trust = match (&rf.fingerprint, &rf.ca) {
+                (Some(fp), _) => redfish::client::Trust::Fingerprint(fp.clone()),
+                (None, Some(ca)) => redfish::client::Trust::Ca(ca.clone()),
+                // Validation allows no other combination without `insecure_tls: true`.
+                (None, None) => redfish::client::Trust::Insecure,
+            };
+            let http = redfish::client::Client::new(&rf.address, &trust, REDFISH_REQUEST_TIMEOUT)
+                .map_err(PowerError::from)?;
+            Ok(Box::new(redfish::Redfish::new(
+                http,
+                &hostname,
+                &cred.username,
+                &cred.password,
+                rf.system.clone(),
+                node.profile.firmware == Firmware::Uefi,
+            )))
+        }
     }
 }
