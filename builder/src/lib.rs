@@ -14,3 +14,4 @@ pub mod render;
 pub mod runbook;
 pub mod secrets;
 pub mod templates;
+pub mod vmshape;
