@@ -10,14 +10,14 @@
 //!   property: the guest sees `QEMU NVMe Ctrl`, so an NVMe selector with a model cannot match.
 //! - model starting with `PERC ` → a virtual disk of a PERC (`megasas-gen2`, the megaraid_sas
 //!   driver of the H730/H330) presented as `scsi-hd` vendor `DELL`.
-//! - any other model of at most 16 characters → a `scsi-hd` behind the same controller (a
-//!   PERC in non-RAID/HBA mode passes the drive's SCSI INQUIRY through: vendor 8, product 16
-//!   characters); `QEMU HARDDISK` → virtio-scsi, the Proxmox disk.
-//! - a longer model → a SATA disk (`ide-hd`, 40-character ATA model). Without udev (the
-//!   installer's initramfs) Linux shows only the first 16 characters of an ATA model (libata's
-//!   SCSI INQUIRY product field), with udev (first boot's lsblk) all of it: a long model matches
-//!   a data disk but never an install disk, on real SATA disks and on the shaped VM alike.
-//! - no model → a SATA disk on the chipset's AHCI (q35) or IDE (pc) controller.
+//! - `QEMU HARDDISK` → virtio-scsi, the Proxmox disk.
+//! - any other model, or none → a SATA disk (`ide-hd`, 40-character ATA model) on the chipset's
+//!   AHCI (q35) or IDE (pc) controller. Without udev (the installer's initramfs) Linux shows
+//!   only the first 16 characters of an ATA model (libata's SCSI INQUIRY product field), with
+//!   udev (first boot's lsblk) all of it: a long model matches a data disk but never an install
+//!   disk, on real SATA disks and on the shaped VM alike. SATA, not SCSI behind the PERC, also
+//!   for SAS models: OVMF has no megaraid driver, so an install disk there could not boot (a
+//!   real PERC's UEFI driver can), and the kernel shows a short model the same on both buses.
 //!
 //! [`Shape::mismatches`] then checks every selector with the installer's own matching
 //! (`images::disk::Selector::matches`) against what the guest will see, so a selector that
@@ -93,7 +93,7 @@ pub struct Shape {
 
 /// Shape of a node: its profile, its MAC, its memory.
 pub fn shape_node(node: &Node) -> Shape {
-    shape(&node.profile, node.mac, node.memory_mb)
+    shape(&node.profile, node.mac, node.memory_mb).with_file_prefix(node.hostname.as_str())
 }
 
 pub fn shape(profile: &Profile, mac: Mac, memory_mb: Option<u32>) -> Shape {
@@ -164,7 +164,6 @@ fn shape_disk(role: Role, sel: &Selector, sata_port: &mut u8) -> ShapedDisk {
         match sel.model.as_deref() {
             Some(m) if m.starts_with("PERC ") => (Bus::Perc, Some("DELL".into()), Some(m.into())),
             Some("QEMU HARDDISK") => (Bus::VirtioScsi, None, Some("QEMU HARDDISK".into())),
-            Some(m) if m.len() <= SCSI_PRODUCT_MAX => (Bus::Perc, None, Some(m.into())),
             Some(m) => {
                 let p = *sata_port;
                 *sata_port += 1;
@@ -306,6 +305,15 @@ impl Shape {
         out
     }
 
+    /// Disk files named `PREFIX-install.img`, `PREFIX-data-NAME.img`: several machines in one
+    /// folder (a lab names them after their nodes).
+    pub fn with_file_prefix(mut self, prefix: &str) -> Shape {
+        for d in &mut self.disks {
+            d.file = format!("{prefix}-{}", d.file);
+        }
+        self
+    }
+
     /// The disk of `role`.
     pub fn disk(&self, role: &Role) -> Option<&ShapedDisk> {
         self.disks.iter().find(|d| &d.role == role)
@@ -359,8 +367,14 @@ impl Shape {
             a.push("-drive".into());
             // Sparse files stay sparse: zeroes the guest writes (mkfs.xfs zeroes its log) and
             // discards become holes.
+            // A `.qcow2` file is an overlay (a test boots one installed disk several times).
+            let format = if d.file.ends_with(".qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
             a.push(format!(
-                "file={},format=raw,if=none,id={id},cache=unsafe,discard=unmap,detect-zeroes=unmap",
+                "file={},format={format},if=none,id={id},cache=unsafe,discard=unmap,detect-zeroes=unmap",
                 dir.join(&d.file).display()
             ));
             let boot = if d.role == Role::Install {
@@ -468,6 +482,10 @@ mod tests {
         assert!(
             arg_with(&a, "file=/lab/data-media.img,format=raw")[0].contains("detect-zeroes=unmap")
         );
+        let a = s
+            .with_file_prefix("nfs1")
+            .qemu_args(Path::new("/lab"), "n0");
+        assert_eq!(arg_with(&a, "file=/lab/nfs1-install.img,").len(), 1);
     }
 
     #[test]
