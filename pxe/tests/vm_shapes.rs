@@ -129,6 +129,9 @@ fn content_digest(path: &Path) -> String {
     let len = f.metadata().unwrap().len() as i64;
     let mut h = Vec::new();
     let mut pos = 0i64;
+    // The last MiB hashed: several extents can share one MiB, and how a file is split into
+    // extents changes with the host's writeback (seen: 7 extents right after mkfs, 6 later).
+    let mut last = -1i64;
     let mut buf = vec![0u8; MIB as usize];
     while pos < len {
         let data = match lseek(f.as_fd(), pos, Whence::SeekData) {
@@ -140,6 +143,11 @@ fn content_digest(path: &Path) -> String {
         // Whole MiBs, aligned, so the same bytes give the same chunks however allocated.
         let mut at = data - data % MIB as i64;
         while at < hole {
+            if at <= last {
+                at += MIB as i64;
+                continue;
+            }
+            last = at;
             f.seek(SeekFrom::Start(at as u64)).unwrap();
             let n = ((len - at) as usize).min(buf.len());
             f.read_exact(&mut buf[..n]).unwrap();
