@@ -15,3 +15,4 @@ pub mod runbook;
 pub mod secrets;
 pub mod templates;
 pub mod topology;
+pub mod vmshape;

@@ -151,12 +151,60 @@ pub fn sysfs_disks(sys: &Path, mountinfo: &str) -> Vec<Disk> {
             removable: flag("removable"),
             read_only: flag("ro"),
             mounts,
-            by_path: Vec::new(),
+            by_path: sysfs_nvme_by_path(sys, &name, read(&dir.join("nsid")))
+                .into_iter()
+                .collect(),
             by_id: Vec::new(),
             name,
         });
     }
     out
+}
+
+/// udev's by-path name of an NVMe namespace (systemd's path_id: the controller's PCI device,
+/// then `nvme-NSID`): `pci-0000:02:00.0-nvme-1`. The installer has no udev, and a profile may
+/// select the install disk by this name (the OptiPlex's single M.2 slot). `ctrl` is the resolved
+/// sysfs path of the controller (`/sys/class/nvme/nvme0` →
+/// `/sys/devices/pci0000:00/0000:00:11.0/0000:02:00.0/nvme/nvme0`): with native NVMe
+/// multipath (Debian's kernel) the namespace itself lives under
+/// `/sys/devices/virtual/nvme-subsystem`, away from the PCI tree. `None` when not on PCI.
+pub fn nvme_by_path(ctrl: &Path, nsid: &str) -> Option<String> {
+    let parts: Vec<String> = ctrl
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let pci = parts.iter().rev().find(|p| is_pci_address(p))?;
+    Some(format!("pci-{pci}-nvme-{nsid}"))
+}
+
+/// `nvme0n1` → (`nvme0`, `1`): the controller and the namespace number of a namespace's name
+/// (`nvme0c1n1`, a multipath path, is not a disk of its own and gets `None`).
+fn nvme_parts(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix("nvme")?;
+    let (ctrl, ns) = rest.split_once('n')?;
+    (!ctrl.is_empty()
+        && ctrl.chars().all(|c| c.is_ascii_digit())
+        && !ns.is_empty()
+        && ns.chars().all(|c| c.is_ascii_digit()))
+    .then(|| (&name[..4 + ctrl.len()], ns))
+}
+
+fn sysfs_nvme_by_path(sys: &Path, name: &str, nsid: Option<String>) -> Option<String> {
+    let (ctrl, n) = nvme_parts(name)?;
+    let path = std::fs::canonicalize(sys.join("class/nvme").join(ctrl)).ok()?;
+    nvme_by_path(&path, nsid.as_deref().unwrap_or(n))
+}
+
+/// `dddd:bb:ss.f`, lowercase hex.
+fn is_pci_address(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
 }
 
 /// The network interfaces the installer takes down before reboot(2): every one under
@@ -501,6 +549,41 @@ mod tests {
         assert_eq!(d[1].serial.as_deref(), Some("seed-disk"));
         assert!(d[1].removable && d[1].mounts.is_empty());
         assert_eq!(d[1].size, 1 << 20);
+    }
+
+    /// The OptiPlex profile selects its install disk by `by_path`; without this the installer
+    /// (no udev) would see no by-path name and refuse every disk.
+    #[test]
+    fn nvme_namespaces_get_udevs_by_path_name_without_udev() {
+        let ctrl = Path::new("/sys/devices/pci0000:00/0000:00:11.0/0000:02:00.0/nvme/nvme0");
+        assert_eq!(
+            nvme_by_path(ctrl, "1").as_deref(),
+            Some("pci-0000:02:00.0-nvme-1")
+        );
+        assert_eq!(nvme_parts("nvme0n1"), Some(("nvme0", "1")));
+        assert_eq!(nvme_parts("nvme12n3"), Some(("nvme12", "3")));
+        assert_eq!(nvme_parts("nvme0c1n1"), None);
+        assert_eq!(nvme_parts("sda"), None);
+        // A fake sysfs with native multipath: the namespace under nvme-subsystem, the
+        // controller under its PCI device.
+        let t = tempfile::tempdir().unwrap();
+        let ns = t
+            .path()
+            .join("devices/virtual/nvme-subsystem/nvme-subsys0/nvme0n1");
+        let ctl = t
+            .path()
+            .join("devices/pci0000:00/0000:00:1c.0/0000:01:00.0/nvme/nvme0");
+        std::fs::create_dir_all(&ns).unwrap();
+        std::fs::create_dir_all(&ctl).unwrap();
+        std::fs::write(ns.join("size"), "8\n").unwrap();
+        std::fs::write(ns.join("nsid"), "1\n").unwrap();
+        std::fs::create_dir_all(t.path().join("block")).unwrap();
+        std::fs::create_dir_all(t.path().join("class/nvme")).unwrap();
+        std::os::unix::fs::symlink(&ns, t.path().join("block/nvme0n1")).unwrap();
+        std::os::unix::fs::symlink(&ctl, t.path().join("class/nvme/nvme0")).unwrap();
+        let d = sysfs_disks(t.path(), "");
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].by_path, vec!["pci-0000:01:00.0-nvme-1".to_string()]);
     }
 
     #[test]

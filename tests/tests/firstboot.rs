@@ -286,10 +286,26 @@ fn prepare_disk_formats_only_provably_blank_disks() {
             "{o:?}"
         );
         assert!(o.fstab.contains(" xfs defaults,nofail 0 2"), "{o:?}");
-        assert!(o.reports.is_empty(), "{o:?}");
+        // What it did is reported too, not only failures (the node's timeline in pxe status).
+        assert_eq!(o.reports.len(), 1, "{o:?}");
+        assert!(
+            o.reports[0].starts_with(&format!(
+                "report data-disk: {pool_name}: {} formatted (xfs UUID=",
+                blank.display()
+            )) && o.reports[0].contains("), mounted at "),
+            "{o:?}"
+        );
         // The pool's own filesystem from an earlier install: kept and mounted, not formatted.
         let o = run(&xfs, pool_name, pool_fs);
         assert!(o.ok && !o.formatted && o.mounted, "{shell} xfs: {o:?}");
+        assert!(
+            o.reports.len() == 1
+                && o.reports[0].starts_with(&format!(
+                    "report data-disk: {pool_name}: {} kept (xfs UUID=",
+                    xfs.display()
+                )),
+            "{o:?}"
+        );
         // Everything else: untouched, unmounted, reported with the disk and the reason.
         for (img, why) in [
             (&head, "first MiB is not all zeros"),

@@ -504,6 +504,10 @@ pub struct VmOpts {
     pub extra_disks: Vec<ExtraDisk>,
     /// UEFI only: OVMF with Secure Boot enforced ([`OVMF_CODE_MS`]).
     pub secure_boot: bool,
+    /// A hardware-shaped machine (`builder::vmshape`): its NIC, memory and disks replace
+    /// `bus`, `disk_size`, `mem_mb` and `extra_disks`. Disk files the test has not made are
+    /// created blank (sparse); `reuse_disk` does not apply.
+    pub shape: Option<builder::vmshape::Shape>,
 }
 
 /// A further disk: an existing raw `file` (the test makes it, with known content), attached
@@ -531,6 +535,7 @@ impl VmOpts {
             no_reboot: true,
             extra_disks: Vec::new(),
             secure_boot: false,
+            shape: None,
         }
     }
 }
@@ -541,6 +546,9 @@ impl Vm {
     }
 
     pub fn start_with(lab: &Lab, dir: &Path, name: &str, o: &VmOpts) -> Vm {
+        if let Some(shape) = &o.shape {
+            return Vm::start_shaped(lab, dir, name, o, shape);
+        }
         let (fw, tap, mac) = (o.fw, o.tap.as_str(), o.mac.as_str());
         let disk = dir.join(format!("{}.img", o.mac.replace(':', "")));
         if !o.reuse_disk {
@@ -642,6 +650,64 @@ impl Vm {
                 .arg(format!("{},drive=x{i}", x.device));
         }
         cmd.stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap());
+        let child = cmd.spawn().expect("spawning qemu-system-x86_64");
+        Vm {
+            name: name.to_owned(),
+            serial,
+            disk,
+            started: Instant::now(),
+            proc: Proc::new("qemu", child),
+        }
+    }
+
+    /// A VM shaped like a hardware profile: firmware from the shape (OVMF with qemu's NIC
+    /// option ROM under UEFI: for e1000e that ROM's EFI driver provides the SNP that EDK2's PXE
+    /// client and `snponly.efi` run on, as a real NIC's UEFI driver does), the rest from
+    /// `Shape::qemu_args`.
+    fn start_shaped(
+        lab: &Lab,
+        dir: &Path,
+        name: &str,
+        o: &VmOpts,
+        shape: &builder::vmshape::Shape,
+    ) -> Vm {
+        for d in &shape.disks {
+            let f = dir.join(&d.file);
+            if !f.exists() {
+                std::fs::File::create(&f).unwrap().set_len(d.size).unwrap();
+            }
+        }
+        let disk = dir.join(&shape.disks[0].file);
+        let serial = dir.join(format!("{name}.serial"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lab.pxe.0, "qemu-system-x86_64"]);
+        match shape.firmware {
+            images::bundle::Firmware::Bios => machine_args(&mut cmd, Firmware::Bios, Path::new("")),
+            images::bundle::Firmware::Uefi => {
+                let vars = dir.join(format!("{name}.vars.fd"));
+                std::fs::copy(OVMF_VARS, &vars).unwrap();
+                machine_args(&mut cmd, Firmware::Uefi, &vars);
+                cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
+                    .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"]);
+            }
+        }
+        cmd.arg("-smp")
+            .arg(o.smp.to_string())
+            .args(["-nographic", "-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()));
+        if o.no_reboot {
+            cmd.arg("-no-reboot");
+        }
+        cmd.arg("-netdev")
+            .arg(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                o.tap
+            ))
+            .args(shape.qemu_args(dir, "n0"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
             .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap());
         let child = cmd.spawn().expect("spawning qemu-system-x86_64");
         Vm {
