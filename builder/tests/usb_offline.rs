@@ -32,12 +32,18 @@ fn tools_present() -> bool {
                 .status()
                 .is_ok()
         })
-        && Path::new("/usr/lib/syslinux/mbr/gptmbr.bin").exists()
-        && Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").exists();
+        && [
+            "/usr/lib/syslinux/mbr/gptmbr.bin",
+            "/usr/lib/shim/shimx64.efi.signed",
+            "/usr/lib/shim/mmx64.efi.signed",
+            "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+        ]
+        .iter()
+        .all(|f| Path::new(f).exists());
     common::ci::require(
         ok,
-        "needs sfdisk, mkfs.vfat, mtools, syslinux, syslinux-common, systemd-boot-efi \
-         (tests/packages.txt)",
+        "needs sfdisk, mkfs.vfat, mtools, syslinux, syslinux-common, shim-signed, \
+         grub-efi-amd64-signed (tests/packages.txt)",
     )
 }
 

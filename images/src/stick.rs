@@ -5,8 +5,9 @@
 //! ```text
 //! LBA 0        protective MBR + syslinux gptmbr.bin (BIOS: chains the LegacyBIOSBootable ESP)
 //! 1 MiB  p1    ironseed-esp, FAT32 labelled IRONSEED: the installer's vmlinuz + initrd.img,
-//!              syslinux (BIOS), systemd-boot as EFI/BOOT/BOOTX64.EFI (UEFI), and
-//!              ironseed/{plan.json,user-data,meta-data,network-config}
+//!              syslinux (BIOS), Debian's signed shim as EFI/BOOT/BOOTX64.EFI with the signed
+//!              GRUB beside it and its menu in EFI/debian/grub.cfg (UEFI, Secure Boot or not),
+//!              and ironseed/{plan.json,user-data,meta-data,network-config}
 //!        p2    ironseed-image: the compressed golden image, raw from the partition's first byte
 //!              (its length and sha256 are in plan.json; the partition is rounded up to a MiB)
 //! ```
@@ -23,7 +24,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use crate::golden::assemble::{self, EspSpec, SYSLINUX_MBR, SYSTEMD_BOOT, copy_into};
+use crate::golden::assemble::{self, EspSpec, GRUB, MOK_MANAGER, SHIM, SYSLINUX_MBR, copy_into};
 use crate::golden::layout::{self as glayout, MIB, TYPE_ESP, TYPE_LINUX_DATA};
 use crate::plan::{self, InstallPlan};
 
@@ -178,20 +179,22 @@ const NEEDS: &[(&str, &str)] = &[
 ];
 
 fn check_host() -> Result<(), StickError> {
-    let mut missing: Vec<(&str, &str)> = NEEDS
+    let mut missing: Vec<(String, &str)> = NEEDS
         .iter()
         .filter(|(t, _)| {
             !["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
                 .iter()
                 .any(|d| Path::new(d).join(t).exists())
         })
-        .copied()
+        .map(|(t, p)| (t.to_string(), *p))
         .collect();
     for (f, pkg) in [
-        (SYSLINUX_MBR, "syslinux-common"),
-        (SYSTEMD_BOOT, "systemd-boot-efi"),
+        (SYSLINUX_MBR.to_string(), "syslinux-common"),
+        (format!("/{SHIM}"), "shim-signed"),
+        (format!("/{MOK_MANAGER}"), "shim-signed"),
+        (format!("/{GRUB}"), "grub-efi-amd64-signed"),
     ] {
-        if !Path::new(f).exists() {
+        if !Path::new(&f).exists() {
             missing.push((f, pkg));
         }
     }
@@ -203,7 +206,7 @@ fn check_host() -> Result<(), StickError> {
     Err(StickError::Missing(
         missing
             .iter()
-            .map(|(t, _)| *t)
+            .map(|(t, _)| t.as_str())
             .collect::<Vec<_>>()
             .join(", "),
         pkgs.join(" "),
@@ -253,12 +256,18 @@ pub fn build(
     };
     // Room for the kernel, initrd, boot loaders and plan, plus slack; FAT32 wants >= 65525
     // clusters, which 128 MiB gives with mkfs.vfat's defaults.
-    let payload = size(i.vmlinuz)? + size(i.initrd)? + size(Path::new(SYSTEMD_BOOT))?;
+    let loaders = Path::new("/");
+    let mut payload = size(i.vmlinuz)? + size(i.initrd)?;
+    for f in [SHIM, GRUB, MOK_MANAGER] {
+        payload += size(&loaders.join(f))?;
+    }
     let esp_len = (payload + 32 * MIB).max(128 * MIB);
     let l = layout(esp_len, image_len);
 
-    log("ESP: mkfs.vfat, syslinux, systemd-boot, installer, plan and seed");
+    log("ESP: mkfs.vfat, syslinux, shim + GRUB, installer, plan and seed");
     let title = format!("ironseed offline installer for {}", i.plan.hostname);
+    // GRUB's root is the ESP it was loaded from: the kernel and initrd syslinux boots too.
+    let grub_cfg = glayout::grub_cfg(&title, None, "/vmlinuz", "/initrd.img", &cmdline);
     let mut plan_json = serde_json::to_vec_pretty(i.plan).expect("a plan serialises");
     plan_json.push(b'\n');
     let [s0, s1, s2] = i.seed;
@@ -270,7 +279,8 @@ pub fn build(
             len: l.esp_len,
             reproducible: true,
             cmdline: &cmdline,
-            title: &title,
+            loaders,
+            grub_cfg: &grub_cfg,
             kernel: i.vmlinuz,
             initrd: i.initrd,
             extra_dir: Some(plan::STICK_DIR),

@@ -14,7 +14,7 @@
 //!   its disk again.
 //! - A VM whose MAC is not in the inventory, in parallel: never installed; its disk stays all
 //!   zeroes.
-//! - In parallel, vm-uefi1 under OVMF (EDK2 PXE → TFTP → iPXE → installer → systemd-boot from
+//! - In parallel, vm-uefi1 under OVMF (EDK2 PXE → TFTP → iPXE → installer → shim and GRUB from
 //!   the image's ESP): the same assertions. `IRONSEED_VM_UEFI=0` leaves it out (a skip:
 //!   refused under CI).
 //! - Rebuild after a hardware failure (issue 6): `builder rebuild vm-bios1 --mac NEW --watch`
@@ -27,7 +27,7 @@
 //! (`IRONSEED_E2E_CACHE`, default /var/cache/ironseed-e2e): the image is rebuilt only when its
 //! inputs change (`builder images build` keys it), which saves ~3–4 minutes per run.
 //!
-//! Needs root, the vm_pxe packages, and debootstrap, syslinux, systemd-boot-efi, mtools,
+//! Needs root, the vm_pxe packages, and debootstrap, syslinux, shim-signed, mtools,
 //! dosfstools, cpio, kmod (tests/packages.txt), plus Debian's archive for debootstrap.
 
 mod support;

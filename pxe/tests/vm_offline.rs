@@ -15,9 +15,16 @@
 //! no boot index, nothing reachable — so it never network-boots and the install is provably
 //! offline.
 //!
-//! In parallel, the same for vm-uefi1 under OVMF: the stick boots through its systemd-boot
-//! (EFI/BOOT/BOOTX64.EFI), the installed disk through the image's. `IRONSEED_VM_UEFI=0` leaves
-//! it out (a skip: refused under CI).
+//! In parallel, the same for vm-uefi1 under OVMF, twice: once with the plain firmware and once
+//! with Secure Boot enforced (`OVMF_CODE_4M.ms.fd` + a copy of `OVMF_VARS_4M.ms.fd`: Microsoft's
+//! keys enrolled). Both boot the stick and then the installed disk through Debian's signed shim
+//! (EFI/BOOT/BOOTX64.EFI) and GRUB; the kernel's `secureboot:` line on the console says which
+//! firmware it ran under, in the installer and in the installed system. `IRONSEED_VM_UEFI=0`
+//! leaves them out (a skip: refused under CI).
+//!
+//! A second test boots the golden image itself as a VM's disk under the Secure Boot firmware,
+//! with a NoCloud seed in its `cidata` slot, and runs what Debian's own upgrade hooks run
+//! (`update-grub`, `grub-install --force-extra-removable --no-nvram`) before booting it again.
 //! Needs root (the golden image build), qemu and the image tools of tests/packages.txt;
 //! skipped loudly without them, failing under CI.
 
@@ -32,23 +39,84 @@ use support::vm::*;
 
 struct Node {
     host: &'static str,
+    /// The VM's files (stick, disk, consoles): one node may be installed by two VMs.
+    tag: &'static str,
     mac: &'static str,
     ip: &'static str,
     fw: Firmware,
+    /// UEFI with Secure Boot enforced ([`OVMF_CODE_SB`]).
+    secure_boot: bool,
 }
 
 const BIOS: Node = Node {
     host: "vm-bios2",
+    tag: "vm-bios2",
     mac: "52:54:00:88:00:12",
     ip: "10.88.0.12",
     fw: Firmware::Bios,
+    secure_boot: false,
 };
 const UEFI: Node = Node {
     host: "vm-uefi1",
+    tag: "vm-uefi1",
     mac: "52:54:00:88:00:21",
     ip: "10.88.0.21",
     fw: Firmware::Uefi,
+    secure_boot: false,
 };
+const UEFI_SB: Node = Node {
+    tag: "vm-uefi1-sb",
+    secure_boot: true,
+    ..UEFI
+};
+
+/// OVMF built with Secure Boot and SMM (the .ms variant's variables have Microsoft's KEK and
+/// db enrolled and Secure Boot on): the firmware of a retail machine with Secure Boot enabled.
+const OVMF_CODE_SB: &str = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
+const OVMF_VARS_SB: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
+/// The boot loaders the stick takes from this machine (the golden image takes its own).
+const LOADERS: [(&str, &str); 3] = [
+    ("/usr/lib/shim/shimx64.efi.signed", "shim-signed"),
+    ("/usr/lib/shim/mmx64.efi.signed", "shim-signed"),
+    (
+        "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+        "grub-efi-amd64-signed",
+    ),
+];
+
+/// The firmware's qemu arguments; `vars` is the VM's own copy of the variable store.
+fn firmware_args(cmd: &mut Command, fw: Firmware, secure_boot: bool, vars: &Path) {
+    if !secure_boot {
+        return machine_args(cmd, fw, vars);
+    }
+    // The Secure Boot build requires SMM, and its variable store must be writable only from
+    // SMM (otherwise the OS could rewrite db): q35 with smm=on and a "secure" flash.
+    cmd.args(["-machine", "q35,smm=on,accel=tcg"])
+        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SB}"
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ));
+}
+
+/// The kernel's own verdict (arch/x86/kernel/setup.c → `secureboot: Secure boot enabled`).
+fn assert_secure_boot(console: &str, on: bool, what: &str) {
+    let want = if on {
+        "Secure boot enabled"
+    } else {
+        "Secure boot disabled"
+    };
+    assert!(
+        console.contains(&format!("secureboot: {want}")),
+        "{what}: no \"secureboot: {want}\" in the kernel log"
+    );
+}
 
 fn capable(test: &str, uefi: bool) -> bool {
     let mut missing = Vec::new();
@@ -71,15 +139,15 @@ fn capable(test: &str, uefi: bool) -> bool {
             missing.push(format!("{t} ({pkg})"));
         }
     }
-    let mut files = vec![
-        ("/usr/lib/syslinux/mbr/gptmbr.bin", "syslinux-common"),
-        (
-            "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
-            "systemd-boot-efi",
-        ),
-    ];
+    let mut files = vec![("/usr/lib/syslinux/mbr/gptmbr.bin", "syslinux-common")];
+    files.extend(LOADERS);
     if uefi {
-        files.extend([(OVMF_CODE, "ovmf"), (OVMF_VARS, "ovmf")]);
+        files.extend([
+            (OVMF_CODE, "ovmf"),
+            (OVMF_VARS, "ovmf"),
+            (OVMF_CODE_SB, "ovmf"),
+            (OVMF_VARS_SB, "ovmf"),
+        ]);
     }
     for (f, pkg) in files {
         if !Path::new(f).exists() {
@@ -171,7 +239,7 @@ fn assert_seed_on_disk(disk: &Path, bundle: &Path, host: &str) {
 /// The node's VM; `install`: blank disk, the stick boots first, qemu exits at the reboot.
 /// Otherwise: the same disk first, the stick second, the VM keeps running.
 fn start_vm(dir: &Path, n: &Node, stick: &Path, install: bool) -> (Proc, PathBuf, PathBuf) {
-    let disk = dir.join(format!("{}-disk.img", n.host));
+    let disk = dir.join(format!("{}-disk.img", n.tag));
     if install {
         std::fs::File::create(&disk)
             .unwrap()
@@ -179,15 +247,20 @@ fn start_vm(dir: &Path, n: &Node, stick: &Path, install: bool) -> (Proc, PathBuf
             .unwrap();
     }
     let phase = if install { "install" } else { "boot" };
-    let serial = dir.join(format!("{}-{phase}.serial", n.host));
+    let serial = dir.join(format!("{}-{phase}.serial", n.tag));
     let (disk_idx, stick_idx) = if install { (2, 1) } else { (1, 2) };
     let mut cmd = Command::new("qemu-system-x86_64");
     // One NVRAM across both runs, as one machine has.
-    let vars = dir.join(format!("{}.vars.fd", n.host));
+    let vars = dir.join(format!("{}.vars.fd", n.tag));
     if n.fw == Firmware::Uefi && install {
-        std::fs::copy(OVMF_VARS, &vars).unwrap();
+        let template = if n.secure_boot {
+            OVMF_VARS_SB
+        } else {
+            OVMF_VARS
+        };
+        std::fs::copy(template, &vars).unwrap();
     }
-    machine_args(&mut cmd, n.fw, &vars);
+    firmware_args(&mut cmd, n.fw, n.secure_boot, &vars);
     if install {
         cmd.arg("-no-reboot");
     }
@@ -214,8 +287,8 @@ fn start_vm(dir: &Path, n: &Node, stick: &Path, install: bool) -> (Proc, PathBuf
         .arg("-device")
         .arg(format!("virtio-blk-pci,drive=d1,bootindex={stick_idx}"))
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join(format!("{}-{phase}.out", n.host))).unwrap())
-        .stderr(std::fs::File::create(dir.join(format!("{}-{phase}.err", n.host))).unwrap());
+        .stdout(std::fs::File::create(dir.join(format!("{}-{phase}.out", n.tag))).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("{}-{phase}.err", n.tag))).unwrap());
     let child = cmd.spawn().expect("spawning qemu-system-x86_64");
     (Proc::new("qemu", child), serial, disk)
 }
@@ -266,11 +339,11 @@ fn blank_vms_install_themselves_from_their_offline_sticks_and_boot_as_their_node
     } else {
         tmp.path().to_owned()
     };
-    let artifacts = artifacts();
+    let artifacts = shared_artifacts();
     let bundle = dir.join("bundle");
     render_bundle(&bundle);
     let nodes: Vec<&Node> = if uefi {
-        vec![&BIOS, &UEFI]
+        vec![&BIOS, &UEFI, &UEFI_SB]
     } else {
         vec![&BIOS]
     };
@@ -293,7 +366,7 @@ fn blank_vms_install_themselves_from_their_offline_sticks_and_boot_as_their_node
 /// `builder usb image` for `node`, then its VM: install from the stick, reboot into the disk,
 /// first boot with the seed from the installed `cidata` slot.
 fn install_offline(dir: &Path, artifacts: &Path, bundle: &Path, node: &Node) {
-    let stick = dir.join(format!("{}-stick.img", node.host));
+    let stick = dir.join(format!("{}-stick.img", node.tag));
     let t = Instant::now();
     run(Command::new(builder_bin())
         .args(["usb", "image", node.host, "--out"])
@@ -304,16 +377,17 @@ fn install_offline(dir: &Path, artifacts: &Path, bundle: &Path, node: &Node) {
         .arg(bundle));
     eprintln!(
         "timing: {:<10} {:>6.1} s  usb image",
-        node.host,
+        node.tag,
         t.elapsed().as_secs_f64()
     );
     let n = node.host;
+    let tag = node.tag;
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(&stick).unwrap();
     assert_eq!(
         meta.permissions().mode() & 0o777,
         0o600,
-        "{n}: the stick carries the token"
+        "{tag}: the stick carries the token"
     );
     let golden = artifacts.join("images/debian-12.raw.zst");
     assert_stick_layout(&stick, std::fs::metadata(&golden).unwrap().len());
@@ -324,56 +398,64 @@ fn install_offline(dir: &Path, artifacts: &Path, bundle: &Path, node: &Node) {
     wait(
         &mut vm,
         &serial,
-        n,
+        tag,
         started,
         "ironseed-installer: offline install",
     );
     wait(
         &mut vm,
         &serial,
-        n,
+        tag,
         started,
         &format!("ironseed: installing {n}"),
     );
     wait(
         &mut vm,
         &serial,
-        n,
+        tag,
         started,
         &format!("ironseed: installed {n}"),
     );
     // The installer syncs and reboots; -no-reboot turns that into qemu's exit.
-    wait_exit(&mut vm, &serial, n, started);
+    wait_exit(&mut vm, &serial, tag, started);
     let install = clean(&std::fs::read(&serial).unwrap());
     // Offline for real: the installer never configured a network.
     assert!(
         !install.contains("ironseed-installer: DHCP"),
-        "{n}: no DHCP offline"
+        "{tag}: no DHCP offline"
     );
     // The stick is excluded even though `min_size_gb: 0` matches it: the blank disk was chosen.
     assert!(
         install.contains("ironseed: install disk /dev/vda"),
-        "{n}: the blank disk is the target"
+        "{tag}: the blank disk is the target"
     );
+    if node.fw == Firmware::Uefi {
+        // The stick's shim → GRUB → the installer's signed kernel.
+        assert_secure_boot(&install, node.secure_boot, &format!("{tag}: installer"));
+    }
 
     let (mut vm, serial, _) = start_vm(dir, node, &stick, false);
     wait(
         &mut vm,
         &serial,
-        n,
+        tag,
         started,
         &format!("ironseed: {n} finished first boot"),
     );
     vm.stop();
     eprintln!(
-        "timing: {n:<10} {:>6.1} s  install + first boot",
+        "timing: {tag:<10} {:>6.1} s  install + first boot",
         started.elapsed().as_secs_f64()
     );
     let text = clean(&std::fs::read(&serial).unwrap());
     assert!(
         !text.contains("ironseed-installer"),
-        "{n}: the installed disk boots, the stick left in second is not booted again"
+        "{tag}: the installed disk boots, the stick left in second is not booted again"
     );
+    if node.fw == Firmware::Uefi {
+        // The installed disk's shim → GRUB → Debian's signed kernel.
+        assert_secure_boot(&text, node.secure_boot, &format!("{tag}: installed system"));
+    }
     let image_sha = std::fs::read_to_string(artifacts.join("images/debian-12.raw.zst.sha256"))
         .unwrap()
         .split_whitespace()
@@ -382,7 +464,7 @@ fn install_offline(dir: &Path, artifacts: &Path, bundle: &Path, node: &Node) {
         .to_string();
     assert!(
         install.contains(&format!("sha256 {image_sha}")),
-        "{n}: installed with the verified sha256"
+        "{tag}: installed with the verified sha256"
     );
     let s = summary(&text, n);
     let cfg = std::fs::read(bundle.join(format!("nodes/{n}/k3s/config.yaml"))).unwrap();
@@ -391,17 +473,236 @@ fn install_offline(dir: &Path, artifacts: &Path, bundle: &Path, node: &Node) {
         s["addresses"]
             .split(' ')
             .any(|a| a == format!("{}/24", node.ip)),
-        "{n}: static address from network-config: {s:?}"
+        "{tag}: static address from network-config: {s:?}"
     );
     assert_eq!(
         s["k3s-config-sha256"],
         sha256_hex(&cfg),
-        "{n}: k3s config in place"
+        "{tag}: k3s config in place"
     );
     assert_seed_on_disk(&disk, bundle, n);
     assert_eq!(
         sha256_hex(&std::fs::read(&stick).unwrap()),
         stick_sha,
-        "{n}: the stick is never written"
+        "{tag}: the stick is never written"
     );
+}
+
+/// Golden image and installer environment, built once for both tests of this file (they run on
+/// parallel threads and share one cache folder).
+fn shared_artifacts() -> PathBuf {
+    static ARTIFACTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ARTIFACTS.get_or_init(artifacts).clone()
+}
+
+/// The first boot runs, from the image's own packages, what a kernel or boot loader upgrade
+/// runs: grub2-common's kernel hook (`update-grub`) and grub-efi-amd64's and shim-signed's
+/// postinst (`grub-install --force-extra-removable --no-nvram`, the image's debconf answers),
+/// then reboots into what they wrote. `bootcmd` runs on every boot, `runcmd` on the first.
+const SB_USER_DATA: &str = r#"#cloud-config
+bootcmd:
+  - [sh, -c, 'echo "sbi-boot: $(mokutil --sb-state)" > /dev/ttyS0']
+runcmd:
+  - [sh, -c, 'echo "sbi-esp: $(findmnt -no FSTYPE /boot/efi)" > /dev/ttyS0']
+  - [sh, -c, 'update-grub > /dev/ttyS0 2>&1; echo "sbi-hook: update-grub=$?" > /dev/ttyS0']
+  - [sh, -c, 'grub-install --target=x86_64-efi --force-extra-removable --no-nvram > /dev/ttyS0 2>&1; echo "sbi-hook: grub-install=$?" > /dev/ttyS0']
+  - [sh, -c, 'grep -q "^### BEGIN /etc/grub.d/10_linux" /boot/grub/grub.cfg && echo "sbi-hook: grub.cfg regenerated" > /dev/ttyS0']
+power_state:
+  mode: reboot
+"#;
+
+/// Item 2 of issue 16: the golden image, as the VM's disk with a NoCloud seed in its `cidata`
+/// slot, boots under Secure Boot enforced by the firmware (Microsoft's keys only): shim (signed
+/// by Microsoft) → Debian's signed GRUB → Debian's signed kernel, which reports Secure Boot on.
+/// An unsigned loader or kernel anywhere in the chain stops the boot before any marker. Then
+/// Debian's hooks rewrite /boot/grub/grub.cfg and the ESP's loaders, and the node boots again
+/// through them with Secure Boot on: kernel upgrades keep the node bootable.
+#[test]
+fn the_golden_image_boots_with_secure_boot_on_before_and_after_debians_boot_loader_hooks() {
+    let name =
+        "the_golden_image_boots_with_secure_boot_on_before_and_after_debians_boot_loader_hooks";
+    if !uefi_wanted(name) || !capable(name, true) {
+        return;
+    }
+    let t0 = Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix("vm_offline-sbi-")
+        .tempdir()
+        .unwrap();
+    let dir = if std::env::var_os("IRONSEED_VM_KEEP").is_some() {
+        let p = tmp.keep();
+        eprintln!("keeping {}", p.display());
+        p
+    } else {
+        tmp.path().to_owned()
+    };
+    let artifacts = shared_artifacts();
+    let disk = dir.join("golden.raw");
+    run(Command::new("zstd")
+        .args(["-d", "-q", "-f", "--sparse"])
+        .arg(artifacts.join("images/debian-12.raw.zst"))
+        .arg("-o")
+        .arg(&disk));
+    let seed = images::cidata::build(
+        &[
+            ("user-data", SB_USER_DATA.as_bytes()),
+            (
+                "meta-data",
+                b"instance-id: sbi-golden-1\nlocal-hostname: sbi-golden\n",
+            ),
+            ("network-config", b"version: 2\nethernets: {}\n"),
+        ],
+        0x5b10_0001,
+        images::cidata::DEFAULT_SIZE,
+    )
+    .unwrap();
+    let esp = {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        let parts = images::gpt::partitions(&mut f).unwrap();
+        let slot = parts.iter().find(|p| p.name == "cidata").unwrap();
+        assert!(seed.len() as u64 <= slot.len);
+        f.seek(SeekFrom::Start(slot.first_byte)).unwrap();
+        f.write_all(&seed).unwrap();
+        f.sync_all().unwrap();
+        parts.into_iter().find(|p| p.name == "esp").unwrap()
+    };
+    let before = esp_files(&disk, &esp);
+    for f in [
+        "EFI/BOOT/BOOTX64.EFI",
+        "EFI/BOOT/GRUBX64.EFI",
+        "EFI/BOOT/MMX64.EFI",
+        "EFI/DEBIAN/GRUB.CFG",
+    ] {
+        assert!(
+            before.contains_key(f),
+            "{f} on the image's ESP: {:?}",
+            before.keys()
+        );
+    }
+    assert!(
+        !before.contains_key("EFI/BOOT/FBX64.EFI"),
+        "no fallback: shim would write NVRAM entries"
+    );
+
+    let vars = dir.join("sbi.vars.fd");
+    std::fs::copy(OVMF_VARS_SB, &vars).unwrap();
+    // One qemu per boot, the same disk and NVRAM: the guest's reboot ends the first
+    // (`-no-reboot`) and the second starts cold, as vm_offline's two runs do (a warm reset of
+    // the SMM Secure Boot firmware under TCG hung here after BdsDxe, before shim printed anything).
+    let boot = |phase: &str| -> (Proc, PathBuf) {
+        let serial = dir.join(format!("sbi-{phase}.serial"));
+        let mut cmd = Command::new("qemu-system-x86_64");
+        firmware_args(&mut cmd, Firmware::Uefi, true, &vars);
+        cmd.args(["-m", "1024", "-smp", "2", "-nographic", "-monitor", "none"])
+            .arg("-no-reboot")
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args(["-nic", "none"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=d0,cache=unsafe",
+                disk.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=d0,bootindex=1"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join(format!("sbi-{phase}.out"))).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("sbi-{phase}.err"))).unwrap());
+        let vm = Proc::new("qemu", cmd.spawn().expect("spawning qemu-system-x86_64"));
+        (vm, serial)
+    };
+    let started = Instant::now();
+    let (mut vm, serial) = boot("first");
+    for marker in [
+        "secureboot: Secure boot enabled",
+        "sbi-boot: SecureBoot enabled",
+        "sbi-hook: grub.cfg regenerated",
+    ] {
+        wait(&mut vm, &serial, "sbi-golden", started, marker);
+    }
+    // cloud-init's power_state reboot, after the first boot's final stage.
+    wait_exit(&mut vm, &serial, "sbi-golden", started);
+    let text = clean(&std::fs::read(&serial).unwrap());
+    // The second boot, through the regenerated grub.cfg and the reinstalled loaders.
+    let (mut vm, serial2) = boot("second");
+    for marker in [
+        "secureboot: Secure boot enabled",
+        "sbi-boot: SecureBoot enabled",
+    ] {
+        wait(&mut vm, &serial2, "sbi-golden", started, marker);
+    }
+    vm.stop();
+    for want in [
+        "sbi-esp: vfat",
+        "sbi-hook: update-grub=0",
+        "sbi-hook: grub-install=0",
+        "Found linux image: /boot/vmlinuz-",
+    ] {
+        assert!(
+            text.contains(want),
+            "sbi-golden: no {want:?} on the console"
+        );
+    }
+    let after = esp_files(&disk, &esp);
+    let names: Vec<&String> = after.keys().collect();
+    eprintln!("sbi-golden: ESP after grub-install: {names:?}");
+    // grub-install wrote Debian's own folder, and the removable path the firmware boots got
+    // the same shim and GRUB (--force-extra-removable from the image's debconf answers).
+    for (debian, removable) in [
+        ("EFI/DEBIAN/SHIMX64.EFI", "EFI/BOOT/BOOTX64.EFI"),
+        ("EFI/DEBIAN/GRUBX64.EFI", "EFI/BOOT/GRUBX64.EFI"),
+    ] {
+        let (Some(d), Some(r)) = (after.get(debian), after.get(removable)) else {
+            panic!("{debian} and {removable} on the ESP after grub-install: {names:?}");
+        };
+        assert!(d == r, "{removable} is grub-install's {debian}");
+    }
+    let chain = String::from_utf8_lossy(&after["EFI/DEBIAN/GRUB.CFG"]).into_owned();
+    assert!(
+        chain.contains(images::golden::layout::IDS.root_fs_uuid),
+        "grub-install's EFI/debian/grub.cfg finds the image's root: {chain}"
+    );
+    eprintln!("timing: total {:>6.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Every file on the ESP (partition `esp` of the raw disk `disk`), upper-case path → bytes.
+fn esp_files(
+    disk: &Path,
+    esp: &images::gpt::Partition,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(disk).unwrap();
+    f.seek(SeekFrom::Start(esp.first_byte)).unwrap();
+    let mut vol = vec![0u8; esp.len as usize];
+    f.read_exact(&mut vol).unwrap();
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(vol), fatfs::FsOptions::new()).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![(fs.root_dir(), String::new())];
+    while let Some((d, at)) = stack.pop() {
+        for e in d.iter() {
+            let e = e.unwrap();
+            // FAT names are case-insensitive, and mtools and the kernel store case differently.
+            let name = e.file_name().to_ascii_uppercase();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let path = if at.is_empty() {
+                name
+            } else {
+                format!("{at}/{name}")
+            };
+            if e.is_dir() {
+                stack.push((e.to_dir(), path));
+            } else {
+                let mut b = Vec::new();
+                e.to_file().read_to_end(&mut b).unwrap();
+                out.insert(path, b);
+            }
+        }
+    }
+    out
 }

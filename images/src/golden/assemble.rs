@@ -14,7 +14,15 @@ use std::process::{Command, Stdio};
 use super::layout::{self, MIB, SECTOR};
 
 pub const SYSLINUX_MBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
-pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+/// Debian's Secure Boot chain (packages shim-signed, grub-efi-amd64-signed), relative to a root:
+/// `/` for the stick (the build host's), the debootstrapped tree for the golden image (the
+/// very packages the node then upgrades). Shim, started as the removable-path
+/// EFI/BOOT/BOOTX64.EFI, loads `grubx64.efi` from its own folder (its DEFAULT_LOADER) — and
+/// would start the fallback `fbx64.efi` instead if it were there, which is why it is not.
+pub const SHIM: &str = "usr/lib/shim/shimx64.efi.signed";
+pub const GRUB: &str = "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
+/// Shim starts MokManager when a MOK change is pending (`mokutil --import`).
+pub const MOK_MANAGER: &str = "usr/lib/shim/mmx64.efi.signed";
 
 /// Timestamps of what syslinux (through mtools), mmd and mcopy write: 1980-01-01, the FAT epoch
 /// (mtools honours SOURCE_DATE_EPOCH), so the same inputs give the same ESP byte for byte.
@@ -34,8 +42,8 @@ fn io_ctx(ctx: impl Into<String>) -> impl FnOnce(io::Error) -> AssembleError {
     move |e| AssembleError::Io(ctx, e)
 }
 
-/// One ESP: FAT32 with syslinux (BIOS) and systemd-boot (UEFI) booting `kernel` + `initrd`
-/// with `cmdline`, plus `extra` files in the folder `extra_dir`.
+/// One ESP: FAT32 with syslinux (BIOS) booting `kernel` + `initrd` with `cmdline`, shim + GRUB
+/// (UEFI, Secure Boot or not) reading `grub_cfg`, plus `extra` files in the folder `extra_dir`.
 pub struct EspSpec<'a> {
     pub label: &'a str,
     /// FAT volume serial (8 hex digits).
@@ -47,8 +55,10 @@ pub struct EspSpec<'a> {
     /// same bytes.
     pub reproducible: bool,
     pub cmdline: &'a str,
-    /// The systemd-boot menu entry's title.
-    pub title: &'a str,
+    /// Where [`SHIM`], [`GRUB`] and [`MOK_MANAGER`] are.
+    pub loaders: &'a Path,
+    /// The signed GRUB's configuration, [`layout::GRUB_ESP_CFG`].
+    pub grub_cfg: &'a str,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub extra_dir: Option<&'a str>,
@@ -101,17 +111,12 @@ pub fn esp_steps(spec: &EspSpec, esp: &Path, files: &Path) -> EspSteps {
             ),
             "syslinux.cfg".into(),
         ),
-        (PathBuf::from(SYSTEMD_BOOT), "EFI/BOOT/BOOTX64.EFI".into()),
+        (spec.loaders.join(SHIM), "EFI/BOOT/BOOTX64.EFI".into()),
+        (spec.loaders.join(GRUB), "EFI/BOOT/grubx64.efi".into()),
+        (spec.loaders.join(MOK_MANAGER), "EFI/BOOT/mmx64.efi".into()),
         (
-            text("loader.conf", layout::loader_conf().as_bytes()),
-            "loader/loader.conf".into(),
-        ),
-        (
-            text(
-                "ironseed.conf",
-                layout::loader_entry(spec.title, spec.cmdline).as_bytes(),
-            ),
-            "loader/entries/ironseed.conf".into(),
+            text("grub.cfg", spec.grub_cfg.as_bytes()),
+            layout::GRUB_ESP_CFG.into(),
         ),
     ];
     if let Some(dir) = spec.extra_dir {
@@ -122,7 +127,7 @@ pub fn esp_steps(spec: &EspSpec, esp: &Path, files: &Path) -> EspSteps {
     let mut mmd = tool("mmd");
     mmd.arg("-i")
         .arg(esp)
-        .args(["::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"]);
+        .args(["::/EFI", "::/EFI/BOOT", "::/EFI/debian"]);
     if let Some(dir) = spec.extra_dir {
         mmd.arg(format!("::/{dir}"));
     }
@@ -229,11 +234,12 @@ mod tests {
         s.commands.iter().map(|c| format!("{c:?}")).collect()
     }
 
-    /// The golden image's ESP as `golden::build_in` made it before the assembly was shared
-    /// (the image's cache key hashes the recipe, not this code: a change here would change the
-    /// bytes behind an unchanged key).
+    /// The golden image's ESP exactly (the image's cache key hashes the recipe and a version
+    /// string, not this code: a change here must come with a new key in `golden::input_key`).
+    /// UEFI: shim as the removable path, the signed GRUB beside it, its grub.cfg at the prefix
+    /// baked into it; no fallback (fbx64.efi), which would make shim write NVRAM entries.
     #[test]
-    fn the_golden_esp_is_built_exactly_as_before() {
+    fn the_golden_esp_is_built_exactly() {
         let cmdline = layout::kernel_cmdline(&layout::IDS, &[]);
         let spec = EspSpec {
             label: "ESP",
@@ -242,7 +248,8 @@ mod tests {
             len: 128 * MIB,
             reproducible: false,
             cmdline: &cmdline,
-            title: "Debian 12",
+            loaders: Path::new("/w/root"),
+            grub_cfg: "chain\n",
             kernel: Path::new("/w/root/boot/vmlinuz-6.1"),
             initrd: Path::new("/w/root/boot/initrd.img-6.1"),
             extra_dir: None,
@@ -252,13 +259,14 @@ mod tests {
         let want = [
             r#""mkfs.vfat" "-F" "32" "-n" "ESP" "-i" "1E5EED01" "-h" "2048" "-C" "/w/esp.img" "131072""#,
             r#""syslinux" "--install" "/w/esp.img""#,
-            r#""mmd" "-i" "/w/esp.img" "::/EFI" "::/EFI/BOOT" "::/loader" "::/loader/entries""#,
+            r#""mmd" "-i" "/w/esp.img" "::/EFI" "::/EFI/BOOT" "::/EFI/debian""#,
             r#""mcopy" "-o" "-i" "/w/esp.img" "/w/root/boot/vmlinuz-6.1" "::/vmlinuz""#,
             r#""mcopy" "-o" "-i" "/w/esp.img" "/w/root/boot/initrd.img-6.1" "::/initrd.img""#,
             r#""mcopy" "-o" "-i" "/w/esp.img" "/w/esp-files/syslinux.cfg" "::/syslinux.cfg""#,
-            r#""mcopy" "-o" "-i" "/w/esp.img" "/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "::/EFI/BOOT/BOOTX64.EFI""#,
-            r#""mcopy" "-o" "-i" "/w/esp.img" "/w/esp-files/loader.conf" "::/loader/loader.conf""#,
-            r#""mcopy" "-o" "-i" "/w/esp.img" "/w/esp-files/ironseed.conf" "::/loader/entries/ironseed.conf""#,
+            r#""mcopy" "-o" "-i" "/w/esp.img" "/w/root/usr/lib/shim/shimx64.efi.signed" "::/EFI/BOOT/BOOTX64.EFI""#,
+            r#""mcopy" "-o" "-i" "/w/esp.img" "/w/root/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed" "::/EFI/BOOT/grubx64.efi""#,
+            r#""mcopy" "-o" "-i" "/w/esp.img" "/w/root/usr/lib/shim/mmx64.efi.signed" "::/EFI/BOOT/mmx64.efi""#,
+            r#""mcopy" "-o" "-i" "/w/esp.img" "/w/esp-files/grub.cfg" "::/EFI/debian/grub.cfg""#,
         ];
         assert_eq!(shown(&s), want);
         let texts: Vec<(String, Vec<u8>)> = s
@@ -273,22 +281,15 @@ mod tests {
                     "/w/esp-files/syslinux.cfg".to_string(),
                     layout::syslinux_cfg(&cmdline).into_bytes()
                 ),
-                (
-                    "/w/esp-files/loader.conf".to_string(),
-                    layout::loader_conf().as_bytes().to_vec()
-                ),
-                (
-                    "/w/esp-files/ironseed.conf".to_string(),
-                    layout::loader_entry("Debian 12", &cmdline).into_bytes()
-                ),
+                ("/w/esp-files/grub.cfg".to_string(), b"chain\n".to_vec()),
             ]
         );
     }
 
-    /// The stick's ESP as `stick::build` made it before the assembly was shared: fixed times
-    /// (the same node gives the same stick byte for byte), the plan and seed in their folder.
+    /// The stick's ESP: fixed times (the same node gives the same stick byte for byte), the
+    /// build host's shim and GRUB, the plan and seed in their folder.
     #[test]
-    fn the_stick_esp_is_built_exactly_as_before() {
+    fn the_stick_esp_is_built_exactly() {
         let spec = EspSpec {
             label: "IRONSEED",
             serial: "0A0B0C0D",
@@ -296,7 +297,8 @@ mod tests {
             len: 160 * MIB,
             reproducible: true,
             cmdline: "console=ttyS0",
-            title: "ironseed offline installer for n1",
+            loaders: Path::new("/"),
+            grub_cfg: "menu\n",
             kernel: Path::new("/k/vmlinuz"),
             initrd: Path::new("/k/initrd.img"),
             extra_dir: Some("ironseed"),
@@ -307,13 +309,14 @@ mod tests {
         let want: Vec<String> = [
             r#""mkfs.vfat" "-F" "32" "-n" "IRONSEED" "-i" "0A0B0C0D" "--invariant" "-h" "2048" "-C" "/w/esp.img" "163840""#,
             r#""syslinux" "--install" "/w/esp.img""#,
-            r#""mmd" "-i" "/w/esp.img" "::/EFI" "::/EFI/BOOT" "::/loader" "::/loader/entries" "::/ironseed""#,
+            r#""mmd" "-i" "/w/esp.img" "::/EFI" "::/EFI/BOOT" "::/EFI/debian" "::/ironseed""#,
             r#""mcopy" "-o" "-i" "/w/esp.img" "/k/vmlinuz" "::/vmlinuz""#,
             r#""mcopy" "-o" "-i" "/w/esp.img" "/k/initrd.img" "::/initrd.img""#,
             r#""mcopy" "-o" "-i" "/w/esp.img" "/w/esp-files/syslinux.cfg" "::/syslinux.cfg""#,
-            r#""mcopy" "-o" "-i" "/w/esp.img" "/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "::/EFI/BOOT/BOOTX64.EFI""#,
-            r#""mcopy" "-o" "-i" "/w/esp.img" "/w/esp-files/loader.conf" "::/loader/loader.conf""#,
-            r#""mcopy" "-o" "-i" "/w/esp.img" "/w/esp-files/ironseed.conf" "::/loader/entries/ironseed.conf""#,
+            r#""mcopy" "-o" "-i" "/w/esp.img" "/usr/lib/shim/shimx64.efi.signed" "::/EFI/BOOT/BOOTX64.EFI""#,
+            r#""mcopy" "-o" "-i" "/w/esp.img" "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed" "::/EFI/BOOT/grubx64.efi""#,
+            r#""mcopy" "-o" "-i" "/w/esp.img" "/usr/lib/shim/mmx64.efi.signed" "::/EFI/BOOT/mmx64.efi""#,
+            r#""mcopy" "-o" "-i" "/w/esp.img" "/w/esp-files/grub.cfg" "::/EFI/debian/grub.cfg""#,
             r#""mcopy" "-o" "-i" "/w/esp.img" "/w/esp-files/plan.json" "::/ironseed/plan.json""#,
             r#""mcopy" "-o" "-i" "/w/esp.img" "/w/esp-files/user-data" "::/ironseed/user-data""#,
         ]
@@ -330,13 +333,13 @@ mod tests {
             names,
             [
                 "/w/esp-files/syslinux.cfg",
-                "/w/esp-files/loader.conf",
-                "/w/esp-files/ironseed.conf",
+                "/w/esp-files/grub.cfg",
                 "/w/esp-files/plan.json",
                 "/w/esp-files/user-data"
             ]
         );
-        assert_eq!(s.texts[3].1, b"{}\n");
+        assert_eq!(s.texts[1].1, b"menu\n");
+        assert_eq!(s.texts[2].1, b"{}\n");
     }
 
     /// Holes for all-zero MiBs, data where it belongs, the full length counted.

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! LBA 0        protective MBR + syslinux gptmbr.bin (BIOS: chains the LegacyBIOSBootable partition)
-//! 1 MiB  p1    ESP, FAT32: vmlinuz, initrd, syslinux (BIOS), systemd-boot as BOOTX64.EFI (UEFI)
+//! 1 MiB  p1    ESP, FAT32: vmlinuz, initrd, syslinux (BIOS); Debian's signed shim as
+//!              EFI/BOOT/BOOTX64.EFI + signed GRUB beside it, EFI/debian/grub.cfg (UEFI, Secure Boot)
 //!        p2    cidata: 1 MiB slot, zero in the image; the installer writes the node's seed here
 //!        p3    root, ext4 with a fixed UUID, last so it can grow to the disk
 //! ```
@@ -155,20 +156,92 @@ pub fn syslinux_cfg(cmdline: &str) -> String {
     )
 }
 
-/// systemd-boot (UEFI) loader configuration and its one entry.
-pub fn loader_conf() -> &'static str {
-    "timeout 0\ndefault ironseed.conf\nconsole-mode keep\n"
+/// Where Debian's signed GRUB reads its configuration on the disk it was loaded from: the
+/// prefix `/EFI/debian` is baked into `grubx64.efi.signed` (its embedded `(memdisk)/grub.cfg`
+/// sources `$prefix/grub.cfg`, and only falls back to `$cmdpath/grub.cfg` when the prefix does
+/// not exist), so this path works whether shim started it from EFI/BOOT or EFI/debian.
+pub const GRUB_ESP_CFG: &str = "EFI/debian/grub.cfg";
+
+/// The ESP's `EFI/debian/grub.cfg` of an installed system, the same three lines `grub-install`
+/// writes there: find the root filesystem by UUID, then read its `/boot/grub/grub.cfg` (which
+/// `update-grub` rewrites on every kernel upgrade, so the ESP never holds a kernel path).
+pub fn grub_esp_chain(root_fs_uuid: &str) -> String {
+    format!(
+        "search.fs_uuid {root_fs_uuid} root\nset prefix=($root)'/boot/grub'\nconfigfile $prefix/grub.cfg\n"
+    )
 }
 
-pub fn loader_entry(title: &str, cmdline: &str) -> String {
-    format!("title {title}\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n")
+/// One GRUB menu that boots at once, on the monitor and serial port 0 (where tests and
+/// out-of-band consoles read). `root_fs_uuid`: search for the filesystem holding `kernel` and
+/// `initrd` (paths on it); without it they are on the device GRUB's prefix is on (the ESP).
+pub fn grub_cfg(
+    title: &str,
+    root_fs_uuid: Option<&str>,
+    kernel: &str,
+    initrd: &str,
+    cmdline: &str,
+) -> String {
+    let search = root_fs_uuid
+        .map(|u| format!("search --no-floppy --fs-uuid --set=root {u}\n"))
+        .unwrap_or_default();
+    // GRUB quotes: a title with ' would end the string early.
+    let title = title.replace('\'', "");
+    format!(
+        "set default=0\nset timeout=0\nserial --unit=0 --speed=115200\n\
+         terminal_input console serial\nterminal_output console serial\n{search}\
+         menuentry '{title}' {{\n  linux {kernel} {cmdline}\n  initrd {initrd}\n}}\n"
+    )
+}
+
+/// The root filesystem's `/boot/grub/grub.cfg` as the image ships it: kernel version `kver`
+/// from /boot. On the node, the first kernel upgrade's `update-grub` replaces it with Debian's
+/// generated one (from [`GRUB_DEFAULTS`]), which boots the same way.
+pub fn boot_grub_cfg(title: &str, ids: &Ids, kver: &str, cmdline: &str) -> String {
+    format!(
+        "# written by ironseed's golden image build; update-grub replaces it on kernel upgrades\n{}",
+        grub_cfg(
+            title,
+            Some(ids.root_fs_uuid),
+            &format!("/boot/vmlinuz-{kver}"),
+            &format!("/boot/initrd.img-{kver}"),
+            cmdline,
+        )
+    )
+}
+
+/// `/etc/default/grub.d/ironseed.cfg`: what `update-grub` on the node needs to generate a
+/// grub.cfg equivalent to [`boot_grub_cfg`] (it adds `root=UUID=` itself, probed from `/`).
+pub const GRUB_DEFAULTS: &str = "\
+# ironseed: boot at once, both consoles (as the image's own grub.cfg does).
+GRUB_TIMEOUT=0
+GRUB_CMDLINE_LINUX=\"console=tty0 console=ttyS0,115200\"
+GRUB_CMDLINE_LINUX_DEFAULT=\"\"
+GRUB_TERMINAL=\"console serial\"
+GRUB_SERIAL_COMMAND=\"serial --unit=0 --speed=115200\"
+GRUB_DISABLE_OS_PROBER=true
+";
+
+/// debconf answers for grub-efi-amd64 and shim-signed's postinst on the node: every upgrade
+/// re-runs `grub-install` into EFI/debian *and* the removable path EFI/BOOT (which is what the
+/// firmware boots: the image creates no NVRAM entry), and never writes NVRAM boot entries.
+pub const DEBCONF_SELECTIONS: &str = "\
+grub-efi-amd64 grub2/force_efi_extra_removable boolean true
+grub-efi-amd64 grub2/update_nvram boolean false
+";
+
+/// The FAT volume serial as `/dev/disk/by-uuid` and fstab spell it (`1E5E-ED01`).
+pub fn fat_uuid(serial: &str) -> String {
+    format!("{}-{}", &serial[..4], &serial[4..])
 }
 
 pub fn fstab(ids: &Ids) -> String {
     format!(
         "# written by ironseed's golden image build\n\
-         UUID={} / ext4 defaults,errors=remount-ro 0 1\n",
-        ids.root_fs_uuid
+         UUID={} / ext4 defaults,errors=remount-ro 0 1\n\
+         # grub-install (shim-signed and grub-efi-amd64 upgrades) refreshes the boot loaders here.\n\
+         UUID={} /boot/efi vfat umask=0077,nofail 0 0\n",
+        ids.root_fs_uuid,
+        fat_uuid(ids.esp_serial)
     )
 }
 
@@ -208,7 +281,34 @@ mod tests {
         assert!(c.starts_with("root=UUID=1e5eed00-0000-4000-8000-0000000000f3 rw"));
         assert!(c.ends_with("console=ttyS0,115200 quiet"));
         assert!(syslinux_cfg(&c).contains(&format!("APPEND {c}\n")));
-        assert!(loader_entry("x", &c).contains(&format!("options {c}\n")));
         assert!(fstab(&IDS).contains("UUID=1e5eed00-0000-4000-8000-0000000000f3 / ext4"));
+        assert!(fstab(&IDS).contains("UUID=1E5E-ED01 /boot/efi vfat"));
+    }
+
+    /// What the signed GRUB reads: the ESP's grub.cfg finds the root filesystem the image
+    /// creates (mkfs.ext4 -U) and the fstab mounts, and the root's grub.cfg boots the kernel
+    /// and initrd named by version, with the same root and consoles as syslinux.
+    #[test]
+    fn grub_finds_the_images_root_and_boots_its_kernel() {
+        assert_eq!(
+            grub_esp_chain(IDS.root_fs_uuid),
+            "search.fs_uuid 1e5eed00-0000-4000-8000-0000000000f3 root\n\
+             set prefix=($root)'/boot/grub'\nconfigfile $prefix/grub.cfg\n"
+        );
+        let c = kernel_cmdline(&IDS, &[]);
+        let g = boot_grub_cfg("Debian 12", &IDS, "6.1.0-41-amd64", &c);
+        assert!(g.contains(
+            "search --no-floppy --fs-uuid --set=root 1e5eed00-0000-4000-8000-0000000000f3\n"
+        ));
+        assert!(g.contains(&format!("  linux /boot/vmlinuz-6.1.0-41-amd64 {c}\n")));
+        assert!(g.contains("  initrd /boot/initrd.img-6.1.0-41-amd64\n"));
+        assert!(g.contains("set timeout=0\n"));
+        assert!(g.contains("terminal_output console serial\n"));
+        // update-grub's settings give the node the same consoles after a kernel upgrade.
+        assert!(GRUB_DEFAULTS.contains("GRUB_CMDLINE_LINUX=\"console=tty0 console=ttyS0,115200\""));
+        // The stick's: no search (GRUB's root is the ESP it was loaded from), no quote injection.
+        let s = grub_cfg("it's", None, "/vmlinuz", "/initrd.img", "x=1");
+        assert!(!s.contains("search"));
+        assert!(s.contains("menuentry 'its' {\n  linux /vmlinuz x=1\n  initrd /initrd.img\n}\n"));
     }
 }

@@ -3,9 +3,13 @@
 //! kernel cannot mount vfat, and a build host should not need to), then compressed with its
 //! sha256. The recipe: docs/reference.md "Golden image recipe", measured on this kind of machine.
 //!
+//! UEFI boots through Debian's own signed chain, installed in the image (so the node's upgrades
+//! refresh it): shim-signed's shim as EFI/BOOT/BOOTX64.EFI, grub-efi-amd64-signed's GRUB, the
+//! signed linux-image-amd64 kernel — Secure Boot on or off (docs/secure-boot.md "Installed OS").
+//!
 //! Needs root (debootstrap creates device nodes and files owned by other users; `chroot` runs
 //! update-initramfs) and Debian's debootstrap, dosfstools, mtools, syslinux, syslinux-common,
-//! systemd-boot-efi, e2fsprogs and fdisk.
+//! e2fsprogs and fdisk.
 //!
 //! Nothing reaches the artifacts folder before the image is complete and hashed: the work
 //! happens in a separate folder, the compressed image is written to `images/.partial/` and
@@ -75,7 +79,14 @@ pub const DEBIAN_12: Recipe = Recipe {
     suite: "bookworm",
     description: "Debian 12 (bookworm) k3s node: cloud-init (NoCloud), BIOS+UEFI boot, Longhorn/NFS prerequisites",
     packages: &[
+        // The signed kernel (linux-image-<abi>-amd64 is built from linux-signed-amd64; the
+        // unsigned build is the -unsigned package), and the Secure Boot chain: shim-signed's
+        // and grub-efi-amd64's postinst re-run grub-install on upgrades, grub2-common's kernel
+        // hook (zz-update-grub) rewrites /boot/grub/grub.cfg on kernel upgrades.
         "linux-image-amd64",
+        "grub-efi-amd64",
+        "grub-efi-amd64-signed",
+        "shim-signed",
         "systemd-sysv",
         "udev",
         "kmod",
@@ -128,6 +139,11 @@ pub const DEBIAN_12: Recipe = Recipe {
             "etc/initramfs-tools/conf.d/ironseed",
             0o644,
             "MODULES=list\n",
+        ),
+        (
+            "etc/default/grub.d/ironseed.cfg",
+            0o644,
+            layout::GRUB_DEFAULTS,
         ),
         ("etc/hostname", 0o644, "localhost\n"),
         (
@@ -276,7 +292,9 @@ fn sha256_file(p: &Path) -> io::Result<String> {
 /// Debian point release) are not in it; `--force` rebuilds.
 pub fn input_key(r: &Recipe, o: &BuildOptions) -> io::Result<String> {
     let mut h = Sha256::new();
-    h.update(format!("ironseed-golden-v1\n{r:?}\n{}\n", o.mirror));
+    // v2: the UEFI boot chain became shim + signed GRUB (the ESP is built by code, not recipe).
+    h.update(format!("ironseed-golden-v2\n{r:?}\n{}\n", o.mirror));
+    h.update(layout::DEBCONF_SELECTIONS);
     h.update(if o.nonfree {
         "nonfree\n"
     } else {
@@ -308,7 +326,6 @@ const NEEDS: &[(&str, &str)] = &[
     ("/usr/bin/mmd", "mtools"),
     ("/usr/bin/syslinux", "syslinux"),
     (assemble::SYSLINUX_MBR, "syslinux-common"),
-    (assemble::SYSTEMD_BOOT, "systemd-boot-efi"),
 ];
 
 fn check_host() -> Result<(), GoldenError> {
@@ -535,6 +552,21 @@ fn build_in(
             0o755,
         )?;
     }
+    // Answers for the grub/shim postinst scripts of the node's future upgrades (the build's
+    // own run of them, in a chroot without /sys/firmware/efi, installs nothing).
+    write_file(
+        &root,
+        "tmp/ironseed-debconf",
+        0o644,
+        layout::DEBCONF_SELECTIONS.as_bytes(),
+    )?;
+    run(
+        Command::new("chroot")
+            .arg(&root)
+            .args(["debconf-set-selections", "/tmp/ironseed-debconf"]),
+        on,
+    )?;
+    let _ = fs::remove_file(root.join("tmp/ironseed-debconf"));
     run(
         Command::new("chroot")
             .arg(&root)
@@ -571,9 +603,37 @@ fn build_in(
             .ok_or_else(|| GoldenError::Tree(format!("no /boot/{prefix}* (linux-image missing?)")))
     };
     let (kernel, initrd) = (pick("vmlinuz-")?, pick("initrd.img-")?);
-
-    next(on, "EFI system partition (syslinux + systemd-boot)");
+    let kver = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .unwrap_or_default()
+        .to_string();
+    if !initrd.ends_with(format!("initrd.img-{kver}")) {
+        return Err(GoldenError::Tree(format!(
+            "kernel {} and initrd {} differ in version",
+            kernel.display(),
+            initrd.display()
+        )));
+    }
+    for rel in [assemble::SHIM, assemble::GRUB, assemble::MOK_MANAGER] {
+        if !root.join(rel).exists() {
+            return Err(GoldenError::Tree(format!(
+                "no /{rel} (shim-signed, grub-efi-amd64-signed missing?)"
+            )));
+        }
+    }
     let cmdline = layout::kernel_cmdline(&IDS, &[]);
+    // The fstab's ESP mount point: grub-install on upgrades writes there.
+    fs::create_dir_all(root.join("boot/efi")).map_err(io_ctx("creating /boot/efi"))?;
+    write_file(
+        &root,
+        "boot/grub/grub.cfg",
+        0o644,
+        layout::boot_grub_cfg(r.description, &IDS, &kver, &cmdline).as_bytes(),
+    )?;
+
+    next(on, "EFI system partition (syslinux + shim/GRUB)");
     let esp_len = 128 * MIB;
     let esp = assemble::build_esp(
         &assemble::EspSpec {
@@ -584,7 +644,8 @@ fn build_in(
             len: esp_len,
             reproducible: false,
             cmdline: &cmdline,
-            title: r.description,
+            loaders: &root,
+            grub_cfg: &layout::grub_esp_chain(IDS.root_fs_uuid),
             kernel: &kernel,
             initrd: &initrd,
             extra_dir: None,
