@@ -36,6 +36,19 @@ pub fn skip(why: &str) -> bool {
     ci::skip(why)
 }
 
+/// `tests/run` runs the VM tests (`pxe/tests/vm_*.rs`) after the rest of the suite, two test
+/// binaries at a time (each keeps about one core busy with TCG, and `cargo test` runs binaries
+/// one after another): in its first pass it sets `IRONSEED_VM_DEFERRED=1` and every VM test
+/// returns at once, then it runs each `vm_*` binary with the variable unset. Not a skip: the
+/// second pass runs them all, under CI too.
+pub fn vm_deferred(test: &str) -> bool {
+    let deferred = std::env::var_os("IRONSEED_VM_DEFERRED").is_some_and(|v| v == "1");
+    if deferred {
+        eprintln!("DEFERRED: {test}: tests/run runs it in its VM pass");
+    }
+    deferred
+}
+
 /// True if `bin` is on PATH, else [`skip`].
 pub fn require_bin(bin: &str) -> bool {
     let found = std::env::var_os("PATH")

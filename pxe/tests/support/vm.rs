@@ -39,6 +39,9 @@ pub const IPXE_DIR: &str = "/usr/lib/ipxe";
 /// Root, `ip netns`, qemu, the firmware files and dnsmasq. Missing → loud skip, or a failure
 /// under CI.
 pub fn capable(test: &str) -> bool {
+    if super::vm_deferred(test) {
+        return false;
+    }
     let ok = |prog: &str, arg: &str| {
         Command::new(prog)
             .arg(arg)
@@ -849,6 +852,12 @@ pub fn static_installer() -> PathBuf {
 pub fn artifacts() -> PathBuf {
     let cache = cache_dir();
     std::fs::create_dir_all(&cache).unwrap();
+    // tests/run runs two VM test binaries at once: one builds (or checks) the cache while the
+    // other waits, instead of both debootstrapping into the same work folder.
+    let lock = std::fs::File::create(cache.join(".build-lock")).unwrap();
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("locking the e2e cache");
     let t = Instant::now();
     run(Command::new(builder_bin())
         .args(["images", "build", "debian-12", "--artifacts"])
