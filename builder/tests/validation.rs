@@ -179,8 +179,8 @@ fn vip_inside_dhcp_pool() {
 
 /// `secure_boot` nodes (the two OptiPlex: their profile's default) and no `dhcp_pool` warn,
 /// naming the nodes and both fixes: in pxe's default proxy mode Debian's signed GRUB never finds
-/// its config (docs/secure-boot.md "DHCP mode"). With a pool (the default inventory), or with
-/// no `secure_boot` node, nothing is said.
+/// its config (docs/secure-boot.md "Network boot", its DHCP mode paragraph). With a pool (the
+/// default inventory), or with no `secure_boot` node, nothing is said.
 #[test]
 fn secure_boot_nodes_without_a_dhcp_pool_warn_about_proxy_mode() {
     let pool = "  dhcp_pool:\n    start: 10.0.20.200\n    end: 10.0.20.249\n";

@@ -119,8 +119,8 @@ pub(super) fn cross_checks(
 /// unknown machines, so an inventory without one is almost always served in proxy mode beside
 /// the router. There Debian's signed GRUB 2.06 takes its TFTP server from the firmware's DHCP
 /// ACK only (the router's, whose next-server is not pxe) and stops at `grub>`
-/// (docs/secure-boot.md "DHCP mode"). `--dhcp full` without a pool works too (inventory nodes
-/// get their own addresses), so this is a warning, never an error.
+/// (docs/secure-boot.md "Network boot", its DHCP mode paragraph). `--dhcp full` without a pool
+/// works too (inventory nodes get their own addresses), so this is a warning, never an error.
 pub(super) fn secure_boot_dhcp(
     c: &mut Ctx,
     raw: &RawInventory,
