@@ -177,6 +177,56 @@ fn vip_inside_dhcp_pool() {
     error(&d, "cluster.api.vip", "inside the DHCP pool");
 }
 
+/// `secure_boot` nodes (the two OptiPlex: their profile's default) and no `dhcp_pool` warn,
+/// naming the nodes and both fixes: in pxe's default proxy mode Debian's signed GRUB never finds
+/// its config (docs/secure-boot.md "Network boot", its DHCP mode paragraph). With a pool (the
+/// default inventory), or with no `secure_boot` node, nothing is said.
+#[test]
+fn secure_boot_nodes_without_a_dhcp_pool_warn_about_proxy_mode() {
+    let pool = "  dhcp_pool:\n    start: 10.0.20.200\n    end: 10.0.20.249\n";
+    let d = check(&mutate(pool, ""));
+    assert!(!d.has_errors(), "{}", d.render(&|_| None));
+    let w: Vec<_> = d
+        .warnings()
+        .filter(|w| w.path == "network.dhcp_pool")
+        .collect();
+    assert_eq!(w.len(), 1, "{}", d.render(&|_| None));
+    let m = &w[0].message;
+    for want in [
+        "--dhcp proxy",
+        "grub>",
+        "pxe serve --dhcp full",
+        "next-server",
+        "10.0.20.5",
+        "k3s1, k3s2",
+    ] {
+        assert!(m.contains(want), "{want:?} in {m}");
+    }
+    let subnet = DEFAULT_INVENTORY
+        .lines()
+        .position(|l| l.starts_with("  subnet:"))
+        .unwrap();
+    assert_eq!(
+        w[0].span.line as usize,
+        subnet + 1,
+        "at network.subnet: {}",
+        w[0].span
+    );
+
+    // Both OptiPlex with Secure Boot off: no warning.
+    let text = mutate(pool, "").replace(
+        "    profile: optiplex\n",
+        "    profile: optiplex\n    secure_boot: false\n",
+    );
+    let d = check(&text);
+    assert!(!d.has_errors(), "{}", d.render(&|_| None));
+    assert!(
+        !d.warnings().any(|w| w.path == "network.dhcp_pool"),
+        "{}",
+        d.render(&|_| None)
+    );
+}
+
 fn with_servers(n: usize) -> String {
     let mut text = DEFAULT_INVENTORY.to_string();
     // Turn servers into agents from the end until `n` remain (3 servers in the default).

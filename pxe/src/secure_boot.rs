@@ -93,18 +93,45 @@ pub fn grub_config(script: Script, install: Option<InstallBoot<'_>>) -> String {
                 args = args.join(" "),
             )
         }
-        // Local boot: back to shim and the firmware, which boots the next entry (the disk).
-        // `exit 1`, not `exit`: a success status strands OVMF in its boot menu (as with iPXE).
-        (Script::Install | Script::Local, _) => "# ironseed: installed; boot the local disk\n\
+        // Local boot: chainload the installed disk's shim (Microsoft-signed, so shim's
+        // verifier and the firmware's LoadImage both accept it; shim supports being started
+        // by another shim's GRUB). `set root` first: GRUB 2.06's chainloader gives the image
+        // the device path of `$root`, not of the file, and the disk's shim looks for its GRUB
+        // on that device (with the network's, "Failed to find fs: Unsupported"). Not `exit`: Debian's GRUB 2.06 exits with EFI_SUCCESS
+        // whatever its argument, shim passes that on, and EDK2's BDS answers a successful
+        // boot option with its boot menu instead of the next entry (seen on OVMF).
+        (Script::Install | Script::Local, _) => format!(
+            "# ironseed: installed; boot the local disk\n\
              echo 'ironseed: booting from local disk'\n\
-             exit 1\n"
-            .into(),
+             search --no-floppy --fs-uuid --set=esp {esp}\n\
+             if [ -n \"$esp\" ]; then\n\
+             \x20 set root=$esp\n\
+             \x20 chainloader {LOCAL_SHIM}\n\
+             \x20 boot\n\
+             fi\n\
+             echo 'ironseed: cannot boot {LOCAL_SHIM} of an ironseed ESP ({esp}); trying the next boot device'\n\
+             sleep 5\n\
+             exit 1\n",
+            esp = esp_fs_uuid(),
+        ),
         (Script::Unknown, _) => "# ironseed: not in the inventory; nothing is installed\n\
              echo 'ironseed: this MAC is not in the inventory; not installing'\n\
              sleep 3\n\
              exit 1\n"
             .into(),
     }
+}
+
+/// The installed disk's shim: the removable path of the golden image's ESP, the file the
+/// firmware itself boots (docs/secure-boot.md "Installed OS").
+pub const LOCAL_SHIM: &str = "/EFI/BOOT/BOOTX64.EFI";
+
+/// The golden image's ESP as GRUB's `search --fs-uuid` names a FAT volume: its serial as
+/// `xxxx-xxxx` (grub-core/fs/fat.c). The image is written as it is, so every installed node's
+/// ESP has it.
+pub fn esp_fs_uuid() -> String {
+    let s = images::golden::layout::IDS.esp_serial.to_ascii_lowercase();
+    format!("{}-{}", &s[..4], &s[4..])
 }
 
 /// One GRUB word: single quotes keep `$`, `;`, spaces and `#` literal; a `'` is `'\''`.
@@ -281,6 +308,18 @@ mod tests {
             assert!(c.contains("exit 1"), "{script:?}: {c}");
         }
         assert!(install(&[]).contains("0123abcd"));
+    }
+
+    /// Local boot chainloads the installed ESP's shim, found by the golden image's FAT serial;
+    /// only when no such ESP exists does it hand back to the firmware.
+    #[test]
+    fn local_boot_chainloads_the_installed_shim() {
+        assert_eq!(esp_fs_uuid(), "1e5e-ed01");
+        let c = grub_config(Script::Local, None);
+        let want = "search --no-floppy --fs-uuid --set=esp 1e5e-ed01\n\
+                    if [ -n \"$esp\" ]; then\n  set root=$esp\n  chainloader /EFI/BOOT/BOOTX64.EFI\n  boot\nfi\n";
+        assert!(c.contains(want), "{c}");
+        assert!(c.find(want) < c.find("exit 1"), "{c}");
     }
 
     /// Kernel arguments from the inventory cannot run GRUB commands or expand variables.

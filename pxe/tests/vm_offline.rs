@@ -44,7 +44,7 @@ struct Node {
     mac: &'static str,
     ip: &'static str,
     fw: Firmware,
-    /// UEFI with Secure Boot enforced ([`OVMF_CODE_SB`]).
+    /// UEFI with Secure Boot enforced ([`OVMF_CODE_MS`]).
     secure_boot: bool,
 }
 
@@ -70,11 +70,6 @@ const UEFI_SB: Node = Node {
     ..UEFI
 };
 
-/// OVMF built with Secure Boot and SMM (the .ms variant's variables have Microsoft's KEK and
-/// db enrolled and Secure Boot on): the firmware of a retail machine with Secure Boot enabled.
-const OVMF_CODE_SB: &str = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
-const OVMF_VARS_SB: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
-
 /// The boot loaders the stick takes from this machine (the golden image takes its own).
 const LOADERS: [(&str, &str); 3] = [
     ("/usr/lib/shim/shimx64.efi.signed", "shim-signed"),
@@ -87,22 +82,11 @@ const LOADERS: [(&str, &str); 3] = [
 
 /// The firmware's qemu arguments; `vars` is the VM's own copy of the variable store.
 fn firmware_args(cmd: &mut Command, fw: Firmware, secure_boot: bool, vars: &Path) {
-    if !secure_boot {
-        return machine_args(cmd, fw, vars);
+    if secure_boot {
+        secure_boot_machine_args(cmd, vars)
+    } else {
+        machine_args(cmd, fw, vars)
     }
-    // The Secure Boot build requires SMM, and its variable store must be writable only from
-    // SMM (otherwise the OS could rewrite db): q35 with smm=on and a "secure" flash.
-    cmd.args(["-machine", "q35,smm=on,accel=tcg"])
-        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SB}"
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ));
 }
 
 /// The kernel's own verdict (arch/x86/kernel/setup.c → `secureboot: Secure boot enabled`).
@@ -148,8 +132,8 @@ fn capable(test: &str, uefi: bool) -> bool {
         files.extend([
             (OVMF_CODE, "ovmf"),
             (OVMF_VARS, "ovmf"),
-            (OVMF_CODE_SB, "ovmf"),
-            (OVMF_VARS_SB, "ovmf"),
+            (OVMF_CODE_MS, "ovmf"),
+            (OVMF_VARS_MS, "ovmf"),
         ]);
     }
     for (f, pkg) in files {
@@ -257,7 +241,7 @@ fn start_vm(dir: &Path, n: &Node, stick: &Path, install: bool) -> (Proc, PathBuf
     let vars = dir.join(format!("{}.vars.fd", n.tag));
     if n.fw == Firmware::Uefi && install {
         let template = if n.secure_boot {
-            OVMF_VARS_SB
+            OVMF_VARS_MS
         } else {
             OVMF_VARS
         };
@@ -593,7 +577,7 @@ fn the_golden_image_boots_with_secure_boot_on_before_and_after_debians_boot_load
     );
 
     let vars = dir.join("sbi.vars.fd");
-    std::fs::copy(OVMF_VARS_SB, &vars).unwrap();
+    std::fs::copy(OVMF_VARS_MS, &vars).unwrap();
     // One qemu per boot, the same disk and NVRAM: the guest's reboot ends the first
     // (`-no-reboot`) and the second starts cold, as vm_offline's two runs do (a warm reset of
     // the SMM Secure Boot firmware under TCG hung here after BdsDxe, before shim printed anything).

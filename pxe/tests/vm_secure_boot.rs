@@ -8,10 +8,17 @@
 //!   same TFTP server, GRUB reads `grub/grub.cfg` and the node's `grub/node/<mac>.cfg` from
 //!   pxe, then Debian's signed kernel and the initramfs over TFTP; the kernel says `Secure
 //!   boot enabled`; the installer writes the image, reports Secure Boot on with `installing`
-//!   (timeline) and reaches `installed`. Booted again, the node gets the local-boot config
-//!   (`ironseed: booting from local disk`) and GRUB hands back to the firmware.
-//!   The E2E stops there: the installed disk boots systemd-boot, which Secure Boot refuses until
-//!   the golden image boots through shim (issue 16 item 2, another branch).
+//!   (timeline) and reaches `installed`. The installer's reboot ends qemu (`-no-reboot`) and
+//!   the machine is power-cycled: a new qemu on the same disk and the same copy of the
+//!   firmware's variables (a warm reset of this firmware under TCG hangs before shim; see
+//!   `support::vm::secure_boot_machine_args`). It network-boots again, gets the local-boot
+//!   config (`ironseed: booting from local disk`), and the network GRUB chainloads the
+//!   installed disk's shim (`EFI/BOOT/BOOTX64.EFI`, found by the image's ESP serial) → the
+//!   disk's signed GRUB → the image's signed kernel, which says `Secure boot enabled`, with
+//!   Secure Boot still enforced. (Handing back to the firmware with GRUB's `exit` stopped in
+//!   OVMF's boot menu: Debian's GRUB 2.06 always exits with success.) cloud-init's first boot then posts the node's reports: the timeline gets a
+//!   `secure-boot` entry saying `on` and no `secure-boot-off` warning, and the node reaches
+//!   `booted`.
 //! - Negative, in parallel: a machine not in the inventory under the same firmware gets
 //!   `snponly.efi` (unsigned iPXE) and the firmware refuses it (`Access Denied` on the console:
 //!   the test firmware really enforces); pxe then reports it in `/metrics`
@@ -226,28 +233,97 @@ fn secure_boot_netboot_installs_through_shim_grub_and_the_signed_kernel() {
     );
     drop(vms);
 
-    // Phase 2: the installed node boots the network again and is sent to its disk by GRUB.
+    // Phase 2: the installed node, power-cycled, boots the network again and GRUB chainloads
+    // its disk's shim: the installed system boots through shim, Secure Boot on.
     let p2 = Instant::now();
     let mut o = VmOpts::new(Firmware::Uefi, "vmttap0", NODE_MAC);
     o.secure_boot = true;
     o.reuse_disk = true;
     o.disk_size = 4 << 30;
     o.mem_mb = 1024;
+    o.smp = 2;
+    let local = "ironseed: booting from local disk";
     let mut again = Vm::start_with(&lab, &dir, "sb-local", &o);
-    again.wait("ironseed: booting from local disk");
+    again.wait(local);
+    again.wait_after(local, "secureboot: Secure boot enabled");
+    again.wait_after(local, &format!("ironseed: {NODE} finished first boot"));
     eprintln!("timing: phase 2 {:>6.1} s", p2.elapsed().as_secs_f64());
-    again.proc.stop();
-    assert_eq!(
-        states(&ns)[NODE],
-        "installed",
-        "local boot changes no state"
-    );
     let log = clean(&std::fs::read(&pxe_log).unwrap());
     assert!(
         log.lines().any(|l| l.contains("grub config")
             && l.contains(&format!("mac={NODE_MAC}"))
             && l.contains("decision=\"local\"")),
         "pxe served the local GRUB config; log:\n{log}"
+    );
+    let serial = again.serial_text();
+    let booted = &serial[serial.find(local).unwrap()..];
+    // The installed system, not the installer again: its kernel under Secure Boot, then
+    // cloud-init's first boot with this node's seed.
+    let mut at = 0;
+    for want in [
+        "EFI stub: UEFI Secure Boot is enabled.",
+        "secureboot: Secure boot enabled",
+        &format!("ironseed-firstboot: node={NODE} "),
+        &format!("ironseed: {NODE} finished first boot"),
+    ] {
+        match booted[at..].find(want) {
+            Some(i) => at += i + want.len(),
+            None => panic!("{want:?} missing (in this order) after {local:?}:\n{booted}"),
+        }
+    }
+    assert!(
+        !booted.contains("ironseed-installer"),
+        "the disk booted, not the installer:\n{booted}"
+    );
+    assert_eq!(summary(&serial, NODE)["hostname"], NODE);
+
+    // The installed OS's own report (firstboot.sh reads efivars' SecureBoot): on, and so no
+    // secure-boot-off warning. phone_home at the end of cloud-init's run makes it `booted`.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let node = loop {
+        let n = nodes(&ns)
+            .into_iter()
+            .find(|n| n["hostname"] == NODE)
+            .unwrap();
+        let has = |e: &str| {
+            n["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["event"] == e)
+        };
+        if n["state"] == "booted" && has("secure-boot") {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{NODE} never reported its first boot and Secure Boot state: {n:#}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    again.proc.stop();
+    let timeline = node["timeline"].as_array().unwrap();
+    let sb: Vec<&str> = timeline
+        .iter()
+        .filter(|t| t["event"] == "secure-boot")
+        .map(|t| t["detail"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        sb,
+        ["on"],
+        "the installed OS reports Secure Boot on: {timeline:?}"
+    );
+    assert!(
+        !timeline.iter().any(|t| t["event"] == "note"
+            && t["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("secure-boot-off"))),
+        "no secure-boot-off warning: {timeline:?}"
+    );
+    let log = clean(&std::fs::read(&pxe_log).unwrap());
+    assert!(
+        !log.contains("reports Secure Boot off"),
+        "no Secure Boot warning in pxe's log:\n{log}"
     );
     eprintln!("timing: total {:>6.1} s", t0.elapsed().as_secs_f64());
 }

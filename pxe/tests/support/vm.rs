@@ -468,6 +468,30 @@ pub fn machine_args(cmd: &mut Command, fw: Firmware, vars: &Path) {
     }
 }
 
+/// The qemu machine of a retail UEFI machine with Secure Boot on: OVMF's `.ms` build
+/// ([`OVMF_CODE_MS`], read-only) and `vars`, the machine's own copy of [`OVMF_VARS_MS`]
+/// (Microsoft's KEK and db enrolled, Secure Boot enforced), kept across its power cycles. TCG,
+/// as [`machine_args`]. The Secure Boot build requires SMM, and its variable store must be
+/// writable only from SMM (otherwise the OS could rewrite db): q35 with `smm=on` and a "secure"
+/// flash; without them it does not start.
+///
+/// Power-cycle such a machine (`-no-reboot`, then a new qemu on the same disk and `vars`)
+/// rather than letting it reboot: a warm reset of this firmware under TCG hung after BdsDxe,
+/// before shim printed anything (vm_offline.rs, vm_secure_boot.rs).
+pub fn secure_boot_machine_args(cmd: &mut Command, vars: &Path) {
+    cmd.args(["-machine", "q35,accel=tcg,smm=on"])
+        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_MS}"
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ));
+}
+
 /// One VM: fresh blank disk, NIC first (bootindex 1), disk second, serial to a file.
 pub struct Vm {
     pub name: String,
@@ -575,19 +599,7 @@ impl Vm {
                 if !vars.exists() {
                     std::fs::copy(OVMF_VARS_MS, &vars).unwrap();
                 }
-                // Secure Boot variables are writable only from SMM: without it OVMF's .ms
-                // build does not start.
-                cmd.args(["-machine", "q35,accel=tcg,smm=on"])
-                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
-                    .arg("-drive")
-                    .arg(format!(
-                        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_MS}"
-                    ))
-                    .arg("-drive")
-                    .arg(format!(
-                        "if=pflash,format=raw,unit=1,file={}",
-                        vars.display()
-                    ));
+                secure_boot_machine_args(&mut cmd, &vars);
                 cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"])
                     .args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"]);
                 nic.push_str(",romfile=");

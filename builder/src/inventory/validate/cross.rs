@@ -114,6 +114,44 @@ pub(super) fn cross_checks(
     }
 }
 
+/// `secure_boot` nodes and no `network.dhcp_pool`: a warning. pxe's DHCP mode is its own
+/// `--dhcp` flag (default `proxy`), not the inventory's; the pool is what `--dhcp full` hands
+/// unknown machines, so an inventory without one is almost always served in proxy mode beside
+/// the router. There Debian's signed GRUB 2.06 takes its TFTP server from the firmware's DHCP
+/// ACK only (the router's, whose next-server is not pxe) and stops at `grub>`
+/// (docs/secure-boot.md "Network boot", its DHCP mode paragraph). `--dhcp full` without a pool
+/// works too (inventory nodes get their own addresses), so this is a warning, never an error.
+pub(super) fn secure_boot_dhcp(
+    c: &mut Ctx,
+    raw: &RawInventory,
+    net: &Network,
+    app: &Appliance,
+    nodes: &[Node],
+) {
+    if net.dhcp_pool.is_some() {
+        return;
+    }
+    let sb: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.secure_boot)
+        .map(|n| n.hostname.as_str())
+        .collect();
+    // Last in the message: a long list is what gets clipped, not the fixes.
+    let named = match sb.len() {
+        0 => return,
+        1..=3 => sb.join(", "),
+        n => format!("{} and {} more", sb[..3].join(", "), n - 3),
+    };
+    c.warn(
+        &raw.network.subnet,
+        "network.dhcp_pool",
+        format!(
+            "secure_boot nodes and no dhcp_pool: when pxe runs in its default `--dhcp proxy` mode, Debian's signed GRUB asks the router's next-server for its config and stops at `grub>`; run `pxe serve --dhcp full` (add a dhcp_pool if other machines need addresses from it), or set the router's next-server (TFTP server) to the appliance, {}. Nodes with secure_boot: {named}",
+            app.ip
+        ),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use crate::inventory::{self, DEFAULT_INVENTORY, ProfileSet};

@@ -15,7 +15,7 @@ use super::raw::*;
 use crate::diag::Diagnostics;
 
 use cluster::{cluster, os, ssh};
-use cross::cross_checks;
+use cross::{cross_checks, secure_boot_dhcp};
 use network::{appliance, network};
 use nfs::nfs;
 use nodes::nodes;
@@ -87,6 +87,7 @@ pub fn validate(
     let nfs = nfs(&mut c, raw, &nodes, &keys, network.as_ref());
     if let (Some(net), Some(cl), Some(app)) = (&network, &cluster, &appliance) {
         cross_checks(&mut c, raw, net, cl, app, &keys);
+        secure_boot_dhcp(&mut c, raw, net, app, &nodes);
     }
     if c.d.has_errors() {
         return None;
