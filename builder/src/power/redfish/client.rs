@@ -103,7 +103,7 @@ impl Client {
                 builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(Pinned {
-                        expected: fp.clone(),
+                        expected: Some(fp.clone()),
                         seen: seen.clone(),
                         algs,
                     }))
@@ -120,7 +120,11 @@ impl Client {
             Trust::Insecure => (
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AnyCertificate { algs }))
+                    .with_custom_certificate_verifier(Arc::new(Pinned {
+                        expected: None,
+                        seen: seen.clone(),
+                        algs,
+                    }))
                     .with_no_client_auth(),
                 None,
             ),
@@ -257,13 +261,14 @@ fn load_ca(path: &Path) -> Result<RootCertStore, RedfishError> {
     Ok(roots)
 }
 
-/// Accepts exactly the leaf certificate whose SHA-256 is pinned. Name and dates are not
-/// checked — the pin is the trust decision (an iDRAC's self-signed certificate names
+/// Accepts exactly the leaf certificate whose SHA-256 is pinned, or with `expected: None`
+/// (`insecure_tls: true`, which the operator wrote down) any certificate. Name and dates are
+/// not checked — the pin is the trust decision (an iDRAC's self-signed certificate names
 /// `idrac-SVCTAG`, not the address builder uses) — but the handshake signature still is, so
 /// only the holder of that certificate's key gets through.
 #[derive(Debug)]
 struct Pinned {
-    expected: String,
+    expected: Option<String>,
     seen: Arc<Mutex<Option<String>>>,
     algs: WebPkiSupportedAlgorithms,
 }
@@ -278,7 +283,7 @@ impl ServerCertVerifier for Pinned {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let fp = sha256_hex(end_entity);
-        let ok = fp == self.expected;
+        let ok = self.expected.as_ref().is_none_or(|e| *e == fp);
         if let Ok(mut s) = self.seen.lock() {
             *s = Some(fp);
         }
@@ -289,44 +294,6 @@ impl ServerCertVerifier for Pinned {
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
         }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-/// `insecure_tls: true`: any certificate (the operator wrote it down).
-#[derive(Debug)]
-struct AnyCertificate {
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
