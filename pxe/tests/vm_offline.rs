@@ -319,13 +319,7 @@ fn blank_vms_install_themselves_from_their_offline_sticks_and_boot_as_their_node
         .prefix("vm_offline-")
         .tempdir()
         .unwrap();
-    let dir = if std::env::var_os("IRONSEED_VM_KEEP").is_some() {
-        let p = tmp.keep();
-        eprintln!("keeping {}", p.display());
-        p
-    } else {
-        tmp.path().to_owned()
-    };
+    let (dir, _tmp_guard) = lab_dir(tmp);
     let artifacts = shared_artifacts();
     let bundle = dir.join("bundle");
     render_bundle(&bundle);
@@ -516,13 +510,7 @@ fn the_golden_image_boots_with_secure_boot_on_before_and_after_debians_boot_load
         .prefix("vm_offline-sbi-")
         .tempdir()
         .unwrap();
-    let dir = if std::env::var_os("IRONSEED_VM_KEEP").is_some() {
-        let p = tmp.keep();
-        eprintln!("keeping {}", p.display());
-        p
-    } else {
-        tmp.path().to_owned()
-    };
+    let (dir, _tmp_guard) = lab_dir(tmp);
     let artifacts = shared_artifacts();
     let disk = dir.join("golden.raw");
     run(Command::new("zstd")

@@ -63,20 +63,8 @@ fn pxe_serve_boots_real_firmware() {
         .tempdir()
         .unwrap();
     // IRONSEED_VM_KEEP=1 keeps the serial consoles and the pxe/dnsmasq logs for a post-mortem,
-    // failed run or not.
-    let (dir, _tmp_guard) = if std::env::var_os("IRONSEED_VM_KEEP").is_some() {
-        let p = tmp.keep();
-        eprintln!("keeping {}", p.display());
-        (p, None)
-    } else {
-        (tmp.path().to_owned(), Some(tmp))
-    };
-    // pxe serve drops root to `ironseed` after binding and then reads the bundle and writes
-    // its state dir (which it chowns): the path to both must be traversable.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.as_path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    // failed run or not; the folder is traversable by pxe serve after it drops root.
+    let (dir, _tmp_guard) = lab_dir(tmp);
     let bundle = dir.as_path().join("bundle");
     render_bundle(&bundle);
     eprintln!("timing: render {:>6.1} s", t0.elapsed().as_secs_f64());
