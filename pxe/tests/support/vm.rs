@@ -664,16 +664,7 @@ impl Vm {
                 .arg("-device")
                 .arg(format!("{},drive=x{i}", x.device));
         }
-        cmd.stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap());
-        let child = cmd.spawn().expect("spawning qemu-system-x86_64");
-        Vm {
-            name: name.to_owned(),
-            serial,
-            disk,
-            started: Instant::now(),
-            proc: Proc::new("qemu", child),
-        }
+        Vm::spawn(cmd, dir, name, serial, disk)
     }
 
     /// A VM shaped like a hardware profile: firmware from the shape (OVMF with qemu's NIC
@@ -721,8 +712,13 @@ impl Vm {
                 o.tap
             ))
             .args(shape.qemu_args(dir, "n0"))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stdin(Stdio::null());
+        Vm::spawn(cmd, dir, name, serial, disk)
+    }
+
+    /// Start the assembled qemu command line, its stdout/stderr in `dir/NAME.{out,err}`.
+    fn spawn(mut cmd: Command, dir: &Path, name: &str, serial: PathBuf, disk: PathBuf) -> Vm {
+        cmd.stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
             .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap());
         let child = cmd.spawn().expect("spawning qemu-system-x86_64");
         Vm {
