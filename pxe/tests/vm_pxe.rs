@@ -278,3 +278,21 @@ fn serial_cleaner_strips_escapes() {
     assert!(t.contains(">>Start PXE over IPv4."), "{t:?}");
     assert!(t.contains("ironseed: installing x"), "{t:?}");
 }
+
+/// The waits' patience: a quiet guest fails at DEADLINE as before; one still printing gets
+/// more time, but never past HARD_DEADLINE.
+#[test]
+fn waits_give_a_printing_guest_more_time_but_not_a_silent_one() {
+    use std::time::Duration;
+    let s = Duration::from_secs;
+    assert_eq!(expired_at(DEADLINE - s(1), DEADLINE - s(1)), None);
+    let silent = expired_at(DEADLINE, DEADLINE).expect("a silent guest times out at DEADLINE");
+    assert!(silent.contains("without new console output"), "{silent}");
+    assert_eq!(expired_at(DEADLINE + s(300), s(10)), None, "still printing");
+    assert!(
+        expired_at(DEADLINE + s(300), STALL).is_some(),
+        "stalled past DEADLINE"
+    );
+    let cap = expired_at(HARD_DEADLINE, s(0)).expect("the cap holds for a chatty guest");
+    assert!(cap.contains("cap"), "{cap}");
+}
