@@ -9,6 +9,7 @@ pub mod facts_check;
 pub mod fsutil;
 pub mod inventory;
 pub mod k3s_flags;
+pub mod lab;
 pub mod power;
 pub mod render;
 pub mod runbook;
