@@ -136,7 +136,12 @@ pub fn shape(profile: &Profile, mac: Mac, memory_mb: Option<u32>) -> Shape {
         firmware: profile.firmware,
         memory_mb: memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
         mac,
-        nic_model: if physical && !firmware_snp { "e1000e" } else { "virtio-net-pci" }.into(),
+        nic_model: if physical && !firmware_snp {
+            "e1000e"
+        } else {
+            "virtio-net-pci"
+        }
+        .into(),
         nic_rom: !firmware_snp,
         disks,
     }
@@ -550,7 +555,10 @@ mod tests {
         let s = shape(&p, mac(), None);
         assert!(s.mismatches().is_empty(), "{:?}", s.mismatches());
         let os = s.disk(&Role::Install).unwrap();
-        assert_eq!(os.installer_view.model.as_deref(), Some("INTEL SSDSC2KB240G8"));
+        assert_eq!(
+            os.installer_view.model.as_deref(),
+            Some("INTEL SSDSC2KB240G8")
+        );
         assert_eq!(os.firstboot_view, os.installer_view);
         let a = s.qemu_args(Path::new("/lab"), "n0");
         assert!(

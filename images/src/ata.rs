@@ -141,8 +141,7 @@ mod tests {
     /// by the disk to `sg_raw` (ATA PASS-THROUGH), and the same disk's sysfs `id` attribute,
     /// captured under the installer's kernel: images/tests/fixtures/ata/README.md.
     const QEMU_IDE_HD: &[u8] = include_bytes!("../tests/fixtures/ata/qemu-ide-hd-identify.bin");
-    const QEMU_IDE_HD_SYSFS: &str =
-        include_str!("../tests/fixtures/ata/qemu-ide-hd-sysfs-id.txt");
+    const QEMU_IDE_HD_SYSFS: &str = include_str!("../tests/fixtures/ata/qemu-ide-hd-sysfs-id.txt");
 
     #[test]
     fn model_of_a_captured_qemu_identify_block_is_all_40_characters() {
@@ -209,10 +208,7 @@ mod tests {
         let ahci = "/sys/devices/pci0000:00/0000:00:1f.2";
         let f = |p: &str| id_file(Path::new(p)).map(|p| p.display().to_string());
         assert_eq!(
-            f(&format!(
-                "{ahci}/ata3/host2/target2:0:0/2:0:0:0/block/sdb"
-            ))
-            .unwrap(),
+            f(&format!("{ahci}/ata3/host2/target2:0:0/2:0:0:0/block/sdb")).unwrap(),
             format!("{ahci}/ata3/link3/dev3.0/ata_device/dev3.0/id")
         );
         assert_eq!(

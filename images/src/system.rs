@@ -598,17 +598,32 @@ mod tests {
             )
             .unwrap();
         }
-        w(&format!("{}/block/sda/device/vendor", devs[0].1), "ATA     \n");
-        w(&format!("{}/block/sda/device/model", devs[0].1), "INTEL SSDSC2KB24\n");
+        w(
+            &format!("{}/block/sda/device/vendor", devs[0].1),
+            "ATA     \n",
+        );
+        w(
+            &format!("{}/block/sda/device/model", devs[0].1),
+            "INTEL SSDSC2KB24\n",
+        );
         w(
             &format!("{ahci}/ata1/link1/dev1.0/ata_device/dev1.0/id"),
             include_str!("../tests/fixtures/ata/qemu-ide-hd-sysfs-id.txt"),
         );
         // No IDENTIFY data for sdb (its id file missing).
-        w(&format!("{}/block/sdb/device/vendor", devs[1].1), "ATA     \n");
-        w(&format!("{}/block/sdb/device/model", devs[1].1), "INTEL SSDSC2KB24\n");
+        w(
+            &format!("{}/block/sdb/device/vendor", devs[1].1),
+            "ATA     \n",
+        );
+        w(
+            &format!("{}/block/sdb/device/model", devs[1].1),
+            "INTEL SSDSC2KB24\n",
+        );
         w(&format!("{perc}/block/sdc/device/vendor"), "DELL    \n");
-        w(&format!("{perc}/block/sdc/device/model"), "PERC H730 Mini  \n");
+        w(
+            &format!("{perc}/block/sdc/device/model"),
+            "PERC H730 Mini  \n",
+        );
         let d = sysfs_disks(t.path(), "");
         assert_eq!(d.len(), 3, "{d:?}");
         assert_eq!(d[0].model.as_deref(), Some("INTEL SSDSC2KB240G8"));
@@ -627,7 +642,10 @@ mod tests {
         let e = crate::disk::select(&d[1..], &sel, &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("model=INTEL SSDSC2KB24 (no ATA IDENTIFY data ("), "{e}");
+        assert!(
+            e.contains("model=INTEL SSDSC2KB24 (no ATA IDENTIFY data ("),
+            "{e}"
+        );
     }
 
     /// The OptiPlex profile selects its install disk by `by_path`; without this the installer
