@@ -360,14 +360,16 @@ fn hardware_shaped_vms_install_and_treat_their_data_disks_right() {
         s730.find(m)
             .unwrap_or_else(|| panic!("R730 console: no {m:?}"))
     };
-    let (nbp, ipxe, install) = (
+    let (nbp, ipxe, snp, install) = (
         at("NBP filename is snponly.efi"),
         at("iPXE initialising devices"),
+        // snponly.efi's iPXE drives the NIC through the firmware's SNP, no driver of its own.
+        at(&format!("net0: {R730_MAC} using SNP on SNP-")),
         at(&format!("ironseed: installing {R730}")),
     );
     assert!(
-        nbp < ipxe && ipxe < install,
-        "R730 boot order: {nbp} {ipxe} {install}"
+        nbp < ipxe && ipxe < snp && snp < install,
+        "R730 boot order: {nbp} {ipxe} {snp} {install}"
     );
     assert!(
         !s730[..nbp].contains("iPXE initialising devices"),
