@@ -13,12 +13,21 @@
 //! - `QEMU HARDDISK` → virtio-scsi, the Proxmox disk.
 //! - any other model, or none → a SATA disk (`ide-hd`, 40-character ATA model) on the chipset's
 //!   AHCI controller (q35 for both firmwares: SeaBIOS boots from AHCI, and the installer's
-//!   initramfs carries `ahci`, not the `pc` machine's `ata_piix`). Without udev (the installer's initramfs) Linux shows
-//!   only the first 16 characters of an ATA model (libata's SCSI INQUIRY product field), with
-//!   udev (first boot's lsblk) all of it: a long model matches a data disk but never an install
-//!   disk, on real SATA disks and on the shaped VM alike. SATA, not SCSI behind the PERC, also
-//!   for SAS models: OVMF has no megaraid driver, so an install disk there could not boot (a
-//!   real PERC's UEFI driver can), and the kernel shows a short model the same on both buses.
+//!   initramfs carries `ahci`, not the `pc` machine's `ata_piix`). sysfs shows only the first 16 characters of an ATA
+//!   model (libata's SCSI INQUIRY product field); the installer (no udev) reads all 40 from
+//!   libata's IDENTIFY data (`images::ata`), as first boot's lsblk (udev's `ata_id`) does, so a
+//!   long model such as the R630's `INTEL SSDSC2KB240G8` matches in both, on real SATA disks
+//!   and on the shaped VM alike. SATA, not SCSI behind the PERC, also for SAS models: OVMF has
+//!   no megaraid driver, so an install disk there could not boot (a real PERC's UEFI driver
+//!   can), and the kernel shows a short model the same on both buses.
+//!
+//! The NIC follows the profile's UEFI boot file. A Dell's NIC brings a UEFI driver that gives
+//! the firmware an SNP; the firmware's own PXE client loads the boot file, and `snponly.efi`
+//! (the r630/r730 default) runs on that SNP. In qemu that is a NIC OVMF drives itself with no
+//! option ROM: `virtio-net-pci,romfile=` (OVMF's VirtioNetDxe under its PXE stack; e1000e has
+//! no OVMF driver without qemu's iPXE ROM, whose own PXE would answer first and `snponly.efi`
+//! would never go through EDK2's PXE). Other physical shapes (the OptiPlex's `ipxe.efi`) get
+//! an `e1000e` with qemu's ROM.
 //!
 //! [`Shape::mismatches`] then checks every selector with the installer's own matching
 //! (`images::disk::Selector::matches`) against what the guest will see, so a selector that
@@ -27,6 +36,8 @@
 use std::path::Path;
 
 use images::disk::{Disk, Selector};
+
+use images::bundle::EfiBootFile;
 
 use crate::inventory::model::{Firmware, Mac, Node, Profile};
 
@@ -87,14 +98,20 @@ pub struct Shape {
     pub memory_mb: u32,
     pub mac: Mac,
     /// qemu NIC model: `e1000e` for the physical shapes (Intel 82574L, the e1000e driver, a
-    /// UEFI SNP driver in qemu's option ROM), `virtio-net-pci` for the VM profiles.
+    /// UEFI SNP driver in qemu's option ROM), `virtio-net-pci` for the VM profiles and for a
+    /// boot file of `snponly.efi` (with `nic_rom` false: the firmware's own driver and PXE).
     pub nic_model: String,
+    /// Whether qemu's option ROM (iPXE) is on the NIC; without it (`romfile=`) the firmware's
+    /// own network driver and PXE client boot.
+    pub nic_rom: bool,
     pub disks: Vec<ShapedDisk>,
 }
 
-/// Shape of a node: its profile, its MAC, its memory.
+/// Shape of a node: its profile, its MAC, its memory, its UEFI boot file (the node's override).
 pub fn shape_node(node: &Node) -> Shape {
-    shape(&node.profile, node.mac, node.memory_mb).with_file_prefix(node.hostname.as_str())
+    let mut p = node.profile.clone();
+    p.efi_boot_file = node.efi_boot_file.or(p.efi_boot_file);
+    shape(&p, node.mac, node.memory_mb).with_file_prefix(node.hostname.as_str())
 }
 
 pub fn shape(profile: &Profile, mac: Mac, memory_mb: Option<u32>) -> Shape {
@@ -114,11 +131,19 @@ pub fn shape(profile: &Profile, mac: Mac, memory_mb: Option<u32>) -> Shape {
             &mut sata_port,
         ));
     }
+    let firmware_snp =
+        profile.firmware == Firmware::Uefi && profile.efi_boot_file == Some(EfiBootFile::SnpOnly);
     Shape {
         firmware: profile.firmware,
         memory_mb: memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
         mac,
-        nic_model: if physical { "e1000e" } else { "virtio-net-pci" }.into(),
+        nic_model: if physical && !firmware_snp {
+            "e1000e"
+        } else {
+            "virtio-net-pci"
+        }
+        .into(),
+        nic_rom: !firmware_snp,
         disks,
     }
 }
@@ -194,10 +219,6 @@ fn shape_disk(role: Role, sel: &Selector, sata_port: &mut u8) -> ShapedDisk {
     // What Linux reports. qemu's defaults: model `QEMU HARDDISK` for scsi-hd and ide-hd.
     let (installer_model, firstboot_model) = match (&bus, &model) {
         (Bus::Nvme { .. }, _) => (QEMU_NVME_MODEL.to_string(), QEMU_NVME_MODEL.to_string()),
-        (Bus::Sata { .. }, Some(m)) => (
-            m.chars().take(SCSI_PRODUCT_MAX).collect::<String>(),
-            m.clone(),
-        ),
         (_, Some(m)) => (m.clone(), m.clone()),
         (_, None) => ("QEMU HARDDISK".into(), "QEMU HARDDISK".into()),
     };
@@ -210,6 +231,7 @@ fn shape_disk(role: Role, sel: &Selector, sata_port: &mut u8) -> ShapedDisk {
         name: name.clone(),
         path: format!("/dev/{name}"),
         model: Some(model.trim().to_string()),
+        model_note: None,
         serial: Some(serial.clone()),
         wwn: None,
         size,
@@ -332,8 +354,10 @@ impl Shape {
         dev(
             &mut a,
             format!(
-                "{},netdev={netdev},mac={},bootindex=1",
-                self.nic_model, self.mac
+                "{},netdev={netdev},mac={},bootindex=1{}",
+                self.nic_model,
+                self.mac,
+                if self.nic_rom { "" } else { ",romfile=" }
             ),
         );
         if self.disks.iter().any(|d| d.bus == Bus::Perc) {
@@ -451,15 +475,15 @@ mod tests {
     }
 
     #[test]
-    fn r730_is_uefi_e1000e_perc_pool_and_an_ssd() {
+    fn r730_is_uefi_firmware_nic_perc_pool_and_an_ssd() {
         let s = shape(&builtin("r730"), mac(), Some(2048));
         assert_eq!(s.firmware, Firmware::Uefi);
         assert!(s.mismatches().is_empty(), "{:?}", s.mismatches());
         let a = s.qemu_args(Path::new("/lab"), "n0");
         assert_eq!(&a[..2], ["-m", "2048"]);
         assert_eq!(
-            arg_with(&a, "e1000e"),
-            ["e1000e,netdev=n0,mac=52:54:00:88:07:30,bootindex=1"]
+            arg_with(&a, "virtio-net-pci"),
+            ["virtio-net-pci,netdev=n0,mac=52:54:00:88:07:30,bootindex=1,romfile="]
         );
         assert_eq!(arg_with(&a, "megasas-gen2"), ["megasas-gen2,id=perc"]);
         let pool = s.disk(&Role::Data("media".into())).unwrap();
@@ -517,27 +541,60 @@ mod tests {
         assert_eq!(s.disks[0].size, 16 * GB);
     }
 
-    /// The shipped R630 profile selects its boot SSD by `model: SSDSC2KB240G8`. That drive is a
-    /// SATA Intel S4500 whose ATA model is `INTEL SSDSC2KB240G8`; the installer (no udev) sees
-    /// its first 16 characters, `INTEL SSDSC2KB24`. Neither equals the selector, on the real
-    /// machine or on the shaped one.
+    /// The shipped R630 profile selects its boot SSD by the model Linux reports for an Intel
+    /// S4500, `INTEL SSDSC2KB240G8` (19 characters). sysfs shows its first 16, `INTEL
+    /// SSDSC2KB24`, and the installer used to match on that, so the selector never matched;
+    /// it now reads the whole model from the IDENTIFY data (images::ata), and the installer
+    /// and first boot see the same string.
     #[test]
-    fn a_selector_real_hardware_would_not_match_fails_on_the_shape_too() {
-        let mut p = builtin("r630");
-        // As the real disk reports itself.
-        p.install_disk.model = Some("INTEL SSDSC2KB240G8".into());
+    fn a_long_sata_model_matches_in_the_installer_as_in_first_boot() {
+        let p = builtin("r630");
+        assert_eq!(p.install_disk.model.as_deref(), Some("INTEL SSDSC2KB240G8"));
         let s = shape(&p, mac(), None);
-        let m = s.mismatches();
-        assert_eq!(m.len(), 1, "{m:?}");
-        assert_eq!(m[0].role, Role::Install);
-        assert_eq!(m[0].disk.model.as_deref(), Some("INTEL SSDSC2KB24"));
-        assert!(m[0].to_string().contains("the installer"), "{}", m[0]);
-        // The same long model is fine for a data disk: first boot's lsblk shows all of it.
+        assert!(s.mismatches().is_empty(), "{:?}", s.mismatches());
         let os = s.disk(&Role::Install).unwrap();
         assert_eq!(
-            os.firstboot_view.model.as_deref(),
+            os.installer_view.model.as_deref(),
             Some("INTEL SSDSC2KB240G8")
         );
+        assert_eq!(os.firstboot_view, os.installer_view);
+        let a = s.qemu_args(Path::new("/lab"), "n0");
+        assert!(
+            arg_with(&a, "ide-hd")
+                .iter()
+                .any(|d| d.contains(",model=INTEL SSDSC2KB240G8,")),
+            "{a:?}"
+        );
+    }
+
+    /// `snponly.efi` runs on the firmware's SNP: its shape has a NIC OVMF drives itself and no
+    /// option ROM, so EDK2's PXE loads the boot file; `ipxe.efi` (the OptiPlex) keeps e1000e
+    /// with qemu's iPXE ROM; a node override of the boot file changes the NIC with it.
+    #[test]
+    fn snponly_profiles_get_a_rom_less_nic_the_firmware_drives() {
+        for name in ["r730", "r630"] {
+            let p = builtin(name);
+            assert_eq!(p.efi_boot_file, Some(EfiBootFile::SnpOnly));
+            let s = shape(&p, mac(), None);
+            assert_eq!((s.nic_model.as_str(), s.nic_rom), ("virtio-net-pci", false));
+            let a = s.qemu_args(Path::new("/lab"), "n0");
+            assert_eq!(
+                arg_with(&a, "virtio-net-pci"),
+                ["virtio-net-pci,netdev=n0,mac=52:54:00:88:07:30,bootindex=1,romfile="],
+                "{name}"
+            );
+            assert!(arg_with(&a, "e1000e").is_empty());
+        }
+        let mut p = builtin("optiplex");
+        assert_eq!(p.efi_boot_file, Some(EfiBootFile::Ipxe));
+        let s = shape(&p, mac(), None);
+        assert_eq!((s.nic_model.as_str(), s.nic_rom), ("e1000e", true));
+        p.efi_boot_file = Some(EfiBootFile::SnpOnly);
+        assert_eq!(shape(&p, mac(), None).nic_model, "virtio-net-pci");
+        // BIOS machines boot undionly.kpxe from the NIC's PXE ROM: the field does not apply.
+        let mut v = builtin("vm");
+        v.efi_boot_file = Some(EfiBootFile::SnpOnly);
+        assert!(shape(&v, mac(), None).nic_rom);
     }
 
     /// NVMe by model: qemu's controller always says `QEMU NVMe Ctrl` (no model property), so a

@@ -283,7 +283,7 @@ fn adopt_round_trip_keeps_every_byte_and_the_entry_validates() {
     let s = out(&o);
     assert!(
         s.contains(
-            "    install_disk:\n      wwn: \"0x55cd2e4150a1b2c3\"\n      model: \"SSDSC2KB240G8\"\n"
+            "    install_disk:\n      wwn: \"0x55cd2e4150a1b2c3\"\n      model: \"INTEL SSDSC2KB240G8\"\n"
         ),
         "{s}"
     );
@@ -294,7 +294,7 @@ fn adopt_round_trip_keeps_every_byte_and_the_entry_validates() {
     assert!(o.status.success(), "{}", err(&o));
     let s = out(&o);
     for want in [
-        "install disk: sdb (SSDSC2KB240G8, 960 GB) — profile `r730`'s selector matches 0 of this machine's 2 disks",
+        "install disk: sdb (INTEL SSDSC2KB240G8, 960 GB) — profile `r730`'s selector matches 0 of this machine's 2 disks",
         "its WWN is burnt into the device and unique; with its model too, so the inventory can prove it never picks data disk `media`",
         "address: 10.0.20.31 (the first free address after the highest node address)",
         "added nfs2 (nfs, profile r730, 24:6e:96:20:00:40, 10.0.20.31)",
@@ -315,7 +315,7 @@ fn adopt_round_trip_keeps_every_byte_and_the_entry_validates() {
     );
     assert_eq!(
         &new[at..at + added],
-        "  # adopted by `builder adopt` (Dell Inc. PowerEdge R730)\n  - hostname: nfs2\n    role: nfs\n    profile: r730\n    mac: 24:6e:96:20:00:40\n    ip: 10.0.20.31\n    install_disk:\n      wwn: \"0x55cd2e4150a1b2c3\"\n      model: \"SSDSC2KB240G8\"\n"
+        "  # adopted by `builder adopt` (Dell Inc. PowerEdge R730)\n  - hostname: nfs2\n    role: nfs\n    profile: r730\n    mac: 24:6e:96:20:00:40\n    ip: 10.0.20.31\n    install_disk:\n      wwn: \"0x55cd2e4150a1b2c3\"\n      model: \"INTEL SSDSC2KB240G8\"\n"
     );
     assert!(
         new[..at].ends_with("    ip: 10.0.20.30\n"),
@@ -465,7 +465,7 @@ fn adopt_refuses_guesses_and_leaves_the_file_untouched() {
     let o = builder(&adopt_args(&["--facts", "two.json"]), d.path());
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        err(&o).contains("cannot tell which disk is the install disk: sdb (SSDSC2KB240G8, 960 GB), sdc (SSDSC2KB240G8, 960 GB)"),
+        err(&o).contains("cannot tell which disk is the install disk: sdb (INTEL SSDSC2KB240G8, 960 GB), sdc (INTEL SSDSC2KB240G8, 960 GB)"),
         "{}",
         err(&o)
     );

@@ -64,6 +64,7 @@ fn matching(path: &Path, sel: &Selector) -> Disk {
         name: path.file_name().unwrap().to_string_lossy().into(),
         path: path.display().to_string(),
         model: sel.model.clone(),
+        model_note: None,
         serial: sel.serial.clone(),
         wwn: sel.wwn.clone(),
         size: sel.min_size_gb.unwrap_or(1).max(1) * 1_000_000_000,

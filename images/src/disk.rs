@@ -104,6 +104,11 @@ pub struct Disk {
     pub name: String,
     pub path: String,
     pub model: Option<String>,
+    /// Why `model` may not be the disk's whole model: the installer (no udev) reads a SATA
+    /// disk's 40-character model by ATA IDENTIFY (`crate::ata`); when that fails it keeps the
+    /// 16 characters sysfs shows, and says so here and in the list of disks it saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_note: Option<String>,
     pub serial: Option<String>,
     pub wwn: Option<String>,
     pub size: u64,
@@ -179,9 +184,13 @@ pub fn select<'a>(
 
 fn describe(d: &Disk) -> String {
     format!(
-        "{} model={} serial={} size={}GB rotational={}",
+        "{} model={}{} serial={} size={}GB rotational={}",
         d.path,
         d.model.as_deref().unwrap_or("-"),
+        d.model_note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default(),
         d.serial.as_deref().unwrap_or("-"),
         d.size / 1_000_000_000,
         d.rotational
@@ -244,6 +253,7 @@ pub fn parse_lsblk(json: &str, links: &[(String, String)]) -> Result<Vec<Disk>, 
                 name: d.name,
                 path: d.path,
                 model: d.model.map(|s| s.trim().to_string()),
+                model_note: None,
                 serial: d.serial,
                 wwn: d.wwn,
                 size: d.size,
@@ -265,6 +275,7 @@ mod tests {
             name: path.trim_start_matches("/dev/").into(),
             path: path.into(),
             model: Some(model.into()),
+            model_note: None,
             serial: Some(format!("S-{model}")),
             wwn: None,
             size: gb * 1_000_000_000,

@@ -359,6 +359,14 @@ fn install_from(
         // The stick is never a target: a broad selector (`min_size_gb: 0`) matches it too.
         disks.retain(|d| d.path != s.disk.path);
     }
+    for d in disks.iter().filter(|d| d.model_note.is_some()) {
+        log(&format!(
+            "ironseed: {} model {}: {}",
+            d.path,
+            d.model.as_deref().unwrap_or("-"),
+            d.model_note.as_deref().unwrap_or_default()
+        ));
+    }
     let target = disk::select(&disks, &plan.install_disk, &plan.data_selectors())?.clone();
     log(&format!("ironseed: install disk {}", target.path));
     let sha = plan

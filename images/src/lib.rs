@@ -3,6 +3,7 @@
 //! and the image catalog with its verified, resumable fetch.
 
 pub mod api_token;
+pub mod ata;
 pub mod bundle;
 pub mod catalog;
 pub mod cidata;

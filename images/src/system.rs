@@ -84,6 +84,11 @@ impl Machine for System {
 /// Disks as the kernel lists them under `SYS/block`, without udev: size, flags, model, serial
 /// and WWN from the device's attributes, mounts from `/proc/self/mountinfo` by major:minor
 /// (the disk's own and its partitions'). by-path/by-id stay empty: udev makes those names.
+///
+/// A disk whose sysfs vendor is `ATA` (SATA through libata) shows only the first 16 characters
+/// of its model there; its IDENTIFY data ([`crate::ata::sysfs_model`]) has all 40, as udev's
+/// `ata_id` reads them, so the installer and first boot's lsblk agree on a selector's model.
+/// When that fails, the sysfs model stays and `model_note` says so.
 pub fn sysfs_disks(sys: &Path, mountinfo: &str) -> Vec<Disk> {
     let read = |p: &Path| {
         std::fs::read_to_string(p)
@@ -135,9 +140,22 @@ pub fn sysfs_disks(sys: &Path, mountinfo: &str) -> Vec<Disk> {
             .collect();
         mounts.sort();
         mounts.dedup();
+        let mut model = read(&dir.join("device/model"));
+        let mut model_note = None;
+        if read(&dir.join("device/vendor")).as_deref() == Some("ATA") {
+            match crate::ata::sysfs_model(sys, &name) {
+                Ok(m) => model = Some(m),
+                Err(e) => {
+                    model_note = Some(format!(
+                        "no ATA IDENTIFY data ({e}): the first 16 characters of the model, from sysfs"
+                    ))
+                }
+            }
+        }
         out.push(Disk {
             path: format!("/dev/{name}"),
-            model: read(&dir.join("device/model")),
+            model,
+            model_note,
             // virtio-blk exposes its serial on the disk, NVMe on the device, SCSI (SATA through
             // libata, SAS, RAID volumes) in the Unit Serial Number VPD page the kernel caches.
             serial: read(&dir.join("serial"))
@@ -549,6 +567,85 @@ mod tests {
         assert_eq!(d[1].serial.as_deref(), Some("seed-disk"));
         assert!(d[1].removable && d[1].mounts.is_empty());
         assert_eq!(d[1].size, 1 << 20);
+    }
+
+    /// A SATA disk (sysfs vendor `ATA`) gets its whole model from libata's IDENTIFY data, so
+    /// a selector longer than the 16-character INQUIRY product (the R630's `INTEL
+    /// SSDSC2KB240G8`) matches in the installer as it does in first boot's lsblk; without that
+    /// data the sysfs model stays, with a note the installer's list of disks shows. Fails if
+    /// the IDENTIFY step or its fallback goes.
+    #[test]
+    fn sata_models_come_from_ata_identify_with_the_sysfs_model_as_fallback() {
+        let t = tempfile::tempdir().unwrap();
+        let w = |p: &str, v: &str| {
+            let p = t.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        };
+        let ahci = "devices/pci0000:00/0000:00:1f.2";
+        let perc = "devices/pci0000:00/0000:00:03.0/host6/target6:2:0/6:2:0:0";
+        let devs = [
+            ("sda", format!("{ahci}/ata1/host0/target0:0:0/0:0:0:0")),
+            ("sdb", format!("{ahci}/ata2/host1/target1:0:0/1:0:0:0")),
+            ("sdc", perc.to_string()),
+        ];
+        std::fs::create_dir_all(t.path().join("block")).unwrap();
+        for (n, d) in &devs {
+            w(&format!("{d}/block/{n}/size"), "468862128\n");
+            std::os::unix::fs::symlink(
+                t.path().join(d).join("block").join(n),
+                t.path().join("block").join(n),
+            )
+            .unwrap();
+        }
+        w(
+            &format!("{}/block/sda/device/vendor", devs[0].1),
+            "ATA     \n",
+        );
+        w(
+            &format!("{}/block/sda/device/model", devs[0].1),
+            "INTEL SSDSC2KB24\n",
+        );
+        w(
+            &format!("{ahci}/ata1/link1/dev1.0/ata_device/dev1.0/id"),
+            include_str!("../tests/fixtures/ata/qemu-ide-hd-sysfs-id.txt"),
+        );
+        // No IDENTIFY data for sdb (its id file missing).
+        w(
+            &format!("{}/block/sdb/device/vendor", devs[1].1),
+            "ATA     \n",
+        );
+        w(
+            &format!("{}/block/sdb/device/model", devs[1].1),
+            "INTEL SSDSC2KB24\n",
+        );
+        w(&format!("{perc}/block/sdc/device/vendor"), "DELL    \n");
+        w(
+            &format!("{perc}/block/sdc/device/model"),
+            "PERC H730 Mini  \n",
+        );
+        let d = sysfs_disks(t.path(), "");
+        assert_eq!(d.len(), 3, "{d:?}");
+        assert_eq!(d[0].model.as_deref(), Some("INTEL SSDSC2KB240G8"));
+        assert_eq!(d[0].model_note, None);
+        assert_eq!(d[1].model.as_deref(), Some("INTEL SSDSC2KB24"));
+        let note = d[1].model_note.as_deref().unwrap();
+        assert!(note.starts_with("no ATA IDENTIFY data ("), "{note}");
+        assert_eq!(d[2].model.as_deref(), Some("PERC H730 Mini"));
+        assert_eq!(d[2].model_note, None);
+        let sel = crate::disk::Selector {
+            model: Some("INTEL SSDSC2KB240G8".into()),
+            ..Default::default()
+        };
+        assert_eq!(crate::disk::select(&d, &sel, &[]).unwrap().path, "/dev/sda");
+        // The fallback shows in the list of disks a refused selector prints.
+        let e = crate::disk::select(&d[1..], &sel, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model=INTEL SSDSC2KB24 (no ATA IDENTIFY data ("),
+            "{e}"
+        );
     }
 
     /// The OptiPlex profile selects its install disk by `by_path`; without this the installer

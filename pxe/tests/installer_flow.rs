@@ -29,6 +29,7 @@ impl images::install::Machine for FileDisk {
             name: "nvme0n1".into(),
             path: self.path.display().to_string(),
             model: Some("Samsung SSD 980".into()),
+            model_note: None,
             serial: Some("S1".into()),
             wwn: None,
             size: 256_000_000_000,

@@ -1,7 +1,11 @@
 //! End to end, issue 15 item 4: VMs shaped like the rack's hardware (`builder::vmshape`), each
 //! installed through the real `pxe serve` with the built-in profile as shipped
-//! (pxe/tests/fixtures/shapes.yaml), under OVMF with an e1000e NIC (qemu's option ROM provides
-//! the UEFI network driver, as a real NIC's does; `snponly.efi` then runs on it).
+//! (pxe/tests/fixtures/shapes.yaml), under OVMF. The R730 and R630 (`efi_boot_file:
+//! snponly.efi`) get a NIC with no option ROM that OVMF drives itself (virtio-net, OVMF's
+//! VirtioNetDxe), as a Dell's NIC has its UEFI driver: the firmware's own PXE client loads
+//! `snponly.efi`, which runs on the firmware's SNP and chains the node's iPXE script (asserted
+//! on the R730's console and in pxe's TFTP log). The OptiPlex (`ipxe.efi`) keeps an e1000e
+//! whose iPXE ROM boots. Agent nodes report the golden image's NFS server masked.
 //!
 //! - **R730** (`r730`): the OS disk a small non-rotational SATA disk, the media pool a 2 TB
 //!   sparse `scsi-hd` `DELL PERC H730 Mini` on a `megasas-gen2` (megaraid_sas). Installed once;
@@ -10,18 +14,18 @@
 //!   the node's MAC and address):
 //!   1. the pool holds an XFS filesystem with files (made on the host with `mkfs.xfs -p
 //!      PROTOFILE`, which populates it without mounting): kept, same UUID, mounted at
-//!      /srv/media (the `data-disk` note), its files still listed by `xfs_db -r`;
+//!      /srv/media (the `data-disk` note), its files still listed by `xfs_db -r`, and
+//!      exported: the `nfs-exports` note (`exportfs -v` on the node) names /srv/media and the
+//!      cluster subnet;
 //!   2. the pool holds random bytes in its first and last MiB (no signature): left alone and
 //!      reported (`first-boot-failed`), its content byte-for-byte the same (sparse-aware
 //!      digest);
-//!   3. the pool is all zeroes: formatted as XFS (label `media`) and mounted.
-//!
-//!   NFS exports are NOT proven: the golden image has no nfs-kernel-server and the lab has no
-//!   package mirror, so first boot stops with `exportfs not found` (asserted, so the day the
-//!   image carries it this test says so).
+//!   3. the pool is all zeroes: formatted as XFS (label `media`), mounted and exported.
 //! - **R630** (`r630`): the boot SSD and the three tiers as SATA disks with the profile's model
 //!   strings (qemu 7.2's NVMe controller cannot present a model, and OVMF cannot boot from a
-//!   disk behind the emulated PERC: docs/development.md). The
+//!   disk behind the emulated PERC: docs/development.md). The boot SSD's model is the
+//!   19-character `INTEL SSDSC2KB240G8`, longer than the 16 sysfs shows: the installer picks it
+//!   by its IDENTIFY data (images::ata), or the install fails with no matching disk. The
 //!   optane and nvme tiers are blank: formatted ext4 and mounted at their tier paths; the SAS
 //!   SSD tier holds data: left untouched and reported. It is the last tier on purpose: first
 //!   boot stops at the first disk it refuses.
@@ -289,7 +293,7 @@ fn hardware_shaped_vms_install_and_treat_their_data_disks_right() {
     let _router = start_router(&lab, &dir);
     let art = artifacts.display().to_string();
     let efi = std::env::var("IRONSEED_SHAPES_EFI").unwrap_or_else(|_| "snponly.efi".into());
-    let (mut pxe, _log) = start_pxe_with(&lab, &bundle, &dir, &efi, &["--artifacts", &art]);
+    let (mut pxe, pxe_log_file) = start_pxe_with(&lab, &bundle, &dir, &efi, &["--artifacts", &art]);
     eprintln!(
         "timing: lab up {:>6.1} s (EFI boot file {efi})",
         t0.elapsed().as_secs_f64()
@@ -348,6 +352,37 @@ fn hardware_shaped_vms_install_and_treat_their_data_disks_right() {
         vm.proc.stop();
     }
 
+    // The R730 netbooted through the firmware's own PXE: EDK2 loaded snponly.efi over TFTP,
+    // iPXE started on the firmware's SNP and fetched the node's script, which started the
+    // installer — in that order on the console.
+    let s730 = vms[0].serial_text();
+    let at = |m: &str| {
+        s730.find(m)
+            .unwrap_or_else(|| panic!("R730 console: no {m:?}"))
+    };
+    let (nbp, ipxe, snp, install) = (
+        at("NBP filename is snponly.efi"),
+        at("iPXE initialising devices"),
+        // snponly.efi's iPXE drives the NIC through the firmware's SNP, no driver of its own.
+        at(&format!("net0: {R730_MAC} using SNP on SNP-")),
+        at(&format!("ironseed: installing {R730}")),
+    );
+    assert!(
+        nbp < ipxe && ipxe < snp && snp < install,
+        "R730 boot order: {nbp} {ipxe} {snp} {install}"
+    );
+    assert!(
+        !s730[..nbp].contains("iPXE initialising devices"),
+        "R730: no option ROM iPXE ran before the firmware's PXE"
+    );
+    let pxe_log = clean(&std::fs::read(&pxe_log_file).unwrap());
+    assert!(
+        pxe_log
+            .lines()
+            .any(|l| l.contains("tftp: transfer done") && l.contains("snponly.efi")),
+        "pxe served snponly.efi over TFTP; pxe log:\n{pxe_log}"
+    );
+
     // The R730: the OS went to the SSD, the pool was not touched by the installer.
     let r730_os = dir.join(&r730.disks[0].file);
     assert!(has_gpt(&r730_os), "R730: the OS is on the SATA SSD");
@@ -386,7 +421,21 @@ fn hardware_shaped_vms_install_and_treat_their_data_disks_right() {
         "R630: the SAS SSD tier is byte-for-byte as it was"
     );
     assert!(has_gpt(&vms[1].disk), "R630: OS on its boot SSD");
+    let s630 = vms[1].serial_text();
+    assert!(
+        !s630.contains("no ATA IDENTIFY data"),
+        "R630: the installer read every SATA model from IDENTIFY"
+    );
     assert_eq!(state(&ns, R630), "booted");
+    // Agent nodes: the NFS server and the portmapper the image ships stay masked.
+    for host in [R630, OPTIPLEX] {
+        let nfs = notes_after(&ns, host, 0, "nfs-server", 1);
+        assert_eq!(
+            nfs,
+            ["nfs-server.service masked inactive, rpcbind.socket masked inactive"],
+            "{host}"
+        );
+    }
 
     // The OptiPlex: installed on the NVMe disk its by_path names, booted.
     let s = vms[2].serial_text();
@@ -425,7 +474,21 @@ fn hardware_shaped_vms_install_and_treat_their_data_disks_right() {
         vm.wait("ironseed: booting from local disk");
         vm.wait(&format!("ironseed: {R730} finished first boot"));
         vm.proc.stop();
-        let disk = notes_after(&ns, R730, from, "first-boot-failed", 1);
+        // The pool kept or formatted: mounted, then exported to the cluster subnet.
+        let exported = |what: &str| {
+            let e = notes_after(&ns, R730, from, "nfs-exports", 1);
+            assert!(
+                e[0].starts_with("/srv/media ") && e[0].contains(" 10.88.0.0/24("),
+                "R730 {what} pool exported: {e:?}"
+            );
+            let t = timeline(&ns, R730);
+            assert!(
+                !t.iter()
+                    .skip(from)
+                    .any(|(e, d)| e == "note" && d.starts_with("first-boot-failed: ")),
+                "R730 {what}: {t:?}"
+            );
+        };
         match variant {
             "xfs" => {
                 let kept = notes_after(&ns, R730, from, "data-disk", 1);
@@ -440,13 +503,10 @@ fn hardware_shaped_vms_install_and_treat_their_data_disks_right() {
                     ls.contains("movie.txt") && ls.contains("music"),
                     "R730 XFS pool's files: {ls}"
                 );
-                // The gap this test documents: no NFS server in the image, no mirror here.
-                assert!(
-                    disk.iter().any(|n| n.contains("exportfs not found")),
-                    "R730: {disk:?}"
-                );
+                exported("XFS");
             }
             "unknown" => {
+                let disk = notes_after(&ns, R730, from, "first-boot-failed", 1);
                 assert!(
                     disk.iter().any(|n| n.starts_with("data disk media: ")
                         && n.contains(
@@ -470,6 +530,7 @@ fn hardware_shaped_vms_install_and_treat_their_data_disks_right() {
                 );
                 assert_eq!(probe(&zero_pool, "TYPE"), "xfs");
                 assert_eq!(probe(&zero_pool, "LABEL"), "media");
+                exported("blank");
             }
         }
         let _ = std::fs::remove_file(dir.join(format!("os-{variant}.qcow2")));

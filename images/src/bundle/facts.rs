@@ -115,6 +115,7 @@ impl DiskFacts {
             name: self.name.clone(),
             path: format!("/dev/{}", self.name),
             model: self.model.clone(),
+            model_note: None,
             serial: self.serial.clone(),
             wwn: self.wwn.clone(),
             size: self.size,

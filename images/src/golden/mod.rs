@@ -45,7 +45,8 @@ pub struct Recipe {
     pub initramfs_modules: &'static [&'static str],
     /// Files written into the tree (path, mode, content).
     pub files: &'static [(&'static str, u32, &'static str)],
-    /// systemd units masked: timers that only cost boot time and disk wear on a k3s node.
+    /// systemd units masked: timers that only cost boot time and disk wear on a k3s node, and
+    /// the NFS server with its portmapper, which only the NFS host's first boot unmasks.
     pub masked: &'static [&'static str],
 }
 
@@ -111,6 +112,9 @@ pub const DEBIAN_12: Recipe = Recipe {
         // Longhorn: iSCSI initiator and NFSv4 client (RWX volumes); NFS host and clients.
         "open-iscsi",
         "nfs-common",
+        // The NFS host's server, in the image because a node has no package mirror to install
+        // it from at first boot. Masked below: only the NFS host's first boot unmasks it.
+        "nfs-kernel-server",
     ],
     // NIC firmware of the profiles' hardware (docs/hardware.md) and CPU microcode, loaded early
     // by the initramfs hooks these packages install. firmware-misc-nonfree only where a profile
@@ -158,6 +162,17 @@ pub const DEBIAN_12: Recipe = Recipe {
         "e2scrub_all.timer",
         "fstrim.timer",
         "man-db.timer",
+        // nfs-kernel-server's postinst enables nfs-server.service and nfs-blkmap.service (a
+        // pNFS block-layout client daemon nothing here uses); rpcbind's (pulled in by
+        // nfs-common) enables rpcbind.service and rpcbind.socket, a portmapper listening on
+        // port 111 of every address. A k3s node must not run an NFS server nobody asked for,
+        // nor answer RPC queries: its NFS client mounts NFSv4.2 (templates/runbook), which
+        // needs no rpcbind. The NFS host's first boot (templates/node/firstboot.sh.j2)
+        // unmasks nfs-server and rpcbind; every node's first boot reports their state.
+        "nfs-server.service",
+        "nfs-blkmap.service",
+        "rpcbind.service",
+        "rpcbind.socket",
     ],
 };
 
@@ -814,6 +829,25 @@ fn compress(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Protects every node from an NFS server and portmapper nobody asked for: the image ships
+    /// nfs-kernel-server (the NFS host's first boot needs `exportfs`, and a node has no mirror),
+    /// and masks each unit that it and rpcbind enable. Fails when the package or a mask goes.
+    #[test]
+    fn nfs_server_shipped_but_masked() {
+        let r = &DEBIAN_12;
+        for p in ["nfs-kernel-server", "nfs-common"] {
+            assert!(r.include(false).contains(&p), "{p} in the image");
+        }
+        for u in [
+            "nfs-server.service",
+            "nfs-blkmap.service",
+            "rpcbind.service",
+            "rpcbind.socket",
+        ] {
+            assert!(r.masked.contains(&u), "{u} masked");
+        }
+    }
 
     fn opts(nonfree: bool) -> BuildOptions {
         BuildOptions {

@@ -548,3 +548,37 @@ fn a_huge_machine_still_fits_the_facts_limit() {
     );
     assert_eq!(Facts::from_json(&json).unwrap(), f);
 }
+
+/// `builder adopt` and `builder validate` compare selectors with these facts; the installer
+/// matches the same selectors on `system::sysfs_disks`. For a SATA disk both must say the
+/// whole ATA model (IDENTIFY data), not the 16-character sysfs one, or an adopted selector
+/// would never match in the installer (or the reverse). Fails if the two read it differently.
+#[test]
+fn facts_and_the_installer_agree_on_a_long_sata_model() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let dev = root.join("sys/devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0");
+    let w = |p: &Path, v: &str| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, v).unwrap();
+    };
+    w(&dev.join("block/sda/size"), "468862128\n");
+    w(&dev.join("block/sda/device/vendor"), "ATA     \n");
+    w(&dev.join("block/sda/device/model"), "INTEL SSDSC2KB24\n");
+    w(
+        &root.join("sys/devices/pci0000:00/0000:00:1f.2/ata1/link1/dev1.0/ata_device/dev1.0/id"),
+        include_str!("../../tests/fixtures/ata/qemu-ide-hd-sysfs-id.txt"),
+    );
+    std::fs::create_dir_all(root.join("sys/block")).unwrap();
+    std::os::unix::fs::symlink(dev.join("block/sda"), root.join("sys/block/sda")).unwrap();
+    let facts = disks(root);
+    let installer = crate::system::sysfs_disks(&root.join("sys"), "");
+    assert_eq!(facts.len(), 1);
+    assert_eq!(facts[0].model.as_deref(), Some("INTEL SSDSC2KB240G8"));
+    assert_eq!(installer[0].model, facts[0].model);
+    let sel = crate::disk::Selector {
+        model: facts[0].model.clone(),
+        ..Default::default()
+    };
+    assert!(sel.matches(&facts[0].as_disk()) && sel.matches(&installer[0]));
+}

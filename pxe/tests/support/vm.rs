@@ -730,10 +730,9 @@ impl Vm {
         Vm::spawn(cmd, dir, name, serial, disk)
     }
 
-    /// A VM shaped like a hardware profile: firmware from the shape (OVMF with qemu's NIC
-    /// option ROM under UEFI: for e1000e that ROM's EFI driver provides the SNP that EDK2's PXE
-    /// client and `snponly.efi` run on, as a real NIC's UEFI driver does), the rest from
-    /// `Shape::qemu_args`.
+    /// A VM shaped like a hardware profile: firmware from the shape, the rest (NIC with or
+    /// without qemu's option ROM, memory, disks) from `Shape::qemu_args`: a `snponly.efi`
+    /// profile's NIC has no ROM, so OVMF's own network driver and PXE client boot it.
     fn start_shaped(
         lab: &Lab,
         dir: &Path,
