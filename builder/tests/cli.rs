@@ -457,12 +457,15 @@ fn lab_up_refuses_a_selector_the_shape_would_not_match_before_starting_anything(
         inv.join("hardware/qemu-bios.yaml"),
     )
     .unwrap();
-    // A SATA model longer than 16 characters: the installer (no udev) sees only its first 16,
-    // on a real disk as on the shaped one.
+    // A SATA model longer than the 40 characters of ATA IDENTIFY's model field: no kernel ever
+    // reports it, on a real disk as on the shaped one.
     let profile = std::fs::read_to_string(fx.join("hardware/qemu-uefi.yaml"))
         .unwrap()
         .replace("name: qemu-uefi", "name: long-model")
-        .replace("  min_size_gb: 0", "  model: SAMSUNG MZ7LH480HAHQ-00005");
+        .replace(
+            "  min_size_gb: 0",
+            "  model: SAMSUNG MZ7LH480HAHQ-00005 ENTERPRISE SSD 480GB",
+        );
     std::fs::write(inv.join("hardware/long-model.yaml"), profile).unwrap();
     let lab = d.path().join("lab");
     let o = builder(
@@ -488,7 +491,7 @@ fn lab_up_refuses_a_selector_the_shape_would_not_match_before_starting_anything(
     assert!(
         err.contains(
             "lab-agent: install disk: the selector matches 0 disk(s) as the installer sees them"
-        ) && err.contains("SAMSUNG MZ7LH480HAHQ-00005"),
+        ) && err.contains("SAMSUNG MZ7LH480HAHQ-00005 ENTERPRISE SSD 480GB"),
         "{err}"
     );
     assert!(!lab.join("lab.json").exists(), "nothing started");
