@@ -1,5 +1,6 @@
 //! `builder lab`: the inventory's machines as qemu VMs on a private network, served by a real
 //! `pxe serve`, for rehearsals and failure drills (docs/lab.md).
 
+pub mod apply;
 pub mod drill;
 pub mod state;
