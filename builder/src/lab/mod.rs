@@ -2,5 +2,6 @@
 //! `pxe serve`, for rehearsals and failure drills (docs/lab.md).
 
 pub mod apply;
+pub mod cluster;
 pub mod drill;
 pub mod state;
