@@ -4,4 +4,9 @@
 pub mod apply;
 pub mod cluster;
 pub mod drill;
+pub mod net;
+pub mod power;
+pub mod qmp;
 pub mod state;
+pub mod table;
+pub mod vm;

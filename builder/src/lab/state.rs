@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 /// Bump when the shape changes; an older `lab.json` is refused with a clear error (the lab is
 /// disposable: `lab down` and `lab up` again).
-pub const LAB_STATE_VERSION: u32 = 1;
+/// 2: `LabVm::user_disks` (disk files that were in DIR before `lab up`; `down` leaves them).
+pub const LAB_STATE_VERSION: u32 = 2;
 pub const LAB_STATE_FILE: &str = "lab.json";
 /// `lab.json` is small; a bigger file is not ours.
 const MAX_STATE_BYTES: u64 = 1 << 20;
@@ -84,6 +85,10 @@ pub struct LabVm {
     pub pxe_once: bool,
     /// The running qemu, if any.
     pub qemu: Option<LabProcess>,
+    /// Disk files that were already in the folder when `lab up` ran (a pool with data the user
+    /// put there): used as they are, and `lab down` never deletes them.
+    #[serde(default)]
+    pub user_disks: Vec<PathBuf>,
 }
 
 /// `DIR/lab.json`.
@@ -184,7 +189,13 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
 pub fn parse_start_ticks(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     // After the name: field 3 (state) is the first; field 22 is the 20th.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut f = rest.split_whitespace();
+    // A zombie (`Z`: exited, not yet reaped by the `lab up` that started it) or a dead task
+    // (`X`) runs nothing: not alive, and nothing to signal.
+    if matches!(f.next()?, "Z" | "X") {
+        return None;
+    }
+    f.nth(18)?.parse().ok()
 }
 
 impl LabProcess {
@@ -218,6 +229,7 @@ mod tests {
                 argv: vec!["-m".into(), "1024".into()],
                 pxe_once: false,
                 qemu: None,
+                user_disks: Vec::new(),
             },
         );
         LabState {
@@ -283,6 +295,12 @@ mod tests {
             "1234 (qemu) (x y) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 6 0 0 20 0 3 0 987654 1 2";
         assert_eq!(parse_start_ticks(stat), Some(987654));
         assert_eq!(parse_start_ticks("garbage"), None);
+        let zombie = stat.replace(") S ", ") Z ");
+        assert_eq!(
+            parse_start_ticks(&zombie),
+            None,
+            "an exited process is not alive"
+        );
         let me = std::process::id();
         assert!(LabProcess::of(me).unwrap().alive());
         let gone = LabProcess {
