@@ -210,11 +210,11 @@ pub fn measure(timeline: &[TimelineEntry], fail_ms: u64) -> Measured {
     m
 }
 
-/// Append one record as one line: `O_APPEND`, one `write` of the whole line (a concurrent
+/// Append one record (a drill, or a `lab fail`) as one line: `O_APPEND`, one `write` of the whole line (a concurrent
 /// drill or a kill never interleaves or splits a record short of the 4 KiB cap), owner-only from
 /// creation like everything in the lab folder.
-pub fn append(path: &Path, rec: &DrillRecord) -> Result<(), DrillError> {
-    let mut line = serde_json::to_vec(rec).expect("drill record serialises");
+pub fn append<T: Serialize>(path: &Path, rec: &T) -> Result<(), DrillError> {
+    let mut line = serde_json::to_vec(rec).expect("a record serialises");
     line.push(b'\n');
     if line.len() > MAX_RECORD_BYTES {
         return Err(DrillError::TooBig { len: line.len() });

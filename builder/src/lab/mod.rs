@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod cluster;
 pub mod drill;
+pub mod fail;
 pub mod net;
 pub mod power;
 pub mod qmp;
