@@ -67,6 +67,105 @@ pub enum Command {
     /// time per node. Nodes without power control are listed ("power it on now") and waited
     /// for. Booted nodes are skipped, so re-running it is safe.
     Provision(ProvisionArgs),
+    /// Rehearse the rack in VMs before touching metal: the inventory's nodes as qemu machines
+    /// shaped like their hardware profiles, on a private network (a network namespace) with a
+    /// real `pxe serve`, installed in cluster order. Needs root (namespaces, taps).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+/// `builder lab ...`. The lab's folder (`--dir`) holds everything: lab.json, the bundle, the
+/// disk files, serial logs, pxe's state.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Render the inventory into DIR/bundle, create the lab's network namespace and bridge,
+    /// start pxe serve there, create one VM per node and power them on in cluster order
+    /// through the lab power driver; show each node's progress and a final table. Needs root:
+    /// without it, exits 2 having changed nothing. The lab keeps running afterwards (also
+    /// when a node did not boot): `builder lab status`, `console`, `down`.
+    Up(LabUpArgs),
+    /// The lab's table again: each VM running or not, pxe's state, first-boot notes.
+    Status(LabDirArgs),
+    /// A node's serial console log (escaped: a guest's console is untrusted text).
+    Console(LabConsoleArgs),
+    /// Stop the lab's own processes (by recorded PID and start time: SIGTERM, then SIGKILL),
+    /// delete its network namespace, then remove its files unless --keep. Safe to run twice
+    /// and on a half-started lab. Disk files that were in DIR before `lab up` are never deleted.
+    Down(LabDownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabDirArgs {
+    /// The lab's folder.
+    #[arg(long, value_name = "DIR", default_value = "ironseed-lab")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LabUpArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub dir: LabDirArgs,
+    /// Only these nodes get a VM (repeatable); default: every node of the inventory.
+    #[arg(long = "only", value_name = "NODE")]
+    pub only: Vec<String>,
+    /// qemu accelerator: `auto` uses KVM only when /dev/kvm works and the CPU has hardware
+    /// virtualisation, else TCG with a warning about speed.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: builder::lab::vm::AccelChoice,
+    /// vCPUs per VM.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub smp: u32,
+    /// Also give the lab a way out: a veth to the host and masquerade (host and namespace), so
+    /// nodes can pull k3s from the internet. Changes the host (ip_forward, an nftables table
+    /// removed by `lab down`). Without it the lab stays inside its namespace.
+    #[arg(long)]
+    pub nat: bool,
+    /// The pxe binary. Default: `pxe` beside this builder binary.
+    #[arg(long, value_name = "FILE")]
+    pub pxe: Option<PathBuf>,
+    /// Artifacts folder with the golden image and the installer (`builder images build`,
+    /// `builder images installer`). Default: the default artifacts folder; what is missing
+    /// there is built first (minutes).
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Give up waiting when a stage's nodes are not all booted after this many minutes (the
+    /// lab keeps running; exit status 1).
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct LabConsoleArgs {
+    /// The node (hostname).
+    pub node: String,
+    #[command(flatten)]
+    pub dir: LabDirArgs,
+    /// Keep printing what the console writes, until Ctrl-C or the VM stops.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabDownArgs {
+    #[command(flatten)]
+    pub dir: LabDirArgs,
+    /// Stop processes and delete the namespace, but keep the folder's files (disks, logs,
+    /// lab.json; a later `lab down` without --keep removes them).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// `--lab DIR` of `builder power`, `provision` and `rebuild`: drive a lab's VMs instead of
+/// metal.
+#[derive(Debug, Args)]
+pub struct LabTarget {
+    /// Act on the lab in DIR (`builder lab up`): its VMs through the lab power driver, its pxe
+    /// (URL and API token from DIR/lab.json, reached inside the lab's namespace), its
+    /// inventory unless --inventory is given.
+    #[arg(long, value_name = "DIR")]
+    pub lab: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -116,6 +215,8 @@ pub struct PowerArgs {
     #[command(flatten)]
     pub remote: PxeRemote,
     #[command(flatten)]
+    pub lab: LabTarget,
+    #[command(flatten)]
     pub source: SourceArgs,
 }
 
@@ -139,6 +240,8 @@ pub struct ProvisionArgs {
     pub secrets: Option<PathBuf>,
     #[command(flatten)]
     pub remote: PxeRemote,
+    #[command(flatten)]
+    pub lab: LabTarget,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -392,7 +495,7 @@ pub struct InitArgs {
     pub force: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct SourceArgs {
     /// Inventory file (YAML). Default: the embedded seed-homelab inventory.
     #[arg(long, short = 'i', env = "IRONSEED_INVENTORY")]
@@ -468,6 +571,8 @@ pub struct RebuildArgs {
     /// is on) with the driver of its inventory `power:` block (secrets from --secrets).
     #[arg(long)]
     pub power: bool,
+    #[command(flatten)]
+    pub lab: LabTarget,
     #[command(flatten)]
     pub render: RenderArgs,
 }

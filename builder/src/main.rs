@@ -4,6 +4,7 @@ mod commands;
 mod discover;
 mod golden_cmd;
 mod images_cmd;
+mod lab_cmd;
 mod power_cmd;
 mod rebuild;
 mod usb_image;
@@ -32,6 +33,12 @@ fn main() -> std::process::ExitCode {
         cli::Command::Power(a) => power_cmd::power(a),
         cli::Command::Provision(a) => power_cmd::provision(a),
         cli::Command::Usb(cli::UsbCommand::Image(a)) => usb_image::image(a),
+        cli::Command::Lab(c) => match c {
+            cli::LabCommand::Up(a) => lab_cmd::up(a),
+            cli::LabCommand::Status(a) => lab_cmd::status(a),
+            cli::LabCommand::Console(a) => lab_cmd::console(a),
+            cli::LabCommand::Down(a) => lab_cmd::down(a),
+        },
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

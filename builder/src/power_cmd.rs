@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -19,6 +19,7 @@ use images::bundle::printable;
 
 use crate::cli::{PowerAction, PowerArgs, ProvisionArgs, PxeRemote};
 use crate::commands::{self, Loaded};
+use crate::lab_cmd::Lab;
 use crate::rebuild::{api, fmt_duration};
 
 /// The pxe operator API, as the power commands use it.
@@ -71,7 +72,7 @@ impl Pxe {
     pub fn record(&self, node: &str, action: &str, result: &str, by: &str) {
         let url = format!("{}/api/v1/nodes/{node}/power", self.url);
         let body = json!({"action": action, "result": printable(result, 200), "by": by});
-        match images::http::exchange("POST", &url, Some(&body), self.token.as_deref()) {
+        match builder::lab::net::exchange("POST", &url, Some(&body), self.token.as_deref()) {
             Ok((200, _)) => {}
             Ok((status, b)) => eprintln!(
                 "warning: pxe did not record {action} of {node}: HTTP {status}: {}",
@@ -99,6 +100,49 @@ fn find<'a>(inv: &'a Inventory, name: &str) -> Result<&'a Node> {
         let known: Vec<&str> = inv.nodes.iter().map(|n| n.hostname.as_str()).collect();
         format!("no node named `{name}`; known nodes: {}", known.join(", "))
     })
+}
+
+/// Where the power drivers come from: the inventory's `power:` blocks, or a lab's VMs (every
+/// node of a lab has the lab driver, whatever its inventory says).
+pub(crate) enum Drivers<'a> {
+    Inventory {
+        inv: &'a Inventory,
+        secrets: Option<&'a Secrets>,
+    },
+    Lab(PathBuf),
+}
+
+impl Drivers<'_> {
+    /// The node has power control (not `manual`).
+    pub fn powered(&self, node: &Node) -> bool {
+        match self {
+            Drivers::Inventory { .. } => !matches!(node.power, None | Some(Power::Manual)),
+            Drivers::Lab(_) => true,
+        }
+    }
+
+    pub fn driver(
+        &self,
+        node: &Node,
+        interactive: bool,
+    ) -> Result<Box<dyn PowerDriver>, PowerError> {
+        match self {
+            Drivers::Inventory { inv, secrets } => {
+                drivers::driver_for(inv, node, *secrets, interactive)
+            }
+            Drivers::Lab(dir) => Ok(Box::new(builder::lab::power::LabPower {
+                dir: dir.clone(),
+                node: node.hostname.to_string(),
+            })),
+        }
+    }
+
+    fn describe(&self, inv: &Inventory, node: &Node) -> String {
+        match self {
+            Drivers::Inventory { .. } => describe(inv, node),
+            Drivers::Lab(dir) => format!("the lab VM (qemu) of {}", dir.display()),
+        }
+    }
 }
 
 /// How the driver of `node` reaches it, for "what I am about to do".
@@ -155,10 +199,14 @@ fn outcome(r: &Result<(), PowerError>) -> String {
 }
 
 pub fn power(a: &PowerArgs) -> Result<()> {
-    let l = commands::load(&a.source)?;
+    let lab = a.lab.lab.as_deref().map(Lab::open).transpose()?;
+    let l = commands::load(&Lab::source(lab.as_ref(), &a.source))?;
     let inv = &l.inventory;
     let node = find(inv, &a.node)?;
-    let pxe = Pxe::new(&a.remote, inv)?;
+    let pxe = match &lab {
+        Some(lab) => lab.pxe()?,
+        None => Pxe::new(&a.remote, inv)?,
+    };
     let name = node.hostname.to_string();
     let action = match a.action {
         PowerAction::Status => "status",
@@ -182,9 +230,20 @@ pub fn power(a: &PowerArgs) -> Result<()> {
     if a.pxe_once && matches!(a.action, PowerAction::Status | PowerAction::Off) {
         bail!("--pxe-once goes with `on` or `cycle`");
     }
-    let secrets = load_secrets(a.secrets.as_deref(), &l)?;
+    let secrets = match &lab {
+        Some(_) => None,
+        None => load_secrets(a.secrets.as_deref(), &l)?,
+    };
+    let drv = match &lab {
+        Some(lab) => Drivers::Lab(lab.dir.clone()),
+        None => Drivers::Inventory {
+            inv,
+            secrets: secrets.as_ref(),
+        },
+    };
     let interactive = std::io::stdin().is_terminal();
-    let mut driver = drivers::driver_for(inv, node, secrets.as_ref(), interactive)
+    let mut driver = drv
+        .driver(node, interactive)
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     if a.action == PowerAction::Status {
         let s = match driver.status() {
@@ -213,7 +272,7 @@ pub fn power(a: &PowerArgs) -> Result<()> {
         } else {
             ""
         },
-        describe(inv, node)
+        drv.describe(inv, node)
     );
     if !a.yes {
         if !interactive {
@@ -288,14 +347,15 @@ pub(crate) fn boot_from_network(
 }
 
 /// What provision did with one node, for the summary.
-struct Outcome {
-    how: &'static str,
-    started: Option<Instant>,
-    took: Option<Duration>,
+pub(crate) struct Outcome {
+    pub how: &'static str,
+    pub started: Option<Instant>,
+    pub took: Option<Duration>,
 }
 
 pub fn provision(a: &ProvisionArgs) -> Result<()> {
-    let l = commands::load(&a.source)?;
+    let lab = a.lab.lab.as_deref().map(Lab::open).transpose()?;
+    let l = commands::load(&Lab::source(lab.as_ref(), &a.source))?;
     let inv = &l.inventory;
     let selected: Vec<&Node> = if a.all {
         inv.nodes.iter().collect()
@@ -305,13 +365,58 @@ pub fn provision(a: &ProvisionArgs) -> Result<()> {
             .map(|n| find(inv, n))
             .collect::<Result<_>>()?
     };
-    let pxe = Pxe::new(&a.remote, inv)?;
-    let secrets = load_secrets(a.secrets.as_deref(), &l)?;
+    let (pxe, secrets) = match &lab {
+        Some(lab) => (lab.pxe()?, None),
+        None => (
+            Pxe::new(&a.remote, inv)?,
+            load_secrets(a.secrets.as_deref(), &l)?,
+        ),
+    };
+    let drv = match &lab {
+        Some(lab) => Drivers::Lab(lab.dir.clone()),
+        None => Drivers::Inventory {
+            inv,
+            secrets: secrets.as_ref(),
+        },
+    };
+    let deadline = Duration::from_secs(a.timeout.saturating_mul(60));
+    let (outcomes, r) = provision_nodes(inv, &selected, &pxe, &drv, a.watch, deadline);
+    if !outcomes.is_empty() {
+        summary(&outcomes);
+    }
+    r
+}
 
+/// `builder provision`'s work, shared with `builder lab up`: arm what was never installed,
+/// refuse when a node is not armed, check every driver, then power the nodes on stage by
+/// stage in cluster order and wait for each stage to be booted. Returns what happened to each
+/// node (also when it fails halfway: the caller prints it).
+pub(crate) fn provision_nodes(
+    inv: &Inventory,
+    selected: &[&Node],
+    pxe: &Pxe,
+    drv: &Drivers,
+    watch: bool,
+    deadline: Duration,
+) -> (BTreeMap<String, Outcome>, Result<()>) {
+    let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+    let r = provision_into(inv, selected, pxe, drv, watch, deadline, &mut outcomes);
+    (outcomes, r)
+}
+
+fn provision_into(
+    inv: &Inventory,
+    selected: &[&Node],
+    pxe: &Pxe,
+    drv: &Drivers,
+    watch: bool,
+    deadline: Duration,
+    outcomes: &mut BTreeMap<String, Outcome>,
+) -> Result<()> {
     // Arm what has never been installed. A node installed before and not booted now is left
     // alone: reinstalling a machine is `builder rebuild`'s decision, not a side effect.
     let states = pxe.nodes()?;
-    for n in &selected {
+    for n in selected {
         let name = n.hostname.as_str();
         let Some(rec) = states.get(name) else {
             continue;
@@ -330,7 +435,7 @@ pub fn provision(a: &ProvisionArgs) -> Result<()> {
             name: n.hostname.to_string(),
             role: n.role,
             bootstrap: n.bootstrap,
-            powered: !matches!(n.power, None | Some(Power::Manual)),
+            powered: drv.powered(n),
             state: state_of(states.get(n.hostname.as_str())),
         })
         .collect();
@@ -354,7 +459,7 @@ pub fn provision(a: &ProvisionArgs) -> Result<()> {
     for stage in &plan.stages {
         for (name, start) in &stage.start {
             if *start == Start::Power
-                && let Err(e) = drivers::driver_for(inv, find(inv, name)?, secrets.as_ref(), false)
+                && let Err(e) = drv.driver(find(inv, name)?, false)
             {
                 problems.push(format!("  {name}: {e}"));
             }
@@ -366,7 +471,6 @@ pub fn provision(a: &ProvisionArgs) -> Result<()> {
             problems.join("\n")
         );
     }
-    let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
     for n in &plan.skipped {
         println!("{n}: already booted, skipped");
         outcomes.insert(
@@ -379,16 +483,16 @@ pub fn provision(a: &ProvisionArgs) -> Result<()> {
         );
     }
     let by = "builder provision";
-    let deadline = Duration::from_secs(a.timeout.saturating_mul(60));
     for stage in &plan.stages {
         println!("== {} ==", stage.label);
         for (name, start) in &stage.start {
             let node = find(inv, name)?;
             let how = match start {
                 Start::Power => {
-                    let mut d = drivers::driver_for(inv, node, secrets.as_ref(), false)
+                    let mut d = drv
+                        .driver(node, false)
                         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-                    boot_from_network(d.as_mut(), &pxe, name, by)?;
+                    boot_from_network(d.as_mut(), pxe, name, by)?;
                     "powered"
                 }
                 Start::Operator => {
@@ -412,13 +516,8 @@ pub fn provision(a: &ProvisionArgs) -> Result<()> {
             );
         }
         let names: Vec<&str> = stage.start.iter().map(|(n, _)| n.as_str()).collect();
-        let r = wait_booted(&pxe, &names, a.watch, deadline, &mut outcomes);
-        if let Err(e) = r {
-            summary(&outcomes);
-            return Err(e);
-        }
+        wait_booted(pxe, &names, watch, deadline, outcomes)?;
     }
-    summary(&outcomes);
     Ok(())
 }
 

@@ -14,7 +14,6 @@ use builder::render::{self, ClusterReset};
 use builder::runbook::{self, RebuildFacts, RecoverFacts};
 use builder::{bundle, fsutil};
 use images::bundle::printable;
-use images::http;
 
 use crate::cli::{RebuildArgs, RecoverArgs};
 use crate::commands::{self, Loaded};
@@ -37,6 +36,40 @@ fn inventory_name(l: &Loaded) -> String {
 }
 
 pub fn rebuild(a: &RebuildArgs) -> Result<()> {
+    // `--lab DIR`: the lab's inventory (unless -i), its bundle folder (the one its pxe serves),
+    // its pxe and its power driver.
+    let lab = a
+        .lab
+        .lab
+        .as_deref()
+        .map(crate::lab_cmd::Lab::open)
+        .transpose()?;
+    let lab_args;
+    let a = match &lab {
+        Some(lab) => {
+            lab_args = RebuildArgs {
+                node: a.node.clone(),
+                mac: a.mac.clone(),
+                server: Some(lab.url()),
+                api_token_file: Some(lab.state.api_token_file.clone()),
+                watch: a.watch,
+                runbook_only: a.runbook_only,
+                power: a.power,
+                lab: crate::cli::LabTarget {
+                    lab: a.lab.lab.clone(),
+                },
+                render: crate::cli::RenderArgs {
+                    source: crate::lab_cmd::Lab::source(Some(lab), &a.render.source),
+                    out: lab.state.bundle.clone(),
+                    secrets: a.render.secrets.clone(),
+                    usb: a.render.usb,
+                    usb_format: a.render.usb_format,
+                },
+            };
+            &lab_args
+        }
+        None => a,
+    };
     // With --mac the edited text is what gets validated (once) and rendered.
     let (l, old_mac) = match &a.mac {
         Some(mac) => set_mac(a, mac)?,
@@ -115,7 +148,15 @@ pub fn rebuild(a: &RebuildArgs) -> Result<()> {
             url: server.clone(),
             token: token.clone(),
         };
+        let lab_power = lab.is_some();
         match node.power {
+            _ if lab_power => {
+                let drv = crate::power_cmd::Drivers::Lab(a.lab.lab.clone().expect("--lab"));
+                let mut d = drv
+                    .driver(node, false)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", a.node))?;
+                crate::power_cmd::boot_from_network(d.as_mut(), &pxe, &a.node, "builder rebuild")?;
+            }
             None | Some(builder::inventory::model::Power::Manual) => println!(
                 "{}: no power control: power it on (or reset it) now, with a one-time network boot (Dell: F12)",
                 a.node
@@ -166,7 +207,7 @@ fn set_mac(a: &RebuildArgs, mac: &str) -> Result<(Loaded, String)> {
 
 pub(crate) fn api(method: &str, url: &str, token: Option<&str>) -> Result<(u16, Value)> {
     // The error's own text already names the URL; its source chain would repeat the cause.
-    let (status, body) = http::exchange(method, url, None, token)
+    let (status, body) = builder::lab::net::exchange(method, url, None, token)
         .map_err(|e| anyhow::anyhow!("the pxe server did not answer: {e}"))?;
     if status == 401 {
         bail!(
@@ -217,7 +258,7 @@ pub(crate) fn fmt_duration(d: Duration) -> String {
 }
 
 /// Arm → booted as the pxe timeline recorded it (the server's clock), when it has both.
-fn timeline_duration(n: &Value) -> Option<Duration> {
+pub(crate) fn timeline_duration(n: &Value) -> Option<Duration> {
     let t = n["timeline"].as_array()?;
     let armed = t.iter().rev().find(|e| e["event"] == "arm")?["at_ms"].as_u64()?;
     let booted = t.iter().rev().find(|e| e["event"] == "booted")?["at_ms"].as_u64()?;
