@@ -361,14 +361,14 @@ pub fn up(a: &LabUpArgs) -> Result<()> {
         let disks: Vec<PathBuf> = shape.disks.iter().map(|d| dir.join(&d.file)).collect();
         let user_disks: Vec<PathBuf> = disks.iter().filter(|d| d.exists()).cloned().collect();
         let argv = vm::argv(
-            &name,
             shape,
-            n.secure_boot,
-            accel,
-            a.smp,
-            &dir,
-            &tap,
-            &vm::VmFiles {
+            &vm::VmSpec {
+                name: &name,
+                secure_boot: n.secure_boot,
+                accel,
+                smp: a.smp,
+                dir: &dir,
+                tap: &tap,
                 serial: &serial,
                 qmp: &qmp,
                 vars: &vars,
@@ -488,6 +488,8 @@ pub fn up(a: &LabUpArgs) -> Result<()> {
     let (outcomes, r) =
         crate::power_cmd::provision_nodes(inv, &selected, &pxe, &drv, watch, deadline);
     println!();
+    // Read again: the power driver recorded the VMs' processes meanwhile.
+    let lab = Lab::open(&dir)?;
     print!("{}", status_table(&lab, &pxe, Some(&outcomes)));
     let how = format!(
         "the lab keeps running: `builder lab status --dir {d}`, `builder lab console NODE --dir \

@@ -12,7 +12,8 @@
 //!   driver of the H730/H330) presented as `scsi-hd` vendor `DELL`.
 //! - `QEMU HARDDISK` → virtio-scsi, the Proxmox disk.
 //! - any other model, or none → a SATA disk (`ide-hd`, 40-character ATA model) on the chipset's
-//!   AHCI (q35) or IDE (pc) controller. Without udev (the installer's initramfs) Linux shows
+//!   AHCI controller (q35 for both firmwares: SeaBIOS boots from AHCI, and the installer's
+//!   initramfs carries `ahci`, not the `pc` machine's `ata_piix`). Without udev (the installer's initramfs) Linux shows
 //!   only the first 16 characters of an ATA model (libata's SCSI INQUIRY product field), with
 //!   udev (first boot's lsblk) all of it: a long model matches a data disk but never an install
 //!   disk, on real SATA disks and on the shaped VM alike. SATA, not SCSI behind the PERC, also
@@ -50,7 +51,7 @@ pub enum Bus {
     Perc,
     /// `scsi-hd` on virtio-scsi.
     VirtioScsi,
-    /// `ide-hd` on the chipset's SATA (q35 AHCI) or IDE (pc) controller, port `port`.
+    /// `ide-hd` on the chipset's SATA controller (q35 AHCI, BIOS and UEFI), port `port`.
     Sata { port: u8 },
 }
 
@@ -405,10 +406,7 @@ impl Shape {
                     s
                 }
                 Bus::Sata { port } => {
-                    let bus = match self.firmware {
-                        Firmware::Uefi => format!("ide.{port}"),
-                        Firmware::Bios => format!("ide.{}", port / 2),
-                    };
+                    let bus = format!("ide.{port}");
                     if let Some(m) = &d.model {
                         props.push_str(&format!(",model={}", qemu_str(m, ATA_MODEL_MAX)));
                     }

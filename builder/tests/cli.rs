@@ -374,6 +374,10 @@ fn help_documents_every_flag_in_its_commands_section_of_the_docs() {
         "discover",
         "power",
         "provision",
+        "lab up",
+        "lab status",
+        "lab console",
+        "lab down",
     ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");

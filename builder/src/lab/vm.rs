@@ -70,8 +70,15 @@ pub fn probe_kvm() -> (bool, bool) {
     (dev, virt)
 }
 
-/// Files of one VM in the lab folder.
-pub struct VmFiles<'a> {
+/// One lab VM: what the lab adds to its shape, and its files in the lab folder.
+pub struct VmSpec<'a> {
+    pub name: &'a str,
+    pub secure_boot: bool,
+    pub accel: Accel,
+    pub smp: u32,
+    /// The lab folder (disk files).
+    pub dir: &'a Path,
+    pub tap: &'a str,
     pub serial: &'a Path,
     pub qmp: &'a Path,
     /// The VM's own copy of the OVMF variable store (UEFI only).
@@ -80,16 +87,9 @@ pub struct VmFiles<'a> {
 
 /// The whole qemu argument list (without the binary), network first in the boot order (as
 /// `Shape::qemu_args` makes it); [`boot_order`] turns it around for a normal start.
-pub fn argv(
-    name: &str,
-    shape: &Shape,
-    secure_boot: bool,
-    accel: Accel,
-    smp: u32,
-    dir: &Path,
-    tap: &str,
-    f: &VmFiles,
-) -> Vec<String> {
+pub fn argv(shape: &Shape, f: &VmSpec) -> Vec<String> {
+    let (name, secure_boot, accel, smp, dir, tap) =
+        (f.name, f.secure_boot, f.accel, f.smp, f.dir, f.tap);
     let accel_s = match accel {
         Accel::Kvm => "kvm",
         Accel::Tcg => "tcg",
@@ -105,7 +105,8 @@ pub fn argv(
     };
     let vars = f.vars.display().to_string();
     match (shape.firmware, secure_boot) {
-        (Firmware::Bios, _) => push(&["-machine", &format!("pc,accel={accel_s}")]),
+        // q35 for BIOS too: the shape's SATA disks are on its AHCI (builder::vmshape).
+        (Firmware::Bios, _) => push(&["-machine", &format!("q35,accel={accel_s}")]),
         (Firmware::Uefi, true) => push(&[
             "-machine",
             &format!("q35,accel={accel_s},smm=on"),
@@ -207,12 +208,18 @@ mod tests {
         .with_file_prefix("n1")
     }
 
-    fn files() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-        (
-            "/lab/n1.serial".into(),
-            "/lab/n1.qmp".into(),
-            "/lab/n1.vars.fd".into(),
-        )
+    fn spec(secure_boot: bool, accel: Accel, smp: u32, tap: &str) -> VmSpec<'_> {
+        VmSpec {
+            name: "n1",
+            secure_boot,
+            accel,
+            smp,
+            dir: Path::new("/lab"),
+            tap,
+            serial: Path::new("/lab/n1.serial"),
+            qmp: Path::new("/lab/n1.qmp"),
+            vars: Path::new("/lab/n1.vars.fd"),
+        }
     }
 
     fn after<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
@@ -243,22 +250,7 @@ mod tests {
 
     #[test]
     fn uefi_vm_has_its_own_vars_serial_log_qmp_and_tap() {
-        let (s, q, v) = files();
-        let f = VmFiles {
-            serial: &s,
-            qmp: &q,
-            vars: &v,
-        };
-        let a = argv(
-            "n1",
-            &shape("r730"),
-            false,
-            Accel::Tcg,
-            1,
-            Path::new("/lab"),
-            "isltap2",
-            &f,
-        );
+        let a = argv(&shape("r730"), &spec(false, Accel::Tcg, 1, "isltap2"));
         assert_eq!(after(&a, "-machine"), ["q35,accel=tcg"]);
         let drives = after(&a, "-drive");
         assert!(drives.contains(
@@ -289,35 +281,11 @@ mod tests {
 
     #[test]
     fn bios_secure_boot_and_kvm_machines() {
-        let (s, q, v) = files();
-        let f = VmFiles {
-            serial: &s,
-            qmp: &q,
-            vars: &v,
-        };
-        let bios = argv(
-            "n1",
-            &shape("vm"),
-            false,
-            Accel::Kvm,
-            2,
-            Path::new("/lab"),
-            "t",
-            &f,
-        );
-        assert_eq!(after(&bios, "-machine"), ["pc,accel=kvm"]);
+        let bios = argv(&shape("vm"), &spec(false, Accel::Kvm, 2, "t"));
+        assert_eq!(after(&bios, "-machine"), ["q35,accel=kvm"]);
         assert_eq!(after(&bios, "-cpu"), ["host"]);
         assert!(!bios.iter().any(|x| x.contains("pflash")));
-        let sb = argv(
-            "n1",
-            &shape("r730"),
-            true,
-            Accel::Tcg,
-            1,
-            Path::new("/lab"),
-            "t",
-            &f,
-        );
+        let sb = argv(&shape("r730"), &spec(true, Accel::Tcg, 1, "t"));
         assert_eq!(after(&sb, "-machine"), ["q35,accel=tcg,smm=on"]);
         assert!(
             after(&sb, "-drive")
@@ -333,22 +301,7 @@ mod tests {
 
     #[test]
     fn pxe_once_puts_the_network_first_for_one_start() {
-        let (s, q, v) = files();
-        let f = VmFiles {
-            serial: &s,
-            qmp: &q,
-            vars: &v,
-        };
-        let a = argv(
-            "n1",
-            &shape("r730"),
-            false,
-            Accel::Tcg,
-            1,
-            Path::new("/lab"),
-            "t",
-            &f,
-        );
+        let a = argv(&shape("r730"), &spec(false, Accel::Tcg, 1, "t"));
         let idx = |a: &[String], what: &str| -> String {
             after(a, "-device")
                 .into_iter()

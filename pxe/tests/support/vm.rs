@@ -752,7 +752,10 @@ impl Vm {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &lab.pxe.0, "qemu-system-x86_64"]);
         match shape.firmware {
-            images::bundle::Firmware::Bios => machine_args(&mut cmd, Firmware::Bios, Path::new("")),
+            // q35 for BIOS too: the shape's SATA disks sit on its AHCI (builder::vmshape).
+            images::bundle::Firmware::Bios => {
+                cmd.args(["-machine", "q35,accel=tcg"]);
+            }
             images::bundle::Firmware::Uefi => {
                 let vars = dir.join(format!("{name}.vars.fd"));
                 std::fs::copy(OVMF_VARS, &vars).unwrap();
