@@ -20,8 +20,8 @@ use builder::{bundle, render};
 use images::bundle::printable;
 
 use crate::cli::{
-    FailureArgs, LabApplyArgs, LabDrillArgs, LabFailArgs, LabTarget, RebuildArgs, RenderArgs, SourceArgs,
-    UsbFormat,
+    FailureArgs, LabApplyArgs, LabDrillArgs, LabFailArgs, LabTarget, RebuildArgs, RenderArgs,
+    SourceArgs, UsbFormat,
 };
 use crate::commands;
 use crate::lab_cmd::Lab;
@@ -92,7 +92,12 @@ fn inflict(lab: &Lab, node: &str, kind: FailureKind) -> Result<Failed> {
         bail!(
             "{node} is not a node of the lab in {}; its nodes: {}",
             lab.dir.display(),
-            lab.state.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+            lab.state
+                .nodes
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if kind == FailureKind::Nic {
@@ -275,7 +280,10 @@ pub fn drill(a: &LabDrillArgs) -> Result<()> {
     }
     let rec = DrillRecord::new(node, kind, f.at_ms, &m, timed_out, lab.state.accel);
     drill::append(&path, &rec)?;
-    println!("\n{node}: {} drill, recovery phases (from the failure):", kind.as_str());
+    println!(
+        "\n{node}: {} drill, recovery phases (from the failure):",
+        kind.as_str()
+    );
     for l in drill::phase_lines(&rec) {
         println!("{l}");
     }
@@ -337,7 +345,11 @@ pub fn apply(a: &LabApplyArgs) -> Result<()> {
         // Served-only changes: the new bundle and a reload.
         bundle::write(&lab.state.bundle, &new).context("writing the lab's bundle")?;
         let pxe = lab.pxe()?;
-        let (status, v) = api("POST", &format!("{}/api/v1/reload", pxe.url), pxe.token.as_deref())?;
+        let (status, v) = api(
+            "POST",
+            &format!("{}/api/v1/reload", pxe.url),
+            pxe.token.as_deref(),
+        )?;
         if status != 200 {
             bail!("reloading pxe: HTTP {status}: {v}");
         }
@@ -386,7 +398,10 @@ pub fn apply(a: &LabApplyArgs) -> Result<()> {
     let mut bad = 0;
     for (n, r) in &results {
         match r {
-            Ok(d) => println!("  {n:<16} rebuilt, booted after {}", crate::rebuild::fmt_duration(*d)),
+            Ok(d) => println!(
+                "  {n:<16} rebuilt, booted after {}",
+                crate::rebuild::fmt_duration(*d)
+            ),
             Err(e) => {
                 bad += 1;
                 println!("  {n:<16} FAILED: {}", printable(&format!("{e:#}"), 400));
@@ -429,7 +444,11 @@ pub(crate) fn cluster_note(lab: &Lab, inv: &builder::inventory::model::Inventory
 /// `lab up --from OLD_BUNDLE`: the lab starts from a bundle rendered earlier (the running
 /// cluster before a change) instead of a fresh render. Its nodes must be the inventory's (the
 /// VMs are shaped from the inventory), with the same MACs.
-pub(crate) fn bundle_from(old: &Path, out: &Path, inv: &builder::inventory::model::Inventory) -> Result<()> {
+pub(crate) fn bundle_from(
+    old: &Path,
+    out: &Path,
+    inv: &builder::inventory::model::Inventory,
+) -> Result<()> {
     let files = bundle::read(old).with_context(|| format!("reading {}", old.display()))?;
     let plan: serde_json::Value = files
         .get(render::PLAN)
@@ -448,7 +467,11 @@ pub(crate) fn bundle_from(old: &Path, out: &Path, inv: &builder::inventory::mode
             .find(|e| e["hostname"] == h);
         match entry {
             None => problems.push(format!("{h} is not in it")),
-            Some(e) if !e["mac"].as_str().is_some_and(|m| m.eq_ignore_ascii_case(&n.mac.to_string())) => {
+            Some(e)
+                if !e["mac"]
+                    .as_str()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(&n.mac.to_string())) =>
+            {
                 problems.push(format!(
                     "{h} has MAC {} there, {} in the inventory",
                     printable(e["mac"].as_str().unwrap_or("none"), 32),
@@ -475,6 +498,9 @@ pub(crate) fn bundle_from(old: &Path, out: &Path, inv: &builder::inventory::mode
         b.files.insert(rel, render::BundleFile { bytes, mode });
     }
     bundle::write(out, &b).with_context(|| format!("copying {} into the lab", old.display()))?;
-    println!("lab bundle: {} as it was (--from), not re-rendered", old.display());
+    println!(
+        "lab bundle: {} as it was (--from), not re-rendered",
+        old.display()
+    );
     Ok(())
 }

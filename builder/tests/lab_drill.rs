@@ -126,7 +126,10 @@ fn lab_fail_nic_refuses_an_inventory_outside_the_lab_and_swaps_the_mac_inside() 
     let o = builder(&["lab", "fail", "k3s1", "--nic", "--dir", "."], d.path());
     assert!(!o.status.success());
     assert!(err(&o).contains("made-up MAC"), "{}", err(&o));
-    assert_eq!(LabState::load(d.path()).unwrap().nodes["k3s1"].mac, "52:54:00:20:00:21");
+    assert_eq!(
+        LabState::load(d.path()).unwrap().nodes["k3s1"].mac,
+        "52:54:00:20:00:21"
+    );
 
     let d = lab(None);
     let o = builder(&["lab", "fail", "k3s1", "--nic", "--dir", "."], d.path());
@@ -134,7 +137,11 @@ fn lab_fail_nic_refuses_an_inventory_outside_the_lab_and_swaps_the_mac_inside() 
     let vm = LabState::load(d.path()).unwrap().nodes["k3s1"].clone();
     assert_ne!(vm.mac, "52:54:00:20:00:21");
     assert!(vm.mac.starts_with("52:54:00:"));
-    assert!(vm.argv[1].contains(&format!("mac={}", vm.mac)), "{:?}", vm.argv);
+    assert!(
+        vm.argv[1].contains(&format!("mac={}", vm.mac)),
+        "{:?}",
+        vm.argv
+    );
     assert!(
         out(&o).contains(&format!("builder rebuild k3s1 --mac {}", vm.mac)),
         "{}",
@@ -205,10 +212,16 @@ fn lab_apply_shows_the_plan_and_changes_nothing_without_yes() {
     assert!(o.status.success(), "{}{}", out(&o), err(&o));
     let t = out(&o);
     assert!(t.contains("DANGEROUS"), "{t}");
-    assert!(t.contains("cluster-cidr changes from 10.42.0.0/16 to 10.44.0.0/16"), "{t}");
+    assert!(
+        t.contains("cluster-cidr changes from 10.42.0.0/16 to 10.44.0.0/16"),
+        "{t}"
+    );
     assert!(t.contains("1. k3s-master1 (dangerous"), "{t}");
     assert!(t.contains("run again with --yes"), "{t}");
-    assert_eq!(builder::bundle::read(&d.path().join("bundle")).unwrap(), before);
+    assert_eq!(
+        builder::bundle::read(&d.path().join("bundle")).unwrap(),
+        before
+    );
     assert_eq!(
         LabState::load(d.path()).unwrap().inventory,
         d.path().join("lab.yaml"),
