@@ -504,3 +504,61 @@ pub(crate) fn bundle_from(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use builder::diag::Diagnostics;
+    use builder::inventory::{self, DEFAULT_INVENTORY, ProfileSet};
+    use builder::templates::Templates;
+
+    fn homelab() -> builder::inventory::model::Inventory {
+        let mut d = Diagnostics::default();
+        let profiles = ProfileSet::load(&[], &mut d);
+        let (inv, d) = inventory::load(
+            "inv.yaml",
+            DEFAULT_INVENTORY,
+            &profiles,
+            &Templates::embedded(),
+        );
+        inv.unwrap_or_else(|| panic!("{}", d.render(&|_| None)))
+    }
+
+    /// `lab up --from`: the old bundle arrives byte for byte with its modes (the secret-bearing
+    /// files stay owner-only), and a bundle of other machines is refused.
+    #[test]
+    fn a_bundle_from_before_is_copied_as_it_is_or_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let inv = homelab();
+        let s = builder::secrets::Secrets::generate();
+        let b = render::render(
+            &inv,
+            &s,
+            &Templates::embedded(),
+            &render::RenderOptions::default(),
+        )
+        .unwrap();
+        let old = d.path().join("old");
+        bundle::write(&old, &b).unwrap();
+        let lab = d.path().join("lab-bundle");
+        bundle_from(&old, &lab, &inv).unwrap();
+        assert_eq!(bundle::read(&lab).unwrap(), bundle::read(&old).unwrap());
+        for (rel, f) in &b.files {
+            let mode = std::fs::metadata(lab.join(rel))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, f.mode, "{rel}");
+        }
+        let mut other = homelab();
+        other.nodes[0].mac = "52:54:00:aa:bb:cc".parse().unwrap();
+        let e = bundle_from(&old, &d.path().join("x"), &other).unwrap_err();
+        assert!(format!("{e:#}").contains("has MAC"), "{e:#}");
+        assert!(
+            bundle_from(d.path(), &d.path().join("y"), &inv).is_err(),
+            "not a bundle"
+        );
+    }
+}
