@@ -735,6 +735,55 @@ pub fn down(a: &LabDownArgs) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Protects the user's data: a disk file that was in the folder before `lab up` is not
+    /// among the files `lab down` removes; the lab's own are, lab.json last.
+    #[test]
+    fn down_removes_the_labs_files_but_never_a_users_disk() {
+        let dir = Path::new("/lab");
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            "nas".to_string(),
+            LabVm {
+                mac: "52:54:00:00:00:01".into(),
+                tap: "isltap0".into(),
+                disks: vec![
+                    "/lab/nas-install.img".into(),
+                    "/lab/nas-data-media.img".into(),
+                ],
+                serial: "/lab/nas.serial".into(),
+                qmp: "/lab/nas.qmp".into(),
+                argv: vec![],
+                pxe_once: false,
+                qemu: None,
+                user_disks: vec!["/lab/nas-data-media.img".into()],
+            },
+        );
+        let s = LabState {
+            version: builder::lab::state::LAB_STATE_VERSION,
+            inventory: "/inv.yaml".into(),
+            bundle: "/lab/bundle".into(),
+            netns: "isl000000".into(),
+            bridge: net::BRIDGE.into(),
+            server_ip: "10.0.0.1".parse().unwrap(),
+            http_port: 8080,
+            api_token_file: "/lab/api-token".into(),
+            accel: builder::lab::state::Accel::Tcg,
+            pxe: None,
+            helpers: BTreeMap::new(),
+            nodes,
+        };
+        let (files, dirs) = lab_files(dir, &s);
+        let has = |p: &str| files.iter().any(|f| f == Path::new(p));
+        assert!(has("/lab/nas-install.img") && has("/lab/nas.serial") && has("/lab/api-token"));
+        assert!(has("/lab/nas.vars.fd") && has("/lab/nas.qmp") && has("/lab/nas.qemu.log"));
+        assert!(!has("/lab/nas-data-media.img"), "the user's pool stays");
+        assert_eq!(files.last().unwrap(), Path::new("/lab/lab.json"));
+        assert_eq!(
+            dirs,
+            [PathBuf::from("/lab/bundle"), "/lab/pxe-state".into()]
+        );
+    }
+
     #[test]
     fn console_lines_are_escaped_and_capped() {
         let mut buf = b"ok line\n\x1b[2Jclear\nunfinished".to_vec();

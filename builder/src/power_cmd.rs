@@ -549,6 +549,9 @@ fn wait_booted(
         .collect();
     let start = Instant::now();
     let mut last: BTreeMap<&str, String> = BTreeMap::new();
+    // Without bars (no --watch, or not a terminal): the install's progress as a line per
+    // quarter written.
+    let mut quarter: BTreeMap<&str, u64> = BTreeMap::new();
     let mut misses = 0u32;
     loop {
         let states = match pxe.nodes() {
@@ -571,8 +574,19 @@ fn wait_booted(
             let state = state_of(rec).unwrap_or_else(|| "-".into());
             let bar = &bars[n];
             if let Some(r) = rec {
-                bar.set_length(r["bytes_total"].as_u64().unwrap_or(0));
-                bar.set_position(r["bytes_written"].as_u64().unwrap_or(0));
+                let (total, written) = (
+                    r["bytes_total"].as_u64().unwrap_or(0),
+                    r["bytes_written"].as_u64().unwrap_or(0),
+                );
+                bar.set_length(total);
+                bar.set_position(written);
+                if !watch && state == "installing" && total > 0 {
+                    let q = (written.min(total) * 4 / total).min(3);
+                    if q > quarter.get(n).copied().unwrap_or(0) {
+                        quarter.insert(n, q);
+                        println!("{n}: installing {}%", q * 25);
+                    }
+                }
             }
             bar.set_message(state.clone());
             let o = outcomes.get_mut(*n).expect("started");
