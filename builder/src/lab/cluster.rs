@@ -8,6 +8,7 @@
 
 use std::net::Ipv4Addr;
 
+use images::bundle::cluster::ClusterReport;
 use images::bundle::printable;
 use serde::Deserialize;
 
@@ -272,6 +273,77 @@ pub fn decide(want: &Expected, members: &[EtcdMember], nodes: &[KubeNode]) -> Ve
     }
 }
 
+/// The decision over a server's `cluster` report (`images::bundle::cluster`): every server
+/// annotated by k3s as an embedded-etcd member, every node `Ready`. What k3s's annotation
+/// cannot show (a learner, an unstarted member) is the etcdctl path's ([`decide`]); a cut
+/// report never counts a node it left out as there.
+pub fn decide_report(want: &Expected, r: &ClusterReport) -> Verdict {
+    use images::bundle::cluster::Ready;
+    let mut missing = Vec::new();
+    let mut notes = Vec::new();
+    let find = |h: &str| r.nodes.iter().find(|n| n.name == h);
+    let why_absent = |h: &str| {
+        if r.cut() {
+            format!(
+                "{h}: not in the report (it lists {} of {} nodes: cut at the note limit)",
+                r.nodes.len(),
+                r.count
+            )
+        } else {
+            format!("{h}: not registered with the API server yet")
+        }
+    };
+    for (host, _) in &want.servers {
+        match find(host) {
+            Some(n) if !n.etcd => missing.push(format!(
+                "{host}: no embedded-etcd member yet (k3s has not annotated its node)"
+            )),
+            Some(_) => {}
+            None => missing.push(why_absent(host)),
+        }
+    }
+    for host in &want.nodes {
+        match find(host).map(|n| n.ready) {
+            Some(Ready::True) => {}
+            Some(Ready::False) => missing.push(format!("{host}: not Ready (Ready=False)")),
+            Some(Ready::Unknown) => missing.push(format!("{host}: not Ready (Ready=Unknown)")),
+            Some(Ready::None) => {
+                missing.push(format!("{host}: registered, no Ready condition yet"))
+            }
+            None if want.servers.iter().any(|(h, _)| h == host) && find(host).is_none() => {}
+            None => missing.push(why_absent(host)),
+        }
+    }
+    for n in &r.nodes {
+        if !want.nodes.contains(&n.name) {
+            notes.push(format!(
+                "node {} is no k3s node of the inventory (kubectl delete node {})",
+                n.name, n.name
+            ));
+        }
+    }
+    if missing.is_empty() {
+        Verdict::Ready { notes }
+    } else {
+        Verdict::NotYet(missing)
+    }
+}
+
+/// The newest `cluster` report among timeline notes `(at_ms, detail)` (of all servers).
+pub fn newest_report<'a>(
+    notes: impl IntoIterator<Item = (u64, &'a str)>,
+) -> Option<(u64, ClusterReport)> {
+    notes
+        .into_iter()
+        .filter_map(|(at, d)| {
+            d.starts_with(images::bundle::cluster::NOTE_KIND)
+                .then(|| images::bundle::cluster::parse(d))
+                .flatten()
+                .map(|r| (at, r))
+        })
+        .max_by_key(|(at, _)| *at)
+}
+
 /// Whether the lab's nodes can install k3s at all, so a cluster check means something: they
 /// fetch it from the internet (only through `lab up --nat`) or from the inventory's air-gap kit
 /// (its files must exist). `Err`: why the check stops at first boot.
@@ -474,5 +546,68 @@ mod tests {
         let e =
             can_install_k3s(true, Some(&[("k3s", true), ("/kit/images.tar", false)])).unwrap_err();
         assert!(e.contains("/kit/images.tar"), "{e}");
+    }
+
+    fn want_report() -> Expected {
+        Expected {
+            servers: vec![("s1".into(), LO)],
+            nodes: vec!["s1".into(), "a1".into()],
+        }
+    }
+
+    #[test]
+    fn a_report_decides_ready_only_with_every_server_in_etcd_and_every_node_ready() {
+        let p = |d: &str| images::bundle::cluster::parse(d).unwrap();
+        assert_eq!(
+            decide_report(&want_report(), &p("cluster: 2 s1:True:e a1:True:-")),
+            Verdict::Ready { notes: vec![] }
+        );
+        let Verdict::NotYet(why) =
+            decide_report(&want_report(), &p("cluster: 2 s1:True:- a1:False:-"))
+        else {
+            panic!()
+        };
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(why[0].starts_with("s1: no embedded-etcd member"), "{why:?}");
+        assert!(why[1].starts_with("a1: not Ready (Ready=False)"), "{why:?}");
+        let Verdict::NotYet(why) = decide_report(&want_report(), &p("cluster: 1 s1:True:e")) else {
+            panic!()
+        };
+        assert_eq!(why, ["a1: not registered with the API server yet"]);
+        // An old node left from a rebuild is a note, not a reason to wait.
+        let Verdict::Ready { notes } = decide_report(
+            &want_report(),
+            &p("cluster: 3 s1:True:e a1:True:- old:False:-"),
+        ) else {
+            panic!()
+        };
+        assert!(notes[0].contains("kubectl delete node old"), "{notes:?}");
+    }
+
+    /// Protects against a cut or hostile report reading as a ready cluster: a node the report
+    /// left out is missing, named as cut; escapes and oversized entries never count.
+    #[test]
+    fn a_cut_or_hostile_report_is_never_ready() {
+        let p = |d: &str| images::bundle::cluster::parse(d).unwrap();
+        let Verdict::NotYet(why) = decide_report(&want_report(), &p("cluster: 2 s1:True:e a1:Tr"))
+        else {
+            panic!()
+        };
+        assert!(why[0].contains("cut at the note limit"), "{why:?}");
+        let evil = format!(
+            "cluster: 2 s1:True:e a1\x1b[2J:True:- {}:True:-",
+            "a".repeat(300)
+        );
+        assert!(matches!(
+            decide_report(&want_report(), &p(&evil)),
+            Verdict::NotYet(_)
+        ));
+        let newest = newest_report([
+            (5, "cluster: 1 s1:True:e"),
+            (9, "data-disk: x"),
+            (7, "cluster: 2 s1:True:e a1:True:-"),
+        ])
+        .unwrap();
+        assert_eq!(newest.0, 7);
     }
 }
