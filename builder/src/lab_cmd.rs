@@ -496,7 +496,7 @@ pub fn up(a: &LabUpArgs) -> Result<()> {
          {d}`, `builder lab down --dir {d}`",
         d = dir.display()
     );
-    crate::lab_drill_cmd::cluster_note(&lab, inv);
+    crate::lab_drill_cmd::cluster_note(&lab, inv, deadline);
     match r {
         Ok(()) => {
             println!("\n{how}");

@@ -411,16 +411,21 @@ pub fn apply(a: &LabApplyArgs) -> Result<()> {
     for r in plan.rebuild.iter().skip(results.len()) {
         println!("  {:<16} not rebuilt (an earlier node failed)", r.node);
     }
-    cluster_note(&lab, &l.inventory);
+    cluster_note(&lab, &l.inventory, APPLY_CLUSTER_WAIT);
     if bad > 0 {
         bail!("{bad} node(s) did not come back; the lab keeps running as it is");
     }
     Ok(())
 }
 
-/// The end of `lab up` and `lab apply`: whether the cluster can be checked, and if not why.
-/// Never prints "ready" without having asked the cluster.
-pub(crate) fn cluster_note(lab: &Lab, inv: &builder::inventory::model::Inventory) {
+/// How long `lab apply` waits for the cluster after its rebuilds (`lab up` waits `--timeout`).
+pub(crate) const APPLY_CLUSTER_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// The end of `lab up` and `lab apply`: whether the cluster can be checked, and if not why;
+/// if it can, wait (up to `wait`) for the servers' `cluster` reports to say every server runs
+/// an etcd member and every k3s node is Ready (`cluster::decide_report`). Never prints
+/// "ready" without a report from the cluster.
+pub(crate) fn cluster_note(lab: &Lab, inv: &builder::inventory::model::Inventory, wait: Duration) {
     let (host_if, _, _) = builder::lab::net::nat_link(&lab.state.netns);
     let nat = Path::new("/sys/class/net").join(&host_if).exists();
     let kit = inv.cluster.k3s.airgap.as_ref().map(|a| {
@@ -431,13 +436,94 @@ pub(crate) fn cluster_note(lab: &Lab, inv: &builder::inventory::model::Inventory
     let kit_ref: Option<Vec<(&str, bool)>> = kit
         .as_ref()
         .map(|k| k.iter().map(|(p, ok)| (p.as_str(), *ok)).collect());
-    match cluster::can_install_k3s(nat, kit_ref.as_deref()) {
-        Err(why) => println!("{}", cluster::stopped_at_first_boot(&why)),
-        Ok(()) => println!(
-            "cluster check: the nodes can install k3s here, but builder does not query the \
-             cluster yet (no kubeconfig on the appliance); check from a server: \
-             k3s etcd-snapshot ls, k3s kubectl get nodes"
-        ),
+    if let Err(why) = cluster::can_install_k3s(nat, kit_ref.as_deref()) {
+        println!("{}", cluster::stopped_at_first_boot(&why));
+        return;
+    }
+    let pxe = match lab.pxe() {
+        Ok(p) => p,
+        Err(e) => {
+            println!("cluster check: cannot ask pxe: {e:#}");
+            return;
+        }
+    };
+    let want = expected(inv);
+    println!(
+        "cluster check: waiting up to {} for the servers' cluster reports",
+        crate::rebuild::fmt_duration(wait)
+    );
+    let until = Instant::now() + wait;
+    let mut last: Option<Vec<String>> = None;
+    loop {
+        let mut notes: Vec<(u64, String)> = Vec::new();
+        for (host, _) in &want.servers {
+            if let Ok(t) = timeline(&pxe.url, pxe.token.as_deref(), host) {
+                notes.extend(
+                    t.into_iter()
+                        .filter(|e| e.event == "note")
+                        .map(|e| (e.at_ms, e.detail)),
+                );
+            }
+        }
+        let newest = cluster::newest_report(notes.iter().map(|(at, d)| (*at, d.as_str())));
+        let verdict = newest
+            .as_ref()
+            .map(|(_, r)| cluster::decide_report(&want, r));
+        match verdict {
+            Some(cluster::Verdict::Ready { notes }) => {
+                println!(
+                    "cluster check: ready (every server an etcd member, every k3s node Ready)"
+                );
+                for n in notes {
+                    println!("  note: {n}");
+                }
+                return;
+            }
+            Some(cluster::Verdict::NotYet(missing)) => {
+                if last.as_ref() != Some(&missing) {
+                    for m in &missing {
+                        println!("  missing: {m}");
+                    }
+                    last = Some(missing);
+                }
+            }
+            None => {}
+        }
+        if Instant::now() >= until {
+            match &last {
+                Some(m) => println!(
+                    "cluster check: NOT ready after {}: {} thing(s) missing (above)",
+                    crate::rebuild::fmt_duration(wait),
+                    m.len()
+                ),
+                None => println!(
+                    "cluster check: no cluster report from any server after {} (k3s not \
+                     installed? see builder lab console SERVER)",
+                    crate::rebuild::fmt_duration(wait)
+                ),
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+/// What the cluster should hold: the inventory's servers and every k3s node (not NFS hosts).
+fn expected(inv: &builder::inventory::model::Inventory) -> cluster::Expected {
+    use builder::inventory::model::Role;
+    cluster::Expected {
+        servers: inv
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Server)
+            .map(|n| (n.hostname.to_string(), n.ip))
+            .collect(),
+        nodes: inv
+            .nodes
+            .iter()
+            .filter(|n| n.role != Role::Nfs)
+            .map(|n| n.hostname.to_string())
+            .collect(),
     }
 }
 
