@@ -479,15 +479,13 @@ pub(crate) fn cluster_note(lab: &Lab, inv: &builder::inventory::model::Inventory
                 }
                 return;
             }
-            Some(cluster::Verdict::NotYet(missing)) => {
-                if last.as_ref() != Some(&missing) {
-                    for m in &missing {
-                        println!("  missing: {m}");
-                    }
-                    last = Some(missing);
+            Some(cluster::Verdict::NotYet(missing)) if last.as_ref() != Some(&missing) => {
+                for m in &missing {
+                    println!("  missing: {m}");
                 }
+                last = Some(missing);
             }
-            None => {}
+            _ => {}
         }
         if Instant::now() >= until {
             match &last {
