@@ -201,7 +201,7 @@ pub struct LabUpArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub smp: u32,
     /// Also give the lab a way out: a veth to the host and masquerade (host and namespace), so
-    /// nodes can pull k3s from the internet. Changes the host (ip_forward, an nftables table
+    /// nodes can pull k3s from the internet. Changes the host (ip_forward, an iptables masquerade rule
     /// removed by `lab down`). Without it the lab stays inside its namespace.
     #[arg(long)]
     pub nat: bool,

@@ -344,8 +344,13 @@ fn seed_images(a: &RenderArgs) -> Option<SeedImage> {
 pub fn render(a: &RenderArgs) -> Result<()> {
     let start = Instant::now();
     let l = load(&a.source)?;
-    let secrets = secrets_for(a, &l)?;
-    let mut opts = options(&l, &a.out)?;
+    render_loaded(a, &l, start)
+}
+
+/// `render` of an inventory already loaded (and its diagnostics printed) by the caller.
+pub fn render_loaded(a: &RenderArgs, l: &Loaded, start: Instant) -> Result<()> {
+    let secrets = secrets_for(a, l)?;
+    let mut opts = options(l, &a.out)?;
     opts.seed_images = seed_images(a);
     let b = render::render(&l.inventory, &secrets, &l.templates, &opts).context("rendering")?;
     bundle::write(&a.out, &b).context("writing bundle")?;

@@ -440,3 +440,63 @@ fn power_settings_and_credentials_never_reach_the_bundle() {
         }
     }
 }
+
+/// Protects `lab up`'s promise that a disk selector which would not match on hardware of the
+/// profile's shape stops everything before anything starts: the error names node, disk and
+/// selector, and no lab state, namespace or disk file is created. Without root, `lab up` exits 2
+/// before reading anything.
+#[test]
+fn lab_up_refuses_a_selector_the_shape_would_not_match_before_starting_anything() {
+    let d = tempfile::tempdir().unwrap();
+    let inv = d.path().join("inv");
+    std::fs::create_dir_all(inv.join("hardware")).unwrap();
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pxe/tests/fixtures");
+    let text = std::fs::read_to_string(fx.join("lab/lab.yaml"))
+        .unwrap()
+        .replace("profile: qemu-uefi", "profile: long-model");
+    std::fs::write(inv.join("lab.yaml"), text).unwrap();
+    std::fs::copy(
+        fx.join("hardware/qemu-bios.yaml"),
+        inv.join("hardware/qemu-bios.yaml"),
+    )
+    .unwrap();
+    // A SATA model longer than 16 characters: the installer (no udev) sees only its first 16,
+    // on a real disk as on the shaped one.
+    let profile = std::fs::read_to_string(fx.join("hardware/qemu-uefi.yaml"))
+        .unwrap()
+        .replace("name: qemu-uefi", "name: long-model")
+        .replace("  min_size_gb: 0", "  model: SAMSUNG MZ7LH480HAHQ-00005");
+    std::fs::write(inv.join("hardware/long-model.yaml"), profile).unwrap();
+    let lab = d.path().join("lab");
+    let o = builder(
+        &[
+            "lab",
+            "up",
+            "-i",
+            "inv/lab.yaml",
+            "--dir",
+            "lab",
+            "--accel",
+            "tcg",
+        ],
+        d.path(),
+    );
+    if !nix::unistd::geteuid().is_root() {
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
+        return;
+    }
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "lab-agent: install disk: the selector matches 0 disk(s) as the installer sees them"
+        ) && err.contains("SAMSUNG MZ7LH480HAHQ-00005"),
+        "{err}"
+    );
+    assert!(!lab.join("lab.json").exists(), "nothing started");
+    assert!(!lab.join("bundle").exists(), "not even rendered");
+    assert!(
+        !lab.join("lab-agent-install.img").exists() && !lab.join("lab-server-install.img").exists()
+    );
+}

@@ -106,7 +106,8 @@ pub fn create(ns: &str, addrs: &[String], taps: &[String]) -> Result<(), NetErro
 }
 
 /// `--nat`: a veth from the namespace to the host, the namespace routes the lab's subnet out
-/// through it with masquerade, and the host masquerades the /30 out of its default route.
+/// through it with masquerade (iptables), and the host masquerades the /30 out of every other
+/// interface. Not exercised by the tests (it changes the host).
 pub fn add_nat(ns: &str, subnet: &str) -> Result<(), NetError> {
     let (host_if, host_ip, ns_ip) = nat_link(ns);
     run(&[
@@ -139,59 +140,54 @@ pub fn add_nat(ns: &str, subnet: &str) -> Result<(), NetError> {
         "-w",
         "net.ipv4.ip_forward=1",
     ])?;
-    let nft = |rules: &str, netns: Option<&str>| {
-        let mut v = vec![];
-        if let Some(n) = netns {
-            v.extend(["ip", "netns", "exec", n]);
-        }
-        v.extend(["nft", "-f", "-"]);
-        let mut c = Command::new(v[0]);
-        c.args(&v[1..]).stdin(std::process::Stdio::piped());
-        let mut child = c.spawn().map_err(|e| NetError::Command {
-            cmd: v.join(" "),
-            msg: e.to_string(),
-        })?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(rules.as_bytes())
-            .map_err(|e| NetError::Command {
-                cmd: "nft".into(),
-                msg: e.to_string(),
-            })?;
-        let st = child.wait().map_err(|e| NetError::Command {
-            cmd: "nft".into(),
-            msg: e.to_string(),
-        })?;
-        if !st.success() {
-            return Err(NetError::Command {
-                cmd: v.join(" "),
-                msg: format!("exit {st}"),
-            });
-        }
-        Ok(())
-    };
-    nft(
-        &format!(
-            "table ip ironseed_lab {{ chain post {{ type nat hook postrouting priority 100; ip saddr {subnet} oifname \"{UPLINK}\" masquerade; }} }}\n"
-        ),
-        Some(ns),
-    )?;
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        subnet,
+        "-o",
+        UPLINK,
+        "-j",
+        "MASQUERADE",
+    ])?;
     run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
-    nft(
-        &format!(
-            "table ip {t} {{ chain post {{ type nat hook postrouting priority 100; ip saddr {host_ip}/30 oifname != \"{host_if}\" masquerade; }} }}\n",
-            t = host_table(ns)
-        ),
-        None,
-    )
+    let mut v = vec![
+        "iptables".to_string(),
+        "-t".into(),
+        "nat".into(),
+        "-A".into(),
+    ];
+    v.extend(host_rule(ns));
+    let v: Vec<&str> = v.iter().map(String::as_str).collect();
+    run(&v)
 }
 
-/// The host's nftables table of a `--nat` lab (deleted by `down`).
-pub fn host_table(ns: &str) -> String {
-    format!("ironseed_lab_{ns}")
+/// The host's masquerade rule of a `--nat` lab (without `-A`/`-D`), tagged with a comment
+/// naming the lab's namespace so `down` deletes exactly it.
+pub fn host_rule(ns: &str) -> Vec<String> {
+    let (host_if, host_ip, _) = nat_link(ns);
+    [
+        "POSTROUTING".to_string(),
+        "-s".into(),
+        format!("{host_ip}/30"),
+        "!".into(),
+        "-o".into(),
+        host_if,
+        "-j".into(),
+        "MASQUERADE".into(),
+        "-m".into(),
+        "comment".into(),
+        "--comment".into(),
+        format!("ironseed-lab-{ns}"),
+    ]
+    .to_vec()
 }
 
 /// Remove the namespace (its bridge and taps go with it) and what `--nat` added on the host.
@@ -202,8 +198,10 @@ pub fn delete(ns: &str) -> Result<(), NetError> {
         run(&["ip", "link", "del", &host_if])?;
     }
     // Only when it is there: a lab without --nat never had it.
-    let _ = Command::new("nft")
-        .args(["delete", "table", "ip", &host_table(ns)])
+    let mut v = vec!["-t".to_string(), "nat".into(), "-D".into()];
+    v.extend(host_rule(ns));
+    let _ = Command::new("iptables")
+        .args(&v)
         .stderr(std::process::Stdio::null())
         .status();
     if exists(ns) {
