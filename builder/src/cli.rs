@@ -92,6 +92,84 @@ pub enum LabCommand {
     /// delete its network namespace, then remove its files unless --keep. Safe to run twice
     /// and on a half-started lab. Disk files that were in DIR before `lab up` are never deleted.
     Down(LabDownArgs),
+    /// Break a lab node the way hardware breaks: --power pulls the plug (qemu quits at once),
+    /// --disk pulls it and wipes the install disk file (first and last MiB zeroed, the rest
+    /// punched out; only the install disk lab.json lists, inside DIR), --nic pulls it and gives
+    /// the VM a new MAC (52:54:00:..), printed for `builder rebuild NODE --mac NEW`. Recorded in
+    /// DIR/failures.jsonl. Recover with `builder rebuild NODE [--mac NEW] --power --lab DIR`.
+    Fail(LabFailArgs),
+    /// Fail a node, recover it through the normal path (`builder rebuild NODE [--mac NEW] --power
+    /// --lab DIR`), wait for `booted`, and print the recovery time with its phases (fail → armed
+    /// → netboot → installing → installed → booted, from pxe's timeline). Each drill is appended
+    /// to DIR/drills.jsonl; --history prints median and max per node and failure.
+    Drill(LabDrillArgs),
+    /// Try an inventory change on the lab first: re-render with the changed inventory, show what
+    /// `builder diff` calls dangerous for a running cluster and which nodes a rebuild reaches
+    /// (and why), then with --yes rebuild them one at a time in cluster order (servers first)
+    /// through the lab's power driver and report per node.
+    Apply(LabApplyArgs),
+}
+
+/// Which failure (exactly one).
+#[derive(Debug, Args)]
+pub struct FailureArgs {
+    /// Pull the plug: qemu quits at once, the guest gets no shutdown.
+    #[arg(long)]
+    pub power: bool,
+    /// Pull the plug and wipe the install disk file (a dead disk replaced by a blank one).
+    #[arg(long)]
+    pub disk: bool,
+    /// Pull the plug and replace the NIC: the VM comes back with a new MAC. The recovery's
+    /// `builder rebuild --mac` edits the lab's inventory, so the lab must run an inventory
+    /// inside DIR (a copy), never your rack's file.
+    #[arg(long)]
+    pub nic: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabFailArgs {
+    /// The node (hostname).
+    pub node: String,
+    #[command(flatten)]
+    pub failure: FailureArgs,
+    #[command(flatten)]
+    pub dir: LabDirArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LabDrillArgs {
+    /// The node (hostname); not with --history.
+    #[arg(required_unless_present = "history")]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub failure: FailureArgs,
+    #[command(flatten)]
+    pub dir: LabDirArgs,
+    /// Give up when the node is not booted this many minutes after the failure (recorded as
+    /// timed-out; exit status 1).
+    #[arg(long, value_name = "MIN", default_value_t = 60)]
+    pub timeout: u64,
+    /// Print the drills recorded in DIR/drills.jsonl: per node, failure and accelerator the
+    /// count, how many came back, median and max recovery time, median time to armed and to
+    /// installed. A truncated last line (a killed drill) is skipped with a warning.
+    #[arg(long, conflicts_with_all = ["power", "disk", "nic"])]
+    pub history: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabApplyArgs {
+    /// The changed inventory (default: the one the lab runs; after apply the lab runs this one).
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub dir: LabDirArgs,
+    /// Secrets file. Default: the one beside the lab's inventory, which the lab was rendered
+    /// with (another token would be a new cluster).
+    #[arg(long, value_name = "FILE")]
+    pub secrets: Option<PathBuf>,
+    /// Rebuild the nodes the plan names. Without it, apply only shows the plan.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +185,11 @@ pub struct LabUpArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub dir: LabDirArgs,
+    /// Start the lab from a bundle rendered earlier (the running cluster before a change)
+    /// instead of rendering the inventory; it must hold the inventory's nodes with their MACs.
+    /// Then `builder lab apply` tries the change.
+    #[arg(long, value_name = "OLD_BUNDLE")]
+    pub from: Option<PathBuf>,
     /// Only these nodes get a VM (repeatable); default: every node of the inventory.
     #[arg(long = "only", value_name = "NODE")]
     pub only: Vec<String>,

@@ -106,7 +106,7 @@ pub(crate) fn lab_files(dir: &Path, s: &LabState) -> (Vec<PathBuf>, Vec<PathBuf>
     (files, vec![s.bundle.clone(), dir.join("pxe-state")])
 }
 
-fn need_root(what: &str) {
+pub(crate) fn need_root(what: &str) {
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "error: builder lab {what} needs root (network namespaces, taps, qemu on them); \
@@ -339,17 +339,20 @@ pub fn up(a: &LabUpArgs) -> Result<()> {
 
     // Render with the normal path: validation errors as always, nothing started on error.
     let bundle = dir.join("bundle");
-    commands::render_loaded(
-        &crate::cli::RenderArgs {
-            source: a.source.clone(),
-            out: bundle.clone(),
-            secrets: None,
-            usb: false,
-            usb_format: crate::cli::UsbFormat::Fat,
-        },
-        &l,
-        Instant::now(),
-    )?;
+    match &a.from {
+        Some(old) => crate::lab_drill_cmd::bundle_from(old, &bundle, inv)?,
+        None => commands::render_loaded(
+            &crate::cli::RenderArgs {
+                source: a.source.clone(),
+                out: bundle.clone(),
+                secrets: None,
+                usb: false,
+                usb_format: crate::cli::UsbFormat::Fat,
+            },
+            &l,
+            Instant::now(),
+        )?,
+    }
     // pxe drops privileges: it must be able to enter the folder.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
 
@@ -497,6 +500,7 @@ pub fn up(a: &LabUpArgs) -> Result<()> {
          {d}`, `builder lab down --dir {d}`",
         d = dir.display()
     );
+    crate::lab_drill_cmd::cluster_note(&lab, inv, deadline);
     match r {
         Ok(()) => {
             println!("\n{how}");

@@ -5,6 +5,7 @@ mod discover;
 mod golden_cmd;
 mod images_cmd;
 mod lab_cmd;
+mod lab_drill_cmd;
 mod power_cmd;
 mod rebuild;
 mod usb_image;
@@ -38,6 +39,9 @@ fn main() -> std::process::ExitCode {
             cli::LabCommand::Status(a) => lab_cmd::status(a),
             cli::LabCommand::Console(a) => lab_cmd::console(a),
             cli::LabCommand::Down(a) => lab_cmd::down(a),
+            cli::LabCommand::Fail(a) => lab_drill_cmd::fail(a),
+            cli::LabCommand::Drill(a) => lab_drill_cmd::drill(a),
+            cli::LabCommand::Apply(a) => lab_drill_cmd::apply(a),
         },
     };
     match r {

@@ -343,6 +343,9 @@ fn render_node(
         "airgap": opts.airgap,
         "report_url": report_url,
         "install_secret": images::bundle::INSTALL_SECRET_PLACEHOLDER,
+        // The cluster report's "all there" (servers and agents; not the NFS host).
+        "k3s_nodes": inv.nodes.iter().filter(|n| n.role != Role::Nfs).count(),
+        "cluster_note_kind": images::bundle::cluster::NOTE_KIND,
         // The list itself: the template serialises it once (`tojson`) into the annotation value,
         // the JSON array Longhorn parses. A pre-serialised string would be encoded twice.
         "longhorn_disks": if longhorn.is_empty() { serde_json::Value::Null } else { serde_json::Value::Array(longhorn) },

@@ -378,6 +378,9 @@ fn help_documents_every_flag_in_its_commands_section_of_the_docs() {
         "lab status",
         "lab console",
         "lab down",
+        "lab fail",
+        "lab drill",
+        "lab apply",
     ] {
         let mut args: Vec<&str> = sub.split(' ').collect();
         args.push("--help");

@@ -216,3 +216,90 @@ fn secure_boot_off_on_a_secure_boot_node_gets_a_warning_note() {
     );
     assert_eq!(s.state("k3s2"), "installed", "reports change no state");
 }
+
+/// Issue 18 item 4, without a VM: a k3s server's `cluster` reports (the wire form of
+/// `images::bundle::cluster`, posted the way the first-boot `report` helper posts them) go
+/// through the real pxe, and builder's cluster check reads them back from the node timeline
+/// the API serves: the newest report of any server decides. A hostile report (escapes, an
+/// entry cut by pxe's note limit) is stored printable and capped and never reads as ready.
+#[test]
+fn a_servers_cluster_report_is_stored_and_decides_builders_cluster_check() {
+    use builder::lab::cluster::{Expected, Verdict, decide_report, newest_report};
+    let lab = lab();
+    let s = Server::start(&lab, &[]);
+    let servers = ["k3s-master1", "k3s-master2", "k3s-master3"];
+    let agents = ["k3s1", "k3s2", "k3s3"];
+    let post = |host: &str, detail: &str| {
+        let body = serde_json::json!({"event": "note", "kind": "cluster", "detail": detail});
+        assert_eq!(s.report(&lab, host, "events", &body.to_string()), 200);
+    };
+    let check = || {
+        let mut notes: Vec<(u64, String)> = Vec::new();
+        for h in servers {
+            let t: Vec<builder::lab::drill::TimelineEntry> =
+                serde_json::from_value(s.node(h)["timeline"].clone()).unwrap();
+            notes.extend(
+                t.into_iter()
+                    .filter(|e| e.event == "note")
+                    .map(|e| (e.at_ms, e.detail)),
+            );
+        }
+        for (_, d) in &notes {
+            assert!(d.len() <= 256 && !d.contains('\u{1b}'), "{d:?}");
+        }
+        let want = Expected {
+            servers: servers
+                .iter()
+                .map(|h| (h.to_string(), lab.ip(h).parse().unwrap()))
+                .collect(),
+            nodes: servers
+                .iter()
+                .chain(&agents)
+                .map(|h| h.to_string())
+                .collect(),
+        };
+        newest_report(notes.iter().map(|(at, d)| (*at, d.as_str())))
+            .map(|(_, r)| decide_report(&want, &r))
+    };
+    assert_eq!(check(), None, "no report yet: nothing decided");
+
+    post(
+        "k3s-master1",
+        "4 k3s-master1:True:e k3s-master2:True:e k3s-master3:-:- k3s1:False:-",
+    );
+    let Some(Verdict::NotYet(missing)) = check() else {
+        panic!("{:?}", check())
+    };
+    assert!(
+        missing
+            .iter()
+            .any(|m| m.starts_with("k3s-master3: no embedded-etcd member")),
+        "{missing:?}"
+    );
+    assert!(
+        missing
+            .iter()
+            .any(|m| m.starts_with("k3s2: not registered")),
+        "{missing:?}"
+    );
+
+    // Hostile: escapes and a list far over the note limit claiming everything is fine.
+    std::thread::sleep(Duration::from_millis(5));
+    let mut evil = String::from("6 \u{1b}[2Jk3s-master1:True:e");
+    for h in servers.iter().chain(&agents) {
+        evil.push_str(&format!(" {h}{}:True:e", "\u{1b}]0;x\u{7}".repeat(20)));
+    }
+    post("k3s-master2", &evil);
+    assert!(matches!(check(), Some(Verdict::NotYet(_))), "{:?}", check());
+
+    // The newest report, from another server, says all is there.
+    std::thread::sleep(Duration::from_millis(5));
+    let all = servers
+        .iter()
+        .map(|h| format!("{h}:True:e"))
+        .chain(agents.iter().map(|h| format!("{h}:True:-")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    post("k3s-master3", &format!("6 {all}"));
+    assert_eq!(check(), Some(Verdict::Ready { notes: vec![] }));
+}

@@ -7,6 +7,9 @@
 //! `lab down --keep` the files are still on it. `lab status` shows the nodes; `lab console`
 //! shows a node's serial log; `lab down` leaves no namespace, no process (the recorded PIDs)
 //! and no file of the lab behind (each checked), but keeps the pool the user put there.
+//! Item 2 in the middle: `builder lab drill lab-agent --disk` wipes the agent's install disk,
+//! recovers it through `builder rebuild --power --lab`, and the record in drills.jsonl has
+//! every phase in order; `lab drill --history` shows it, and the history outlives `lab down`.
 //!
 //! Alone on this 2-core machine: see docs/lab.md ("Timings"). Needs what vm_shapes needs.
 
@@ -228,6 +231,53 @@ fn lab_up_boots_three_shaped_nodes_keeps_the_pool_and_down_leaves_nothing() {
         "the serial log"
     );
 
+    // Issue 18 item 2: the agent's disk dies; the normal recovery path brings it back, and
+    // the drill measures it from pxe's timeline.
+    let drill = builder(
+        &[
+            "lab",
+            "drill",
+            "lab-agent",
+            "--disk",
+            "--dir",
+            &labs,
+            "--timeout",
+            "40",
+        ],
+        &dir,
+    );
+    let drill_text = text(&drill);
+    eprintln!("{drill_text}");
+    assert!(drill.status.success(), "lab drill failed:\n{drill_text}");
+    assert!(
+        drill_text.contains("lab-agent: back (booted)"),
+        "{drill_text}"
+    );
+    let h = builder::lab::drill::read_history(&lab.join(builder::lab::drill::DRILLS_FILE)).unwrap();
+    assert!(h.warnings.is_empty(), "{:?}", h.warnings);
+    assert_eq!(h.records.len(), 1);
+    let rec = &h.records[0];
+    assert_eq!(rec.node, "lab-agent");
+    assert_eq!(rec.outcome, builder::lab::drill::Outcome::Booted);
+    // Every phase reached, none before the one it follows, none before the failure.
+    let mut last = rec.started_at_ms;
+    for (name, t) in rec.phases.steps() {
+        let t = t.unwrap_or_else(|| panic!("phase {name} missing: {rec:?}"));
+        assert!(t >= last, "phase {name} before the previous one: {rec:?}");
+        last = t;
+    }
+    let secs = rec.recovery_s.unwrap();
+    assert!(secs > 10.0 && secs < 40.0 * 60.0, "recovery {secs} s");
+    eprintln!("timing: drill lab-agent --disk: recovery {secs:.0} s (fail → booted)");
+    let hist = builder(&["lab", "drill", "--history", "--dir", &labs], &dir);
+    let hist_text = text(&hist);
+    assert!(hist.status.success(), "{hist_text}");
+    let r = row(&hist_text, "lab-agent");
+    assert!(r.contains(" disk ") && r.contains(" tcg "), "{hist_text}");
+    // The agent's new qemu is the lab's too: down must stop it.
+    let state = LabState::load(&lab).unwrap();
+    procs.push(state.nodes["lab-agent"].qemu.clone().unwrap());
+
     let down = builder(&["lab", "down", "--keep", "--dir", &labs], &dir);
     assert!(down.status.success(), "{}", text(&down));
     assert!(
@@ -281,11 +331,19 @@ fn lab_up_boots_three_shaped_nodes_keeps_the_pool_and_down_leaves_nothing() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(
-        left,
-        vec![std::ffi::OsString::from(&pool_disk.file)],
-        "only the pool"
-    );
+    let mut left: Vec<String> = left
+        .iter()
+        .map(|f| f.to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    // The drill history outlives the lab (the RTO numbers are its point).
+    let mut want = vec![
+        pool_disk.file.clone(),
+        "drills.jsonl".to_string(),
+        "failures.jsonl".to_string(),
+    ];
+    want.sort();
+    assert_eq!(left, want, "only the pool and the drill history");
     // Idempotent.
     let again = builder(&["lab", "down", "--dir", &labs], &dir);
     assert!(again.status.success(), "{}", text(&again));

@@ -446,3 +446,82 @@ fn longhorn_annotation_is_the_json_array_longhorn_parses() {
         assert!(annotated > 0, "{fixture}: no node with Longhorn tiers");
     }
 }
+
+/// Protects pxe's timeline and builder's cluster check from what a cluster's API returns
+/// (issue 18 item 4): the rendered `cluster_line`, run by the shell against a stub `k3s`
+/// printing hostile node names (escapes, a colon, 3000 nodes), yields a line of name
+/// characters only, whole entries under the note limit with the true count, that
+/// `images::bundle::cluster::parse` reads; and an honest listing is read back exactly. Fails if
+/// the character filter, the entry cap or the field check is dropped.
+#[test]
+fn cluster_line_is_capped_escaped_and_parsed_by_builder() {
+    use images::bundle::cluster::{LINE_MAX, Ready, parse};
+    let f = render_fixture("homelab");
+    let server = f
+        .inventory
+        .nodes
+        .iter()
+        .find(|n| n.role == builder::inventory::model::Role::Server)
+        .unwrap();
+    let script = firstboot(&f, server.hostname.as_str());
+    let agent = f
+        .inventory
+        .nodes
+        .iter()
+        .find(|n| n.role == builder::inventory::model::Role::Agent)
+        .unwrap();
+    assert!(
+        !firstboot(&f, agent.hostname.as_str()).contains("cluster_line"),
+        "only servers hold the admin kubeconfig"
+    );
+    let function = shell_function(&script, "cluster_line");
+    assert!(function.contains("/usr/local/bin/k3s kubectl --kubeconfig /etc/rancher/k3s/k3s.yaml"));
+    let run = |listing: &str| -> String {
+        let function = function.replacen("/usr/local/bin/k3s", "k3s", 1);
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "k3s() {{ printf '%b' \"$LISTING\"; }}\n{function}\ncluster_line"
+            ))
+            .env("LISTING", listing)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .trim_end_matches('\n')
+            .to_string()
+    };
+    let honest = run("k3s-master1:True:k3s-master1-5babfb2c\\nk3s1:False:\\nk3s2::\\n");
+    let r = parse(&honest).unwrap();
+    assert_eq!(r.count, 3, "{honest}");
+    assert_eq!(r.nodes.len(), 3, "{honest}");
+    assert!(r.nodes[0].etcd && r.nodes[0].ready == Ready::True);
+    assert!(!r.nodes[1].etcd && r.nodes[1].ready == Ready::False);
+    assert_eq!(r.nodes[2].ready, Ready::None);
+
+    let mut hostile = String::from("evil\\033[2J\\033]0;t\\007:True:x\\nco:lon:True:\\n");
+    for i in 0..3000 {
+        hostile.push_str(&format!("node{i}:True:\\n"));
+    }
+    let line = run(&hostile);
+    assert!(
+        line.bytes().all(|b| b == b' ' || b.is_ascii_graphic()),
+        "{line:?}"
+    );
+    let (count, entries) = line.split_once(' ').unwrap();
+    assert_eq!(
+        count, "3000",
+        "the escaped name and the colon entry dropped"
+    );
+    assert!(entries.len() <= LINE_MAX, "{}", entries.len());
+    assert!(line.len() + "cluster: ".len() <= images::bundle::NOTE_MAX);
+    let r = parse(&line).unwrap();
+    assert!(r.cut());
+    assert_eq!(
+        r.nodes.len(),
+        entries.split(' ').count(),
+        "every kept entry is whole"
+    );
+    assert_eq!(r.nodes[0].name, "node0", "{line}");
+}

@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod cluster;
 pub mod discovered;
 pub mod facts;
 pub mod files;
