@@ -170,6 +170,10 @@ pub struct LabApplyArgs {
     /// Rebuild the nodes the plan names. Without it, apply only shows the plan.
     #[arg(long)]
     pub yes: bool,
+    /// With --yes: rebuild the cluster's only server too (refused otherwise: that reinstall
+    /// starts a new, empty cluster).
+    #[arg(long, requires = "yes")]
+    pub rebuild_sole_server: bool,
 }
 
 #[derive(Debug, Args)]

@@ -339,6 +339,14 @@ pub fn apply(a: &LabApplyArgs) -> Result<()> {
         );
         return Ok(());
     }
+    if let Some(h) = &plan.sole_server
+        && !a.rebuild_sole_server
+    {
+        bail!(
+            "not applied: {h} is the only server; rebuilding it starts a new cluster (see STOP \
+             above); pass --rebuild-sole-server to rehearse exactly that"
+        );
+    }
     crate::lab_cmd::need_root("apply");
     let inv_path = source.inventory.clone();
     if plan.rebuild.is_empty() {

@@ -37,6 +37,9 @@ pub struct ApplyPlan {
     pub added: Vec<String>,
     /// Nodes only in the lab's bundle: their VMs stay until `lab down`.
     pub removed: Vec<String>,
+    /// The cluster's only server, when the plan rebuilds it: a reinstall of the one etcd member
+    /// starts a new cluster (the runbook's STOP), so `lab apply --yes` refuses it unless told.
+    pub sole_server: Option<String>,
 }
 
 impl ApplyPlan {
@@ -180,7 +183,7 @@ pub fn plan(old: &BTreeMap<String, Vec<u8>>, new: &Bundle) -> ApplyPlan {
         .filter(|(h, _)| why.contains_key(h))
         .collect();
     order.sort_by_key(|(_, n)| rank(n));
-    let rebuild = order
+    let rebuild: Vec<Rebuild> = order
         .into_iter()
         .map(|(h, _)| Rebuild {
             node: h.clone(),
@@ -188,12 +191,22 @@ pub fn plan(old: &BTreeMap<String, Vec<u8>>, new: &Bundle) -> ApplyPlan {
             dangerous: dangerous.contains(h.as_str()),
         })
         .collect();
+    let servers: Vec<&String> = new_nodes
+        .iter()
+        .filter(|(_, n)| n["role"].as_str() == Some("server"))
+        .map(|(h, _)| h)
+        .collect();
+    let sole_server = match servers[..] {
+        [only] if rebuild.iter().any(|r| &r.node == only) => Some(only.clone()),
+        _ => None,
+    };
     ApplyPlan {
         dangers,
         rebuild,
         served_only,
         added,
         removed,
+        sole_server,
     }
 }
 
@@ -216,6 +229,14 @@ pub fn describe(p: &ApplyPlan) -> String {
             out.push_str(&format!("    why:       {}\n", d.why));
             out.push_str(&format!("    a rebuild: {}\n", d.rebuild));
         }
+    }
+    if let Some(h) = &p.sole_server {
+        out.push_str(&format!(
+            "STOP: {} is the cluster's only server: rebuilding it starts a new, empty cluster \
+             (on the rack: restore from an etcd snapshot instead, `builder recover`); \
+             `--yes` refuses this without `--rebuild-sole-server`\n",
+            printable(h, 64)
+        ));
     }
     if !p.rebuild.is_empty() {
         out.push_str("rebuild, one at a time in this order:\n");
@@ -306,6 +327,36 @@ mod tests {
 
     fn names(p: &ApplyPlan) -> Vec<&str> {
         p.rebuild.iter().map(|r| r.node.as_str()).collect()
+    }
+
+    /// Protects the sole-server guard of `lab apply --yes`: a change that rebuilds the only
+    /// server is named in the plan (and the command refuses it without the flag).
+    #[test]
+    fn rebuilding_the_only_server_is_named() {
+        let one_server = |inv: &mut Inventory| {
+            inv.nodes.retain(|n| {
+                n.role != crate::inventory::model::Role::Server
+                    || n.hostname.as_str() == "k3s-master1"
+            });
+        };
+        let s = secrets();
+        let mut base = homelab();
+        one_server(&mut base);
+        let old = on_disk(&bundle(&base, &s));
+        let mut changed = base.clone();
+        node_mut(&mut changed, "k3s-master1")
+            .labels
+            .insert("homelab/zone".into(), "b".into());
+        let p = plan(&old, &bundle(&changed, &s));
+        assert_eq!(p.sole_server.as_deref(), Some("k3s-master1"), "{p:#?}");
+        assert!(describe(&p).contains("STOP: k3s-master1 is the cluster's only server"));
+        // Three servers: rebuilding one keeps quorum, no STOP.
+        let p = plan_after(|inv| {
+            node_mut(inv, "k3s-master1")
+                .labels
+                .insert("homelab/zone".into(), "b".into());
+        });
+        assert_eq!(p.sole_server, None, "{p:#?}");
     }
 
     #[test]
