@@ -107,7 +107,11 @@ pub fn create(ns: &str, addrs: &[String], taps: &[String]) -> Result<(), NetErro
 
 /// `--nat`: a veth from the namespace to the host, the namespace routes the lab's subnet out
 /// through it with masquerade (iptables), and the host masquerades the /30 out of every other
-/// interface. Not exercised by the tests (it changes the host).
+/// interface. The host must forward for that: `net.ipv4.ip_forward` is set (its value before the
+/// first NAT lab is kept in [`NAT_RUN_DIR`] and restored when the last one goes), and two FORWARD
+/// rules accept the veth's traffic, inserted first, because a host running Docker has a FORWARD
+/// policy of DROP. Every host rule carries the comment `ironseed-lab-NS`, so `delete` removes
+/// exactly this lab's. Tested in a namespace standing in for the host (builder/tests/lab_nat.rs).
 pub fn add_nat(ns: &str, subnet: &str) -> Result<(), NetError> {
     let (host_if, host_ip, ns_ip) = nat_link(ns);
     run(&[
@@ -157,53 +161,166 @@ pub fn add_nat(ns: &str, subnet: &str) -> Result<(), NetError> {
         "-j",
         "MASQUERADE",
     ])?;
-    run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
-    let mut v = vec![
-        "iptables".to_string(),
-        "-t".into(),
-        "nat".into(),
-        "-A".into(),
-    ];
-    v.extend(host_rule(ns));
-    let v: Vec<&str> = v.iter().map(String::as_str).collect();
-    run(&v)
+    forwarding_on(ns)?;
+    for (table, op, rule) in host_rules(ns) {
+        let mut v = vec!["iptables".to_string(), "-t".into(), table.into(), op.into()];
+        v.extend(rule);
+        let v: Vec<&str> = v.iter().map(String::as_str).collect();
+        run(&v)?;
+    }
+    Ok(())
 }
 
-/// The host's masquerade rule of a `--nat` lab (without `-A`/`-D`), tagged with a comment
-/// naming the lab's namespace so `down` deletes exactly it.
-pub fn host_rule(ns: &str) -> Vec<String> {
+/// Where `--nat` labs note that they need the host to forward, and the host's setting before
+/// the first of them. Per host network namespace (its inode in the name), so a test's stand-in
+/// host never touches the real one's notes.
+pub const NAT_RUN_DIR: &str = "/run/ironseed-lab";
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+fn host_netns_id() -> String {
+    std::fs::read_link("/proc/thread-self/ns/net")
+        .map(|p| {
+            p.to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect()
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn io_err(what: &str, e: io::Error) -> NetError {
+    NetError::Command {
+        cmd: what.to_string(),
+        msg: e.to_string(),
+    }
+}
+
+/// The other NAT labs of this host whose namespaces still exist. A note whose namespace is gone
+/// (a lab killed without `down`, or a stand-in host whose namespace inode the kernel reused) is
+/// removed, so it neither keeps forwarding on nor hides the real setting.
+fn live_other_nat_labs(dir: &Path, host: &str, me: &str) -> usize {
+    let prefix = format!("nat-{host}-");
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut live = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(ns) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if ns == me {
+            continue;
+        }
+        if exists(ns) {
+            live += 1;
+        } else {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    live
+}
+
+fn forwarding_on(ns: &str) -> Result<(), NetError> {
+    let host = host_netns_id();
+    let dir = Path::new(NAT_RUN_DIR);
+    std::fs::create_dir_all(dir).map_err(|e| io_err(NAT_RUN_DIR, e))?;
+    let before = dir.join(format!("ip_forward-{host}.before"));
+    // The first NAT lab notes the host's own setting; later ones find it noted.
+    if live_other_nat_labs(dir, &host, ns) == 0 {
+        let now = std::fs::read_to_string(IP_FORWARD).map_err(|e| io_err(IP_FORWARD, e))?;
+        std::fs::write(&before, now.trim()).map_err(|e| io_err("ip_forward note", e))?;
+    }
+    std::fs::write(dir.join(format!("nat-{host}-{ns}")), b"").map_err(|e| io_err("nat note", e))?;
+    std::fs::write(IP_FORWARD, b"1").map_err(|e| io_err(IP_FORWARD, e))
+}
+
+/// This lab no longer needs forwarding; the last NAT lab of this host puts the setting back.
+fn forwarding_off(ns: &str) {
+    let host = host_netns_id();
+    let dir = Path::new(NAT_RUN_DIR);
+    if std::fs::remove_file(dir.join(format!("nat-{host}-{ns}"))).is_err() {
+        return; // never a NAT lab
+    }
+    if live_other_nat_labs(dir, &host, ns) > 0 {
+        return;
+    }
+    let before = dir.join(format!("ip_forward-{host}.before"));
+    if let Ok(v) = std::fs::read_to_string(&before) {
+        if matches!(v.trim(), "0" | "1") {
+            let _ = std::fs::write(IP_FORWARD, v.trim());
+        }
+        let _ = std::fs::remove_file(&before);
+    }
+}
+
+/// The host's rules of a `--nat` lab: (table, how to add, rule without the op), each tagged with
+/// a comment naming the lab's namespace so `down` deletes exactly them.
+pub fn host_rules(ns: &str) -> Vec<(&'static str, &'static str, Vec<String>)> {
     let (host_if, host_ip, _) = nat_link(ns);
-    [
-        "POSTROUTING".to_string(),
-        "-s".into(),
-        format!("{host_ip}/30"),
-        "!".into(),
-        "-o".into(),
-        host_if,
-        "-j".into(),
-        "MASQUERADE".into(),
-        "-m".into(),
-        "comment".into(),
-        "--comment".into(),
-        format!("ironseed-lab-{ns}"),
+    let tag = |mut r: Vec<String>| {
+        r.extend(
+            ["-m", "comment", "--comment"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([format!("ironseed-lab-{ns}")]),
+        );
+        r
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            "nat",
+            "-A",
+            tag([
+                s(&["POSTROUTING", "-s"]),
+                vec![format!("{host_ip}/30")],
+                s(&["!", "-o", &host_if, "-j", "MASQUERADE"]),
+            ]
+            .concat()),
+        ),
+        (
+            "filter",
+            "-I",
+            tag(s(&["FORWARD", "-i", &host_if, "-j", "ACCEPT"])),
+        ),
+        (
+            "filter",
+            "-I",
+            tag(s(&[
+                "FORWARD",
+                "-o",
+                &host_if,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ])),
+        ),
     ]
-    .to_vec()
 }
 
 /// Remove the namespace (its bridge and taps go with it) and what `--nat` added on the host.
 /// Idempotent.
 pub fn delete(ns: &str) -> Result<(), NetError> {
     let (host_if, _, _) = nat_link(ns);
-    if Path::new("/sys/class/net").join(&host_if).exists() {
-        run(&["ip", "link", "del", &host_if])?;
-    }
-    // Only when it is there: a lab without --nat never had it.
-    let mut v = vec!["-t".to_string(), "nat".into(), "-D".into()];
-    v.extend(host_rule(ns));
-    let _ = Command::new("iptables")
-        .args(&v)
+    // `ip link` rather than /sys/class/net: sysfs shows the namespace it was mounted in, not
+    // the caller's. Deleting one veth end deletes both; gone already is fine.
+    let _ = Command::new("ip")
+        .args(["link", "del", &host_if])
         .stderr(std::process::Stdio::null())
         .status();
+    // Only what is there: a lab without --nat never had them.
+    for (table, _, rule) in host_rules(ns) {
+        let _ = Command::new("iptables")
+            .args(["-t", table, "-D"])
+            .args(&rule)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    forwarding_off(ns);
     if exists(ns) {
         run(&["ip", "netns", "del", ns])?;
     }
