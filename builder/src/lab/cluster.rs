@@ -258,19 +258,7 @@ pub fn decide(want: &Expected, members: &[EtcdMember], nodes: &[KubeNode]) -> Ve
             },
         }
     }
-    for n in nodes {
-        if !want.nodes.contains(&n.name) {
-            notes.push(format!(
-                "node {} is no k3s node of the inventory (kubectl delete node {})",
-                n.name, n.name
-            ));
-        }
-    }
-    if missing.is_empty() {
-        Verdict::Ready { notes }
-    } else {
-        Verdict::NotYet(missing)
-    }
+    verdict(want, nodes.iter().map(|n| n.name.as_str()), missing, notes)
 }
 
 /// The decision over a server's `cluster` report (`images::bundle::cluster`): every server
@@ -280,7 +268,6 @@ pub fn decide(want: &Expected, members: &[EtcdMember], nodes: &[KubeNode]) -> Ve
 pub fn decide_report(want: &Expected, r: &ClusterReport) -> Verdict {
     use images::bundle::cluster::Ready;
     let mut missing = Vec::new();
-    let mut notes = Vec::new();
     let find = |h: &str| r.nodes.iter().find(|n| n.name == h);
     let why_absent = |h: &str| {
         if r.cut() {
@@ -314,19 +301,30 @@ pub fn decide_report(want: &Expected, r: &ClusterReport) -> Verdict {
             None => missing.push(why_absent(host)),
         }
     }
-    for n in &r.nodes {
-        if !want.nodes.contains(&n.name) {
-            notes.push(format!(
-                "node {} is no k3s node of the inventory (kubectl delete node {})",
-                n.name, n.name
-            ));
-        }
+    verdict(
+        want,
+        r.nodes.iter().map(|n| n.name.as_str()),
+        missing,
+        Vec::new(),
+    )
+}
+
+/// Both checks end alike: ready when nothing is missing, with a note for each node the cluster
+/// has and the inventory does not.
+fn verdict<'a>(
+    want: &Expected,
+    seen: impl Iterator<Item = &'a str>,
+    missing: Vec<String>,
+    mut notes: Vec<String>,
+) -> Verdict {
+    if !missing.is_empty() {
+        return Verdict::NotYet(missing);
     }
-    if missing.is_empty() {
-        Verdict::Ready { notes }
-    } else {
-        Verdict::NotYet(missing)
-    }
+    notes.extend(
+        seen.filter(|n| !want.nodes.iter().any(|w| w == n))
+            .map(|n| format!("node {n} is no k3s node of the inventory (kubectl delete node {n})")),
+    );
+    Verdict::Ready { notes }
 }
 
 /// The newest `cluster` report among timeline notes `(at_ms, detail)` (of all servers).
