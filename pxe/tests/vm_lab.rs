@@ -60,38 +60,6 @@ impl Drop for Down {
     }
 }
 
-/// The XFS pool with two files, from a protofile (no mount). Returns its UUID.
-fn make_xfs_pool(dir: &Path, file: &Path, size: u64) -> String {
-    let src = dir.join("pool-src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("movie.txt"), "a film the pool must keep\n").unwrap();
-    let proto = format!(
-        "/dev/null\n0 0\nd--755 0 0\nmovie.txt ---644 0 0 {}\nmusic d--755 0 0\n$\n$\n",
-        src.join("movie.txt").display()
-    );
-    std::fs::write(dir.join("pool.proto"), proto).unwrap();
-    std::fs::File::create(file).unwrap().set_len(size).unwrap();
-    run(Command::new("mkfs.xfs")
-        .args(["-q", "-K", "-L", "media", "-l", "size=64m", "-p"])
-        .arg(dir.join("pool.proto"))
-        .arg(file));
-    xfs_db(file, "uuid")
-        .trim()
-        .strip_prefix("UUID = ")
-        .unwrap()
-        .to_string()
-}
-
-fn xfs_db(file: &Path, cmd: &str) -> String {
-    let out = Command::new("xfs_db")
-        .args(["-r", "-c", cmd])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "xfs_db {cmd}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The table line of `node`.
 fn row<'a>(table: &'a str, node: &str) -> &'a str {
     table

@@ -1009,3 +1009,39 @@ pub fn lab_dir(tmp: tempfile::TempDir) -> (PathBuf, Option<tempfile::TempDir>) {
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
 }
+
+/// An XFS media pool holding files (movie.txt, song.txt, music/), populated from a protofile (mkfs.xfs(8) `-p`): no mount, which
+/// this kernel cannot do reliably from a loop device. Returns the filesystem UUID.
+pub fn make_xfs_pool(dir: &Path, file: &Path, size: u64) -> String {
+    let src = dir.join("pool-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("movie.txt"), "a film the pool must keep\n").unwrap();
+    std::fs::write(src.join("song.txt"), "a song the pool must keep\n").unwrap();
+    let proto = format!(
+        "/dev/null\n0 0\nd--755 0 0\nmovie.txt ---644 0 0 {}\nmusic d--755 0 0\nsong.txt ---644 0 0 {}\n$\n$\n",
+        src.join("movie.txt").display(),
+        src.join("song.txt").display()
+    );
+    std::fs::write(dir.join("pool.proto"), proto).unwrap();
+    std::fs::File::create(file).unwrap().set_len(size).unwrap();
+    // -K: no discard of a file; a small log keeps the sparse file small.
+    run(Command::new("mkfs.xfs")
+        .args(["-q", "-K", "-L", "media", "-l", "size=64m", "-p"])
+        .arg(dir.join("pool.proto"))
+        .arg(file));
+    xfs_db(file, "uuid")
+        .trim()
+        .strip_prefix("UUID = ")
+        .unwrap()
+        .to_string()
+}
+
+pub fn xfs_db(file: &Path, cmd: &str) -> String {
+    let out = Command::new("xfs_db")
+        .args(["-r", "-c", cmd])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "xfs_db {cmd}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
