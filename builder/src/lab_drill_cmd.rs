@@ -600,20 +600,10 @@ pub(crate) fn bundle_from(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use builder::diag::Diagnostics;
-    use builder::inventory::{self, DEFAULT_INVENTORY, ProfileSet};
     use builder::templates::Templates;
 
     fn homelab() -> builder::inventory::model::Inventory {
-        let mut d = Diagnostics::default();
-        let profiles = ProfileSet::load(&[], &mut d);
-        let (inv, d) = inventory::load(
-            "inv.yaml",
-            DEFAULT_INVENTORY,
-            &profiles,
-            &Templates::embedded(),
-        );
-        inv.unwrap_or_else(|| panic!("{}", d.render(&|_| None)))
+        builder::inventory::seed_homelab()
     }
 
     /// `lab up --from`: the old bundle arrives byte for byte with its modes (the secret-bearing

@@ -680,20 +680,9 @@ fn render_ascii(p: &Picture, width: usize, colour: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diag::Diagnostics;
-    use crate::inventory::{self, DEFAULT_INVENTORY, ProfileSet};
-    use crate::templates::Templates;
 
-    fn homelab() -> Inventory {
-        let mut d = Diagnostics::default();
-        let profiles = ProfileSet::load(&[], &mut d);
-        let (inv, d) = inventory::load(
-            "inv.yaml",
-            DEFAULT_INVENTORY,
-            &profiles,
-            &Templates::embedded(),
-        );
-        inv.unwrap_or_else(|| panic!("{}", d.render(&|_| None)))
+    fn homelab() -> crate::inventory::model::Inventory {
+        crate::inventory::seed_homelab()
     }
 
     fn hosts(inv: &Inventory) -> Vec<&str> {

@@ -24,6 +24,16 @@ pub use validate::TemplateCatalog;
 pub const DEFAULT_INVENTORY: &str = include_str!("../../default-inventory.yaml");
 pub const DEFAULT_INVENTORY_NAME: &str = "default-inventory.yaml (embedded)";
 
+/// The seed homelab validated with the built-in profiles and embedded templates: what unit
+/// tests start from. Panics with the diagnostics when it stops validating (a build defect).
+pub fn seed_homelab() -> Inventory {
+    let mut d = Diagnostics::default();
+    let profiles = ProfileSet::load(&[], &mut d);
+    let templates = crate::templates::Templates::embedded();
+    let (inv, d) = load("inv.yaml", DEFAULT_INVENTORY, &profiles, &templates);
+    inv.unwrap_or_else(|| panic!("{}", d.render(&|_| None)))
+}
+
 /// Parse and validate. Returns the model when there are no errors; warnings and errors are in
 /// the diagnostics either way.
 pub fn load(

@@ -279,18 +279,13 @@ pub fn describe(p: &ApplyPlan) -> String {
 mod tests {
     use super::*;
 
-    use crate::diag::Diagnostics;
-    use crate::inventory::{self, DEFAULT_INVENTORY, Inventory, ProfileSet};
+    use crate::inventory::Inventory;
     use crate::render::{RenderOptions, render};
     use crate::secrets::Secrets;
     use crate::templates::Templates;
 
-    fn homelab() -> Inventory {
-        let mut d = Diagnostics::default();
-        let profiles = ProfileSet::load(&[], &mut d);
-        let t = Templates::embedded();
-        let (inv, d) = inventory::load("inv.yaml", DEFAULT_INVENTORY, &profiles, &t);
-        inv.unwrap_or_else(|| panic!("{}", d.render(&|_| None)))
+    fn homelab() -> crate::inventory::model::Inventory {
+        crate::inventory::seed_homelab()
     }
 
     fn secrets() -> Secrets {
